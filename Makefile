@@ -1,0 +1,37 @@
+# The two commands of this repo: `make reproduce` and `make test` (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PY := .venv/bin/python
+# Re-installing costs seconds: the stamp is keyed on pyproject.toml's content.
+STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
+
+.PHONY: reproduce test setup data clean-smoke help
+
+help:
+	@echo "make reproduce   # generate the synthetic world, run every notebook (full), write results/ and figures/"
+	@echo "make test        # unit tests + every notebook in SMOKE mode"
+
+$(PY):
+	python3 -m venv .venv
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip $(PIP_QUIET)
+	$(PY) -m pip install -q -e '.[dev]' $(PIP_QUIET)
+	$(PY) -m ipykernel install --user --name pixelllm --display-name "Python (pixelllm .venv)" >/dev/null
+	rm -f .venv/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+data: setup
+	$(PY) -m data_prep.make_synthetic --out runs/full/data
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+reproduce: setup
+	$(PY) -m pixelllm.notebooks --mode full
+
+clean-smoke:
+	rm -rf runs/smoke

@@ -1,0 +1,56 @@
+"""Visualisation: scene plots, the paper's word<->trace figure (Fig. 1 / Fig. 5), an interactive
+word<->trace viewer (ipywidgets), GIF export and training curves.
+
+Importing ``pixelllm.viz`` is light: matplotlib, PIL and ipywidgets are imported only when a function
+is first used (``pixelllm.viz.figure_word_trace`` imports ``pixelllm.viz.plots`` on first access).
+
+Inputs are plain arrays (numpy, or torch tensors which are converted): images H×W×3 uint8 or float
+in [0, 1]; boxes (x0, y0, x1, y1) in pixels; masks bool N×H×W; per-word points W×2 (x, y) or W×4
+(two points = box corners x0, y0, x1, y1) in pixels unless a ``normalized=True`` flag says [0, 1].
+Every function returns a ``matplotlib.figure.Figure`` or the ``Axes`` it drew on and never calls
+``plt.show()``; figures are built without pyplot (Agg-safe, no global figure registry): display one
+with ``display(fig)`` or as a notebook cell's last expression, save it with :func:`save_figure`.
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    # plots.py
+    "word_colors": "pixelllm.viz.plots",
+    "clean_tokens": "pixelllm.viz.plots",
+    "as_rgb": "pixelllm.viz.plots",
+    "show_scene": "pixelllm.viz.plots",
+    "draw_boxes": "pixelllm.viz.plots",
+    "overlay_masks": "pixelllm.viz.plots",
+    "narrative_to_trace": "pixelllm.viz.plots",
+    "plot_narrative_trace": "pixelllm.viz.plots",
+    "plot_word_points": "pixelllm.viz.plots",
+    "caption_colored": "pixelllm.viz.plots",
+    "figure_word_trace": "pixelllm.viz.plots",
+    "figure_word_step": "pixelllm.viz.plots",
+    "grid_figure": "pixelllm.viz.plots",
+    "plot_curves": "pixelllm.viz.plots",
+    "read_jsonl_records": "pixelllm.viz.plots",
+    "plot_metric_table": "pixelllm.viz.plots",
+    "figure_to_png": "pixelllm.viz.plots",
+    "save_figure": "pixelllm.viz.plots",
+    # viewer.py
+    "TraceViewer": "pixelllm.viz.viewer",
+    # animate.py
+    "save_trace_gif": "pixelllm.viz.animate",
+    "trace_frames": "pixelllm.viz.animate",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pixelllm.viz' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = list(_LAZY)

@@ -1,0 +1,347 @@
+"""Tests for pixelllm.viz: artists land at the given coordinates, colours agree between caption and
+points, the viewer's callbacks drive the rendered state, GIFs have one frame per word."""
+import json
+import subprocess
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib import colors as mcolors  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from pixelllm.viz import plots as P  # noqa: E402
+
+TAB10 = np.asarray([mcolors.to_rgba(c) for c in matplotlib.colormaps["tab10"].colors])
+
+
+def _img(h=40, w=60, seed=0):
+    return (np.random.RandomState(seed).rand(h, w, 3) * 255).astype(np.uint8)
+
+
+def _ax():
+    return Figure(figsize=(3, 3)).add_subplot()
+
+
+def _by_gid(ax, gid):
+    arts = [a for a in [*ax.collections, *ax.patches, *ax.lines, *ax.texts, *ax.images] if a.get_gid() == gid]
+    assert len(arts) == 1, f"{gid}: {len(arts)} artists"
+    return arts[0]
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def test_word_colors_cycle_tab10():
+    c = P.word_colors(13)
+    assert c.shape == (13, 4)
+    np.testing.assert_allclose(c[:10], TAB10)
+    np.testing.assert_allclose(c[10:], TAB10[:3])  # cycles
+
+
+def test_as_rgb_layouts_and_range_errors():
+    chw = np.zeros((3, 5, 7), np.float32)
+    chw[0] = 1.0
+    out = P.as_rgb(chw)
+    assert out.shape == (5, 7, 3) and out[..., 0].min() == 1.0 and out[..., 1].max() == 0.0
+    assert P.as_rgb(np.full((4, 4), 7, np.uint8)).shape == (4, 4, 3)
+    assert P.as_rgb(np.zeros((4, 4, 4), np.uint8)).shape == (4, 4, 3)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        P.as_rgb(np.full((4, 4, 3), 200.0))
+    with pytest.raises(ValueError, match="shape"):
+        P.as_rgb(np.zeros((2, 4, 4, 3)))
+
+
+def test_clean_tokens_sentencepiece_and_plain():
+    assert P.clean_tokens(["▁a", "▁tri", "angle", "</s>"]) == [("a", False), ("tri", True), ("angle", False), ("</s>", False)]
+    assert P.clean_tokens(["a", "red", "ball"]) == [("a", False), ("red", True), ("ball", True)]
+
+
+# ---------------------------------------------------------------------------------------------- scenes
+def test_draw_boxes_rectangles_equal_boxes_and_reject_xywh():
+    ax = _ax()
+    boxes = np.array([[1.0, 2.0, 11.0, 22.0], [5.5, 0.0, 6.5, 3.0]])
+    rects = P.draw_boxes(ax, boxes, labels=["a", "b"])
+    for r, (x0, y0, x1, y1) in zip(rects, boxes):
+        assert r.get_xy() == (x0, y0) and r.get_width() == x1 - x0 and r.get_height() == y1 - y0
+    np.testing.assert_allclose([r.get_edgecolor() for r in rects], TAB10[:2])
+    assert [t.get_text() for t in ax.texts] == ["a", "b"]
+    with pytest.raises(ValueError, match=r"boxes\[1\].*x, y, w, h"):
+        P.draw_boxes(_ax(), [[0, 0, 10, 10], [20, 20, 5, 5]])  # an xywh box by mistake
+
+
+def test_overlay_masks_paints_colours_later_on_top():
+    m = np.zeros((2, 4, 5), bool)
+    m[0, :2, :3] = True
+    m[1, 1:3, 2:4] = True  # overlaps mask 0 at (1, 2)
+    im = P.overlay_masks(_ax(), m, alpha=0.5)
+    rgba = np.asarray(im.get_array())
+    np.testing.assert_allclose(rgba[0, 0], [*TAB10[0, :3], 0.5], atol=1e-6)
+    np.testing.assert_allclose(rgba[1, 2], [*TAB10[1, :3], 0.5], atol=1e-6)
+    assert rgba[3, 4, 3] == 0.0
+    assert im.get_extent() == [0, 5, 4, 0]  # pixel frame, origin top-left
+
+
+def test_show_scene_object_colour_shared_by_box_and_mask():
+    img = _img(20, 30)
+    masks = np.zeros((2, 20, 30), bool)
+    masks[1, 5:10, 5:10] = True
+    ax = P.show_scene(_ax(), img, boxes=[[0, 0, 4, 4], [5, 5, 10, 10]], masks=masks, labels=["x", "y"])
+    box1 = _by_gid(ax, "box:1")
+    rgba = np.asarray(_by_gid(ax, "masks").get_array())
+    np.testing.assert_allclose(box1.get_edgecolor()[:3], rgba[7, 7, :3], atol=1e-6)
+    assert ax.get_xlim() == (0, 30) and ax.get_ylim() == (20, 0)
+
+
+# ---------------------------------------------------------------------------------------------- word points
+def test_word_points_offsets_and_colours_wx2_normalized_and_valid():
+    img = _img(40, 80)  # H=40, W=80
+    words = ["a", "red", "ball", "here"]
+    pts_n = np.array([[0.5, 0.5], [0.25, 0.75], [np.nan, np.nan], [1.0, 0.0]])
+    ax = P.plot_word_points(_ax(), img, words, pts_n, normalized=True, valid=[True, True, True, False])
+    sc = _by_gid(ax, "word_points")
+    # word 2 is NaN, word 3 invalid -> only words 0 and 1, scaled by (W, H) = (80, 40)
+    np.testing.assert_allclose(sc.get_offsets(), [[40.0, 20.0], [20.0, 30.0]])
+    np.testing.assert_allclose(sc.get_facecolors()[:, :3], TAB10[:2, :3])
+
+
+def test_word_points_wx4_corners_and_boxes_from_unordered_corners():
+    words = ["▁a", "▁cube"]
+    pts = np.array([[1.0, 2.0, 11.0, 12.0], [30.0, 25.0, 20.0, 5.0]])  # word 1: corners swapped
+    ax = P.plot_word_points(_ax(), _img(), words, pts)
+    np.testing.assert_allclose(_by_gid(ax, "word_points").get_offsets(), pts.reshape(-1, 2))
+    r1 = _by_gid(ax, "word_box:1")
+    assert r1.get_xy() == (20.0, 5.0) and r1.get_width() == 10.0 and r1.get_height() == 20.0
+    np.testing.assert_allclose(r1.get_edgecolor()[:3], TAB10[1, :3])
+
+
+def test_word_points_highlight_and_upto():
+    pts = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]])
+    ax = P.plot_word_points(_ax(), _img(), list("abcd"), pts, highlight=2, upto=2, fade=0.3)
+    np.testing.assert_allclose(_by_gid(ax, "word_points").get_offsets(), pts[:2])
+    np.testing.assert_allclose(_by_gid(ax, "word_points").get_facecolors()[:, 3], 0.3)
+    cur = _by_gid(ax, "word_points:current")
+    np.testing.assert_allclose(cur.get_offsets(), pts[2:3])
+    np.testing.assert_allclose(cur.get_facecolors()[0, :3], TAB10[2, :3])
+    with pytest.raises(ValueError, match="3 rows for 4 words"):
+        P.plot_word_points(_ax(), _img(), list("abcd"), pts[:3])
+
+
+# ---------------------------------------------------------------------------------------------- caption
+def test_caption_colours_match_points_and_layout():
+    words = ["▁a", "▁tri", "angle", "▁left"]
+    fig = Figure(figsize=(4, 2))
+    ax = P.caption_colored(fig.add_subplot(), words)
+    texts = {t.get_gid(): t for t in ax.texts}
+    assert [texts[f"caption_word:{i}"].get_text() for i in range(4)] == ["a", "tri", "angle", "left"]
+    for i in range(4):
+        np.testing.assert_allclose(mcolors.to_rgba(texts[f"caption_word:{i}"].get_color()), TAB10[i])
+    # monospace layout: "angle" starts exactly 3 characters after "tri" (no space), "tri" 2 after "a"
+    x = [texts[f"caption_word:{i}"].get_position()[0] for i in range(4)]
+    np.testing.assert_allclose(x[2] - x[1], 3 * (x[1] - x[0]) / 2)
+    # same colours as the points of the same words
+    pax = P.plot_word_points(_ax(), _img(), words, np.arange(8.0).reshape(4, 2))
+    np.testing.assert_allclose(_by_gid(pax, "word_points").get_facecolors(),
+                               [mcolors.to_rgba(texts[f"caption_word:{i}"].get_color()) for i in range(4)])
+
+
+def test_caption_wraps_inside_axes_and_highlights():
+    words = [f"▁word{i}" for i in range(40)]
+    fig = Figure(figsize=(3, 2))
+    ax = P.caption_colored(fig.add_subplot(), words, highlight=5, upto=5)
+    pos = np.array([t.get_position() for t in ax.texts])
+    assert len(set(np.round(pos[:, 1], 6))) > 3  # several lines
+    assert (pos >= 0).all() and (pos <= 1).all()
+    t5 = [t for t in ax.texts if t.get_gid() == "caption_word:5"][0]
+    assert t5.get_fontweight() == "bold"
+    t6 = [t for t in ax.texts if t.get_gid() == "caption_word:6"][0]
+    assert mcolors.to_rgba(t6.get_color()) == mcolors.to_rgba("0.8")  # not generated yet
+
+
+# ---------------------------------------------------------------------------------------------- traces
+LN_RECORD = {
+    "dataset_id": "synthetic", "image_id": "1", "annotator_id": 0, "caption": "a red ball",
+    "timed_caption": [{"utterance": "a red", "start_time": 0.0, "end_time": 1.0},
+                      {"utterance": "ball", "start_time": 1.5, "end_time": 2}],
+    # two segments, out of time order, one point outside [0, 1]
+    "traces": [[{"x": 0.5, "y": 0.5, "t": 1.6}, {"x": 0.6, "y": 0.4, "t": 1.9}],
+               [{"x": 0.1, "y": 0.1, "t": 0.0}, {"x": 0.2, "y": 0.3, "t": 0.5}, {"x": -0.1, "y": 0.2, "t": 1.2}]],
+}
+
+
+def test_narrative_to_trace_spans():
+    d = P.narrative_to_trace(LN_RECORD)
+    np.testing.assert_allclose(d["times"], [0.0, 0.5, 1.2, 1.6, 1.9])
+    np.testing.assert_allclose(d["trace"][2], [-0.1, 0.2])
+    assert d["utterances"] == ["a red", "ball"]
+    assert d["spans"] == [(0, 2), (3, 5)]  # t=1.2 falls between the two utterances
+
+
+def test_plot_narrative_trace_lines_in_pixels_and_colours():
+    d = P.narrative_to_trace(LN_RECORD)
+    img = _img(50, 100)
+    ax = P.plot_narrative_trace(_ax(), img, d["trace"], word_spans=d["spans"], normalized=True)
+    full = _by_gid(ax, "trace")
+    np.testing.assert_allclose(np.c_[full.get_xdata(), full.get_ydata()], d["trace"] * [100, 50])
+    s1 = _by_gid(ax, "trace_span:1")
+    np.testing.assert_allclose(np.c_[s1.get_xdata(), s1.get_ydata()], d["trace"][3:5] * [100, 50])
+    np.testing.assert_allclose(mcolors.to_rgba(s1.get_color()), TAB10[1])
+    s0 = _by_gid(ax, "trace_span:0")  # joins up with the next point
+    assert len(s0.get_xdata()) == 3
+    with pytest.raises(ValueError, match=r"word_spans\[0\]"):
+        P.plot_narrative_trace(_ax(), img, d["trace"], word_spans=[(0, 9)], normalized=True)
+
+
+def test_figure_word_trace_panels():
+    img = _img(64, 64)
+    words = ["▁a", "▁red", "▁ball"]
+    pts = np.array([[10.0, 10.0], [20.0, 30.0], [40.0, 50.0]])
+    d = P.narrative_to_trace(LN_RECORD)
+    fig = P.figure_word_trace(img, words, pts, gt_trace=d["trace"], gt_normalized=True, gt_spans=d["spans"],
+                              gt_words=d["utterances"], title="demo")
+    assert isinstance(fig, Figure)
+    img_ax, cap_ax, gt_ax, gt_cap = fig.axes
+    np.testing.assert_allclose(_by_gid(img_ax, "word_points").get_offsets(), pts)
+    assert [t.get_text() for t in cap_ax.texts] == ["a", "red", "ball"]
+    np.testing.assert_allclose(np.c_[_by_gid(gt_ax, "trace").get_xdata(), _by_gid(gt_ax, "trace").get_ydata()],
+                               d["trace"] * 64)
+    assert [t.get_text() for t in gt_cap.texts] == ["a red", "ball"]
+    assert P.figure_to_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(P.figure_word_trace(img, words, pts).axes) == 2  # no ground truth: one panel
+
+
+def test_figure_word_step_gt_point_and_title():
+    pts = np.array([[10.0, 10.0, 20.0, 20.0], [30.0, 5.0, 40.0, 15.0]])
+    gt = np.array([[np.nan] * 4, [31.0, 6.0, 39.0, 14.0]])
+    fig = P.figure_word_step(_img(), ["▁a", "▁cube"], pts, 1, gt_points=gt)
+    ax = fig.axes[0]
+    np.testing.assert_allclose(_by_gid(ax, "word_points:current").get_offsets(), pts[1].reshape(2, 2))
+    np.testing.assert_allclose(_by_gid(ax, "gt_point:current").get_offsets(), gt[1].reshape(2, 2))
+    assert "word 2/2" in fig._suptitle.get_text() and "cube" in fig._suptitle.get_text()
+    fig0 = P.figure_word_step(_img(), ["▁a", "▁cube"], pts, 0, gt_points=gt)
+    assert not [c for c in fig0.axes[0].collections if c.get_gid() == "gt_point:current"]  # unknown gt
+    with pytest.raises(ValueError, match="step 2"):
+        P.figure_word_step(_img(), ["▁a", "▁cube"], pts, 2)
+
+
+# ---------------------------------------------------------------------------------------------- grids, curves, tables
+def test_grid_figure_axes():
+    items = [dict(image=_img(), boxes=[[1, 1, 5, 5]], title=f"t{i}") for i in range(5)]
+    fig = P.grid_figure(items, ncols=3)
+    assert len(fig.axes) == 6
+    assert [a.get_title() for a in fig.axes[:5]] == [f"t{i}" for i in range(5)]
+    assert not fig.axes[5].axison
+
+
+def test_plot_curves_jsonl_skips_bad_lines_and_smooths(tmp_path):
+    log = tmp_path / "train.jsonl"
+    lines = [json.dumps({"step": 10, "loss": 1.0}), json.dumps({"step": 20, "loss": 3.0}),
+             json.dumps({"step": 20, "val_l1": 0.2}), "", '{"step": 30, "lo']  # truncated last line
+    log.write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match=r"skipped 1 malformed line\(s\): \[5\]"):
+        fig = P.plot_curves(log, keys=("loss", "val_l1"), smooth=0.5)
+    ax_loss, ax_l1 = fig.axes
+    raw = _by_gid(ax_loss, "raw:train")
+    np.testing.assert_allclose(raw.get_xdata(), [10, 20])
+    # debiased EMA, w = 0.5: s1 = 0.5 / 0.5 = 1; s2 = (0.25 + 1.5) / 0.75 = 2.333...
+    np.testing.assert_allclose(_by_gid(ax_loss, "curve:train").get_ydata(), [1.0, 1.75 / 0.75])
+    np.testing.assert_allclose(_by_gid(ax_l1, "curve:train").get_ydata(), [0.2])
+    with pytest.raises(ValueError, match="lossy"):
+        P.plot_curves([{"step": 1, "loss": 1.0}], keys=("lossy",))
+
+
+def test_plot_curves_dict_of_runs():
+    fig = P.plot_curves({"a": [{"loss": 2.0}, {"loss": 1.0}], "b": [{"step": 5, "loss": 4.0}]})
+    ax = fig.axes[0]
+    np.testing.assert_allclose(_by_gid(ax, "curve:a").get_xdata(), [0, 1])  # index when no step
+    np.testing.assert_allclose(_by_gid(ax, "curve:b").get_ydata(), [4.0])
+
+
+def test_metric_table_and_save_figure(tmp_path):
+    ax = P.plot_metric_table(_ax(), {"ours": {"P@0.5": 0.5, "cIoU": None}, "paper": {"P@0.5": 0.903}})
+    tab = [c for c in ax.get_children() if c.get_gid() == "metric_table"][0]
+    cells = {k: c.get_text().get_text() for k, c in tab.get_celld().items()}
+    assert cells[(1, 0)] == "0.500" and cells[(1, 1)] == "–" and cells[(2, 0)] == "0.903"
+    out = P.save_figure(ax.figure, tmp_path / "sub" / "t.png", dpi=50)
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------------------------- viewer
+def _items():
+    return [
+        dict(image=_img(40, 40, 0), words=["▁a", "▁red", "▁cube", "</s>"], title="one",
+             pred_points=np.array([[1.0, 2.0], [5.0, 6.0], [10.0, 12.0], [20.0, 30.0]]),
+             gt_points=np.array([[0.0, 0.0], [6.0, 7.0], [np.nan, np.nan], [21.0, 31.0]])),
+        dict(image=_img(30, 50, 1), words=["▁ball", "</s>"], title="two",
+             pred_points=np.array([[3.0, 4.0, 8.0, 9.0], [1.0, 1.0, 2.0, 2.0]])),
+    ]
+
+
+def test_viewer_slider_and_dropdown_drive_rendering():
+    from pixelllm.viz.viewer import TraceViewer
+
+    v = TraceViewer(_items(), dpi=40, panel_size=2.0)
+    assert v.slider.max == 3 and v.word_idx == 0 and v.current_word == "a"
+    png0 = v.image.value
+    assert png0[:4] == b"\x89PNG"
+    v.slider.value = 2  # fires _on_word_change
+    assert v.current_word == "cube" and "word 3/4" in v.figure._suptitle.get_text()
+    np.testing.assert_allclose(v.current_points(), [[10.0, 12.0]])
+    assert "3/4" in v.label.value and v.image.value != png0
+    v.slider.value = 1
+    np.testing.assert_allclose(v.current_points(), [[5.0, 6.0]])
+    gt = [c for c in v.figure.axes[0].collections if c.get_gid() == "gt_point:current"][0]
+    np.testing.assert_allclose(gt.get_offsets(), [[6.0, 7.0]])
+    v.dropdown.value = 1  # fires _on_image_change: rewinds, resizes the slider
+    assert v.slider.max == 1 and v.word_idx == 0 and v.current_word == "ball"
+    np.testing.assert_allclose(v.current_points(), [[3.0, 4.0], [8.0, 9.0]])
+    v.slider.value = 1
+    assert v.current_word == "</s>"
+    v.dropdown.value = 0
+    assert v.slider.max == 3 and v.word_idx == 0
+    fig = v.render(0, 3)  # direct, headless
+    assert "word 4/4" in fig._suptitle.get_text()
+    assert v.render_png(1, 0)[:4] == b"\x89PNG"
+
+
+def test_viewer_rejects_bad_items():
+    from pixelllm.viz.viewer import TraceViewer
+
+    items = _items()
+    del items[1]["pred_points"]
+    with pytest.raises(ValueError, match=r"items\[1\]: missing field 'pred_points'"):
+        TraceViewer(items)
+    items = _items()
+    items[0]["gt_points"] = items[0]["gt_points"][:2]
+    with pytest.raises(ValueError, match=r"items\[0\]\['gt_points'\]: 2 rows for 4 words"):
+        TraceViewer(items)
+
+
+# ---------------------------------------------------------------------------------------------- GIF
+def test_save_trace_gif_one_frame_per_word(tmp_path):
+    from PIL import Image
+
+    from pixelllm.viz.animate import save_trace_gif
+
+    words = ["▁a", "▁red", "▁a", "▁red", "</s>"]  # repeated words: frames must still all be kept
+    pts = np.array([[5.0, 5.0]] * 5)  # identical points too
+    d = P.narrative_to_trace(LN_RECORD)
+    out = save_trace_gif(tmp_path / "t.gif", _img(32, 32), words, pts, gt_trace=d["trace"], fps=4,
+                         gt_normalized=True, gt_spans=d["spans"] + [(0, 0)] * 3, panel_size=2.0, dpi=40)
+    assert out == tmp_path / "t.gif"
+    with Image.open(out) as im:
+        assert im.n_frames == 5
+        assert im.info["duration"] == 250
+        size = im.size
+    fig = P.figure_word_step(_img(32, 32), words, pts, 0, gt_trace=d["trace"], gt_normalized=True,
+                             panel_size=2.0, dpi=40)
+    assert size == tuple(int(round(v)) for v in fig.get_size_inches() * 40)
+
+
+# ---------------------------------------------------------------------------------------------- import cost
+def test_import_viz_is_light():
+    code = ("import sys, pixelllm.viz as v; assert 'matplotlib' not in sys.modules; "
+            "assert callable(v.figure_word_trace); assert 'matplotlib' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

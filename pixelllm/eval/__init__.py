@@ -1,0 +1,34 @@
+"""Evaluators for every task of the paper (REFERENCE §2.6, §3, §4).
+
+* :mod:`pixelllm.eval.caption`  — BLEU / METEOR / ROUGE-L / CIDEr-D with pycocoevalcap's scorers, offline
+  (``caption_metrics``, batched ``meteor_scores``, ``Meteor`` process wrapper, ``ptb_tokenize``).
+* :mod:`pixelllm.eval.trace`    — per-word ``point_l1`` (+ per-class breakdown, centre / other-narrative baselines).
+* :mod:`pixelllm.eval.boxes`    — ``box_iou``, ``precision_at`` (IoU > 0.5), ``boxes_to_original``, per split.
+* :mod:`pixelllm.eval.masks`    — ``mask_iou``, ``ciou``, ``giou``, ``mask_to_box``, ``refseg_metrics``.
+* :mod:`pixelllm.eval.densecap` — ``densecap_map`` (DenseCap mAP / mAP_detection, official port).
+
+Importing this package is free: the functions below are loaded from their sub-module on first use.
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "caption_metrics": "caption", "meteor_scores": "caption", "Meteor": "caption", "ptb_tokenize": "caption",
+    "point_l1": "trace", "point_l1_per_token": "trace", "point_l1_by_class": "trace",
+    "normalize_points": "trace", "centre_points": "trace", "random_other_narrative": "trace",
+    "box_iou": "boxes", "paired_box_iou": "boxes", "precision_at": "boxes", "boxes_to_original": "boxes",
+    "precision_by_split": "boxes",
+    "mask_iou": "masks", "ciou": "masks", "giou": "masks", "mask_to_box": "masks",
+    "mask_box_precision_at": "masks", "refseg_metrics": "masks",
+    "densecap_map": "densecap", "merge_gt_boxes": "densecap",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"pixelllm.eval.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'pixelllm.eval' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -1,0 +1,323 @@
+"""Localized Narratives (LN): JSON-lines reader and the official trace → token alignment.
+
+The format (REFERENCE §6), one JSON object per line::
+
+    {"dataset_id": "mscoco_val2017", "image_id": "137576", "annotator_id": 93,
+     "caption": "In this image we can see a dog ...",
+     "timed_caption": [{"utterance": "In this", "start_time": 0.0, "end_time": 0.4}, ...],
+     "traces": [[{"x": 0.2, "y": 0.5, "t": 0.02}, ...], ...],   # segments of mouse points
+     "voice_recording": "coco_val/coco_val_137576_93.ogg"}
+
+``x, y`` are normalised to the image (origin top-left, may lie a little outside [0, 1]); ``t`` and the
+utterance times are seconds on the same clock. The COCO image file is ``f"{int(image_id):012d}.jpg"``.
+
+The alignment follows the official PixelLLM preprocessing exactly (scenic ``tools/build_ln_tfrecord.py``
+``trace2coord`` + ``io/ops.py`` ``DecodeLocalizedNarrativesAnnotations``); see
+:func:`utterance_traces`, :func:`token_to_utterance` and :func:`align_tokens_to_trace`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from pixelllm.data.errors import DataFormatError, SkipCounter, check_type, require
+
+NUM_SAMPLES = 16          # samples per utterance trace (official ``num_samples_per_trace``)
+CENTER_EPS = 1e-5         # an utterance whose time-averaged centre has a coordinate <= this is invalid
+SPAN_EPS = 1e-5           # utterance spans shorter than this use a plain mean instead of the trapezoid rule
+
+
+@dataclass
+class TimedUtterance:
+    """One spoken utterance (may be several words) with its start/end time in seconds."""
+    utterance: str
+    start_time: float
+    end_time: float
+
+
+@dataclass
+class Narrative:
+    """One LN record, validated.
+
+    ``traces`` is a list of segments, each a K×3 float64 array of (x, y, t) — x, y normalised to the
+    image (may lie outside [0, 1]), t in seconds, in file order (not yet sorted).
+    """
+    image_id: str
+    caption: str
+    timed_caption: list[TimedUtterance]
+    traces: list[np.ndarray]
+    dataset_id: str = ""
+    annotator_id: int | None = None
+    voice_recording: str | None = None
+    source: str | None = None          # "file:line" the record came from (for messages)
+
+    @property
+    def coco_file_name(self) -> str:
+        """The image file name: ``f"{int(image_id):012d}.jpg"`` for numeric ids (COCO, our synthetic
+        layout), ``f"{image_id}.jpg"`` otherwise (Open Images ids are hex strings). Datasets accept an
+        ``image_path_fn`` for other layouts (e.g. Flickr30k's unpadded ``<id>.jpg``)."""
+        if self.image_id.isdigit():
+            return f"{int(self.image_id):012d}.jpg"
+        return f"{self.image_id}.jpg"
+
+    def trace_points(self) -> np.ndarray:
+        """All segments concatenated: P×3 (x, y, t), file order."""
+        if not self.traces:
+            return np.zeros((0, 3))
+        return np.concatenate(self.traces, axis=0)
+
+
+# --------------------------------------------------------------------------------------------- reading
+def parse_narrative(obj: Any, path: str | os.PathLike | None = None, line: int | None = None,
+                    notes: SkipCounter | None = None) -> Narrative:
+    """Validate one decoded JSON object and return a :class:`Narrative`.
+
+    Raises :class:`DataFormatError` (naming ``path:line`` and the field) for a missing or ill-typed
+    field. Oddities that the official code tolerates are kept and counted in ``notes``: trace points
+    out of time order (sorted later), utterances with ``start_time > end_time`` (they get a plain mean),
+    trace points outside the image (kept; targets are clipped to [0, 1]).
+    """
+    if not isinstance(obj, dict):
+        raise DataFormatError(path, line, None, f"expected a JSON object, got {type(obj).__name__}")
+    image_id = require(obj, "image_id", (str, int), path, line)
+    if isinstance(image_id, int):
+        image_id = str(image_id)
+    caption = require(obj, "caption", str, path, line)
+    timed = require(obj, "timed_caption", list, path, line)
+    utts = []
+    for i, u in enumerate(timed):
+        pre = f"timed_caption[{i}]."
+        if not isinstance(u, dict):
+            raise DataFormatError(path, line, f"timed_caption[{i}]", f"expected an object, got {u!r:.40}")
+        text = require(u, "utterance", str, path, line, pre)
+        t0 = float(require(u, "start_time", (int, float), path, line, pre))
+        t1 = float(require(u, "end_time", (int, float), path, line, pre))
+        if notes is not None and t0 > t1:
+            notes.add("utterance start_time > end_time (kept: plain mean, as official)", detail=f"{path}:{line}")
+        utts.append(TimedUtterance(text, t0, t1))
+    segs_raw = require(obj, "traces", list, path, line)
+    segs = []
+    for s, seg in enumerate(segs_raw):
+        check_type(seg, list, path, line, f"traces[{s}]")
+        arr = np.empty((len(seg), 3))
+        for k, p in enumerate(seg):
+            pre = f"traces[{s}][{k}]."
+            if not isinstance(p, dict):
+                raise DataFormatError(path, line, f"traces[{s}][{k}]", f"expected an object, got {p!r:.40}")
+            arr[k] = [require(p, c, (int, float), path, line, pre) for c in ("x", "y", "t")]
+        segs.append(arr)
+    narr = Narrative(
+        image_id=image_id, caption=caption, timed_caption=utts, traces=segs,
+        dataset_id=require(obj, "dataset_id", str, path, line, optional=True, default=""),
+        annotator_id=require(obj, "annotator_id", int, path, line, optional=True),
+        voice_recording=require(obj, "voice_recording", str, path, line, optional=True),
+        source=None if path is None else f"{path}:{line}",
+    )
+    if notes is not None:
+        pts = narr.trace_points()
+        if len(pts) > 1 and np.any(np.diff(pts[:, 2]) < 0):
+            notes.add("trace points out of time order (sorted, as official)", detail=narr.source)
+        if len(pts) and (np.any(pts[:, :2] < 0) or np.any(pts[:, :2] > 1)):
+            notes.add("traces leaving the image (kept; targets clipped to [0,1])")
+    return narr
+
+
+def iter_localized_narratives(path: str | os.PathLike, notes: SkipCounter | None = None) -> Iterator[Narrative]:
+    """Stream the records of an LN ``.jsonl`` file (blank lines ignored).
+
+    A malformed JSON line raises :class:`DataFormatError` naming ``file:line``; so does a missing or
+    ill-typed field (naming the field, e.g. ``timed_caption[2].start_time``).
+    """
+    with open(path, encoding="utf-8") as f:
+        for lineno, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(path, lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
+            yield parse_narrative(obj, path, lineno, notes)
+
+
+def load_localized_narratives(path: str | os.PathLike, require_trace: bool = True,
+                              skips: SkipCounter | None = None, progress: bool = False) -> list[Narrative]:
+    """Read a whole LN file. ``require_trace=True`` drops (and counts) narratives with ≤ 1 trace point
+    or no valid utterance — the ones the official preprocessing skips. The counts are reported
+    (one logging warning) at the end unless a caller-owned ``skips`` is given."""
+    own = skips is None
+    skips = skips if skips is not None else SkipCounter(f"localized narratives {Path(path).name}")
+    it = iter_localized_narratives(path, notes=skips)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc=Path(path).name, unit=" narr")
+    out = []
+    for n in it:
+        if require_trace:
+            reason = unusable_reason(n)
+            if reason:
+                skips.add(reason, detail=n.source)
+                continue
+        out.append(n)
+    if own:
+        skips.report()
+    return out
+
+
+def unusable_reason(narr: Narrative) -> str | None:
+    """Why the official pipeline cannot produce targets for ``narr`` (``None`` when it can)."""
+    if len(narr.trace_points()) <= 1:
+        return "skipped: no trace (<= 1 point)"
+    if not utterance_traces(narr).valid.any():
+        return "skipped: no valid utterance"
+    return None
+
+
+# ------------------------------------------------------------------------------------------- alignment
+@dataclass
+class UtteranceTraces:
+    """Per-utterance trace summaries of one narrative (N utterances, S samples), normalised coords.
+
+    samples  N×S×2  (x, y) of the trace linearly interpolated (with extrapolation) at S evenly spaced
+                    times in [start_time, end_time]; not clipped
+    centers  N×2    time-average of the samples (trapezoid rule; plain mean when the span < 1e-5)
+    boxes    N×4    (x0, y0, x1, y1) = min / max of the samples; not clipped
+    valid    N bool text non-empty after strip and both centre coordinates > 1e-5
+    """
+    samples: np.ndarray
+    centers: np.ndarray
+    boxes: np.ndarray
+    valid: np.ndarray
+
+
+def utterance_traces(narr: Narrative, num_samples: int = NUM_SAMPLES) -> UtteranceTraces:
+    r"""Steps 1–3 of the official preprocessing (``trace2coord``).
+
+    1. Concatenate all trace segments and sort the points by time t (stable sort).
+    2. Per utterance u = (text, t_s, t_e): :math:`t_i = t_s + \frac{i}{S-1}(t_e - t_s)`, i = 0..S-1
+       (``np.linspace``), and :math:`x_i = \hat x(t_i)`, :math:`y_i = \hat y(t_i)` with
+       :math:`\hat x, \hat y` the piecewise-linear interpolants of the trace, extrapolated linearly
+       outside its time range (``scipy.interpolate.interp1d(fill_value="extrapolate")``, as official).
+       Centre :math:`\bar x = \frac{1}{t_e - t_s}\int_{t_s}^{t_e} \hat x\,dt` by the trapezoid rule over
+       the samples; if :math:`t_e - t_s < 10^{-5}` (including start > end) the plain mean of the samples.
+       Box = (min x_i, min y_i, max x_i, max y_i).
+    3. Valid iff ``text.strip()`` is non-empty and :math:`\bar x > 10^{-5}` and :math:`\bar y > 10^{-5}`
+       (the official ``reduce_all(center > 1e-5)``; a non-finite centre — all trace times equal — fails it).
+
+    Narratives with ≤ 1 trace point have no interpolant: every utterance is returned invalid (zeros).
+    """
+    from scipy.interpolate import interp1d
+
+    n = len(narr.timed_caption)
+    samples = np.zeros((n, num_samples, 2))
+    centers = np.zeros((n, 2))
+    boxes = np.zeros((n, 4))
+    valid = np.zeros(n, dtype=bool)
+    pts = narr.trace_points()
+    if len(pts) <= 1:
+        return UtteranceTraces(samples, centers, boxes, valid)
+    order = np.argsort(pts[:, 2], kind="stable")                       # step 1: sort by t
+    t_arr, x_arr, y_arr = pts[order, 2], pts[order, 0], pts[order, 1]
+    with np.errstate(divide="ignore", invalid="ignore"):               # all-equal t → nan, made invalid below
+        fx = interp1d(t_arr, x_arr, fill_value="extrapolate")
+        fy = interp1d(t_arr, y_arr, fill_value="extrapolate")
+        for k, u in enumerate(narr.timed_caption):
+            t = np.linspace(u.start_time, u.end_time, num=num_samples)    # S evenly spaced times
+            xs, ys = fx(t), fy(t)
+            span = t[-1] - t[0]
+            if span < SPAN_EPS:                                        # start == end (or reversed)
+                cx, cy = xs.mean(), ys.mean()
+            else:                                                      # (1/T) ∫ x dt, trapezoid rule
+                cx, cy = np.trapezoid(xs, t) / span, np.trapezoid(ys, t) / span
+            samples[k] = np.stack([xs, ys], axis=-1)
+            centers[k] = cx, cy
+            boxes[k] = xs.min(), ys.min(), xs.max(), ys.max()
+            valid[k] = bool(u.utterance.strip()) and cx > CENTER_EPS and cy > CENTER_EPS
+    return UtteranceTraces(samples, centers, boxes, valid)
+
+
+def token_to_utterance(num_tokens: int, utt_valid: Sequence[bool]) -> np.ndarray:
+    r"""Step 4: match tokens to utterances by relative position (official ``DecodeLocalizedNarratives``).
+
+    Valid utterance k (1-based among the :math:`N_v` valid ones) sits at :math:`p_k = k / N_v`; invalid
+    ones at −1 (never the nearest). Token j = 1..M sits at :math:`q_j = j / M`, rescaled onto the span of
+    the valid utterances: :math:`q_j' = p_{min} + q_j (p_{max} - p_{min})` with :math:`p_{min} = 1/N_v`,
+    :math:`p_{max} = 1`. Each token takes :math:`\arg\min_k (q_j' - p_k)^2` (ties → earlier utterance).
+    No string matching: works for any tokenizer.
+
+    Returns an M int array of utterance indices into the full list, −1 everywhere when no utterance is valid.
+    """
+    valid = np.asarray(utt_valid, dtype=bool)
+    m = int(num_tokens)
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        return np.full(m, -1, dtype=np.int64)
+    utt_pos = np.where(valid, np.cumsum(valid) / n_valid, -1.0)        # N: k/N_v or −1
+    p_min, p_max = 1.0 / n_valid, 1.0
+    tok_pos = np.arange(1, m + 1) / m                                  # M: j/M, j = 1..M
+    tok_pos = p_min + tok_pos * (p_max - p_min)                        # rescaled onto [1/N_v, 1]
+    dist = (tok_pos[:, None] - utt_pos[None, :]) ** 2                  # M×N
+    return dist.argmin(axis=1).astype(np.int64)                        # first index on ties
+
+
+@dataclass
+class AlignedTrace:
+    """Per-token targets of one narrative (M tokens = the caption's tokens, EOS excluded).
+
+    points           M×4 (x0, y0, x1, y1) normalised to the image and clipped to [0, 1]: the top-left
+                     and bottom-right corners of the token's utterance box (``point_target="box"``), or
+                     the centre twice (``point_target="center"``)
+    valid            M bool: the token has a target (False only when the narrative has no valid utterance)
+    samples          M×S×2 the utterance's S trace samples (x, y), normalised, clipped to [0, 1]
+                     (ground truth of the ``point_l1`` trace metric)
+    utterance_index  M int, index into ``narrative.timed_caption`` (−1 when invalid)
+    utterances       the per-utterance summaries the targets were taken from
+    """
+    points: np.ndarray
+    valid: np.ndarray
+    samples: np.ndarray
+    utterance_index: np.ndarray
+    utterances: UtteranceTraces = field(repr=False)
+
+
+def align_tokens_to_trace(record: Narrative | dict, tokens: Sequence[str] | int, num_samples: int = NUM_SAMPLES,
+                          point_target: str = "box") -> AlignedTrace:
+    """The official LN trace → token alignment (REFERENCE §2, steps 1–5).
+
+    Args:
+        record: a :class:`Narrative` or the raw JSON dict of one LN line.
+        tokens: the caption's tokens after tokenisation **without** EOS/BOS/pad (any tokenizer; only
+            their number M is used), or M itself.
+        num_samples: trace samples per utterance (16 official).
+        point_target: ``"box"`` — corners of the utterance's trace box (paper/official default);
+            ``"center"`` — its time-averaged centre, repeated as (cx, cy, cx, cy).
+
+    Returns:
+        :class:`AlignedTrace`, all coordinates normalised to the image ([0, 1], (x, y), origin top-left).
+        Scale by the (resized) image width/height to get pixels.
+    """
+    if point_target not in ("box", "center"):
+        raise ValueError(f"point_target must be 'box' or 'center', got {point_target!r}")
+    narr = record if isinstance(record, Narrative) else parse_narrative(record)
+    m = tokens if isinstance(tokens, int) else len(tokens)
+    utt = utterance_traces(narr, num_samples)
+    idx = token_to_utterance(m, utt.valid)                             # step 4
+    valid = idx >= 0
+    safe = np.where(valid, idx, 0)
+    if len(utt.valid) == 0:                                            # no utterance at all
+        boxes, centers, samples = np.zeros((m, 4)), np.zeros((m, 2)), np.zeros((m, num_samples, 2))
+    else:
+        boxes, centers, samples = utt.boxes[safe], utt.centers[safe], utt.samples[safe]
+    if point_target == "box":
+        points = boxes                                                 # (x0, y0, x1, y1) corners
+    else:
+        points = np.concatenate([centers, centers], axis=-1)           # (cx, cy, cx, cy)
+    points = np.clip(points, 0.0, 1.0) * valid[:, None]                # step 5: clip to [0, 1]
+    samples = np.clip(samples, 0.0, 1.0) * valid[:, None, None]
+    return AlignedTrace(points=points, valid=valid, samples=samples, utterance_index=idx, utterances=utt)

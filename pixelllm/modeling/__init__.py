@@ -1,0 +1,33 @@
+"""PixelLLM's components, one file each, composed by injection (segment-anything ``modeling/`` style).
+
+Light on purpose: nothing heavy is imported until an attribute is used
+(``from pixelllm.modeling import build_pixelllm`` imports torch, transformers, timm, segment-anything).
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "build_pixelllm": "pixelllm.modeling.build",
+    "PixelLLMConfig": "pixelllm.modeling.build",
+    "PRESETS": "pixelllm.modeling.build",
+    "parameter_report": "pixelllm.modeling.build",
+    "PixelLLM": "pixelllm.modeling.pixelllm",
+    "PixelLLMOutput": "pixelllm.modeling.pixelllm",
+    "ImageEncoder": "pixelllm.modeling.image_encoder",
+    "BoxPromptEncoder": "pixelllm.modeling.prompt_encoder",
+    "PromptFeatureExtractor": "pixelllm.modeling.prompt_extractor",
+    "LanguageModel": "pixelllm.modeling.language_model",
+    "TraceHead": "pixelllm.modeling.trace_head",
+    "SpatialTraceHead": "pixelllm.modeling.trace_head",
+    "build_sam": "pixelllm.modeling.sam",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pixelllm.modeling' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -1,0 +1,314 @@
+"""PixelLLM: the full model, composed from its parts (segment-anything style injection).
+
+    f_l   = E(P(b), V(I))                          N visual tokens (prompt feature extractor)
+    h_i   = L⁻([f_l ; E_w(prompt)], w_<i)          T5 decoder state after the final norm
+    w_i  ~ softmax(lm_head(h_i))                    the caption token
+    p_i   = TraceHead(h_i)                          its location: 2 points, pixels of the input frame
+
+Frames: images B×3×S×S in [0, 1], resized so the longest side is S and zero-padded bottom/right;
+``image_sizes`` B×2 = (h, w) after resize; boxes and points are (x0, y0, x1, y1) **pixels of that S×S
+input frame**. The trace head scales its output by the S×S frame.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import nn
+
+from .image_encoder import ImageEncoder
+from .language_model import LanguageModel
+from .prompt_encoder import BoxPromptEncoder
+from .prompt_extractor import PromptFeatureExtractor
+
+if TYPE_CHECKING:
+    from .build import PixelLLMConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"          # trainable weights: semantic encoder, extractor, head
+FROZEN_SAM_NAME = "frozen_sam.safetensors"  # only when the config names no SAM checkpoint
+LORA_DIR = "lora"                           # peft adapter (save_pretrained format)
+T5_DIR = "t5"                               # full T5 (lm_mode "full", or a random-init base with no path)
+TRAINABLE_PREFIXES = ("image_encoder.semantic_encoder.", "prompt_extractor.", "trace_head.")
+
+
+@dataclass
+class PixelLLMOutput:
+    """Teacher-forced outputs. logits B×T×V; points B×T×4 (x0, y0, x1, y1) pixels of the S×S input frame;
+    hidden B×T×D decoder states after the final norm (what the trace head reads)."""
+
+    logits: torch.Tensor
+    points: torch.Tensor
+    hidden: torch.Tensor
+
+
+class PixelLLM(nn.Module):
+    """Args (all modules, built by :func:`pixelllm.modeling.build.build_pixelllm`):
+        image_encoder: :class:`ImageEncoder` (frozen SAM + trainable semantic ViT).
+        prompt_encoder: :class:`BoxPromptEncoder` (frozen SAM prompt encoder).
+        prompt_extractor: :class:`PromptFeatureExtractor` (two-way transformer, N learnable tokens).
+        language_model: :class:`LanguageModel` (T5 + LoRA).
+        trace_head: :class:`TraceHead` or :class:`SpatialTraceHead`.
+        config: the :class:`PixelLLMConfig` it was built from (saved by :meth:`save_pretrained`).
+    """
+
+    def __init__(self, image_encoder: ImageEncoder, prompt_encoder: BoxPromptEncoder,
+                 prompt_extractor: PromptFeatureExtractor, language_model: LanguageModel,
+                 trace_head: nn.Module, config: "PixelLLMConfig | None" = None) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.prompt_extractor = prompt_extractor
+        self.language_model = language_model
+        self.trace_head = trace_head
+        self.config = config
+        if tuple(prompt_encoder.frame_hw) != (image_encoder.image_size, image_encoder.image_size):
+            raise ValueError(f"PixelLLM: prompt encoder frame {prompt_encoder.frame_hw} != image encoder input "
+                             f"{image_encoder.image_size}px")
+
+    @property
+    def image_size(self) -> int:
+        """S: side of the square input frame, pixels."""
+        return self.image_encoder.image_size
+
+    @property
+    def frame_hw(self) -> tuple[int, int]:
+        return (self.image_size, self.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.prompt_extractor.parameters()).device
+
+    # --- encoding ----------------------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor, image_sizes: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(frozen SAM grid B×C_sam×h×w or None, trainable semantic grid B×C_sem×g×g or None).
+        The first one can be cached by the engine and passed back as ``sam_features``."""
+        return self.image_encoder.encode(images, image_sizes)
+
+    def visual_tokens(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
+                      image_sizes: torch.Tensor | None = None, sam_features: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """→ (f_l B×N×D visual tokens, image feature grid B×C×H×W). ``boxes`` B×4 pixels of the input
+        frame; None = whole image (0, 0, w, h) from ``image_sizes`` (or the full frame)."""
+        features = self.image_encoder(images, image_sizes, sam_features)               # B×C×H×W
+        prompt = self.prompt_encoder(boxes, batch_size=images.shape[0], image_sizes=image_sizes)  # B×2×P
+        return self.prompt_extractor(features, prompt), features
+
+    def encoder_inputs(self, visual: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 encoder input [f_l ; E_w(prompt ids)] → (inputs_embeds B×(N+P)×D, attention_mask B×(N+P) long)."""
+        words = self.language_model.embed_tokens(prompt_ids)                           # B×P×D
+        if prompt_mask is None:
+            prompt_mask = prompt_ids != self.language_model.pad_token_id
+        ones = torch.ones(visual.shape[:2], dtype=torch.long, device=visual.device)
+        mask = torch.cat([ones, prompt_mask.to(device=visual.device, dtype=torch.long)], dim=1)
+        return torch.cat([visual.to(words.dtype), words], dim=1), mask
+
+    # --- training forward --------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor | None, prompt_ids: torch.Tensor,
+                prompt_mask: torch.Tensor | None, target_ids: torch.Tensor, target_mask: torch.Tensor | None = None,
+                image_sizes: torch.Tensor | None = None, sam_features: torch.Tensor | None = None) -> PixelLLMOutput:
+        """Teacher forcing: decoder inputs = shift_right(target_ids) (start token <pad>).
+
+        images B×3×S×S [0, 1]; boxes B×4 pixels or None; prompt_ids/mask B×P; target_ids/mask B×T
+        (pad 0, EOS at the end; ``target_mask`` is used by the loss, not here); image_sizes B×2 (h, w);
+        sam_features B×C×h×w cached frozen SAM features (optional).
+        """
+        visual, features = self.visual_tokens(images, boxes, image_sizes, sam_features)
+        embeds, mask = self.encoder_inputs(visual, prompt_ids, prompt_mask)
+        decoder_input_ids = self.language_model.shift_right(target_ids)                # B×T
+        logits, hidden = self.language_model(embeds, mask, decoder_input_ids)
+        points = self.trace_head(hidden, self.frame_hw, features)                      # B×T×4 pixels
+        return PixelLLMOutput(logits=logits, points=points, hidden=hidden)
+
+    # --- inference -----------------------------------------------------------------------------------------
+    def _tokenize_prompts(self, prompts: str | Sequence[str], batch_size: int, tokenizer: Any
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        if tokenizer is None:
+            raise ValueError("PixelLLM: a tokenizer (AutoTokenizer.from_pretrained(dir)) is needed to tokenize prompts")
+        if isinstance(prompts, str):
+            prompts = [prompts] * batch_size
+        if len(prompts) != batch_size:
+            raise ValueError(f"PixelLLM: {len(prompts)} prompts for {batch_size} images")
+        enc = tokenizer(list(prompts), padding=True, return_tensors="pt")              # adds EOS (T5 convention)
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device).bool()
+
+    @staticmethod
+    def gather_generated_states(gen: Any, num_beams: int = 1) -> torch.Tensor:
+        """Per-token decoder states of the returned sequences from a ``generate(..., output_hidden_states=True,
+        return_dict_in_generate=True)`` output → B×T×D, T = sequences.shape[1] − 1 (the start token
+        has no state). Step t's state is the one that emitted token t; with beams, ``beam_indices`` says
+        which of the B·num_beams rows produced the returned sequence's token t."""
+        steps = [layers[-1][:, -1] for layers in gen.decoder_hidden_states]            # T × (B·nb)×D
+        states = torch.stack(steps, dim=1)                                              # (B·nb)×T×D
+        t = gen.sequences.shape[1] - 1
+        states = states[:, :t]
+        if num_beams == 1:
+            return states
+        idx = gen.beam_indices[:, :t].long().clamp(min=0)                               # B×T rows (−1 after end)
+        steps_idx = torch.arange(t, device=states.device).expand_as(idx)
+        return states[idx, steps_idx]                                                   # B×T×D
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
+                 prompt: str | Sequence[str] = "A long image caption:", tokenizer: Any = None,
+                 num_beams: int = 1, max_new_tokens: int = 32, image_sizes: torch.Tensor | None = None,
+                 sam_features: torch.Tensor | None = None, with_trace: bool = True,
+                 prompt_ids: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
+                 **generate_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Greedy (num_beams=1) or beam search with HF ``generate`` (KV cache); ``generate_kwargs`` go to
+        HF ``generate`` (e.g. ``min_new_tokens``, ``length_penalty``).
+
+        → (tokens B×T without the start token, hidden B×T×D or None, points B×T×4 pixels or None).
+        The trace head runs on the gathered states after decoding; its output is never fed back.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            b = images.shape[0]
+            if prompt_ids is None:
+                prompt_ids, prompt_mask = self._tokenize_prompts(prompt, b, tokenizer)
+            visual, features = self.visual_tokens(images, boxes, image_sizes, sam_features)
+            embeds, mask = self.encoder_inputs(visual, prompt_ids, prompt_mask)
+            lm = self.language_model
+            gen = lm.generate(embeds, mask, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                              num_return_sequences=1, output_hidden_states=with_trace,
+                              return_dict_in_generate=True, pad_token_id=lm.pad_token_id,
+                              eos_token_id=lm.eos_token_id, decoder_start_token_id=lm.t5.config.decoder_start_token_id,
+                              **generate_kwargs)
+            tokens = gen.sequences[:, 1:]
+            if not with_trace:
+                return tokens, None, None
+            hidden = self.gather_generated_states(gen, num_beams)
+            points = self.trace_head(hidden, self.frame_hw, features)
+            return tokens, hidden, points
+        finally:
+            self.train(was_training)
+
+    def _lengths(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Index of the first EOS per row (= number of tokens before it); T when there is none."""
+        is_eos = tokens == self.language_model.eos_token_id
+        t = tokens.shape[1]
+        first = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(tokens[:, 0], t))
+        return first
+
+    @torch.no_grad()
+    def caption(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
+                prompt: str | Sequence[str] = "A long image caption:", tokenizer: Any = None,
+                num_beams: int = 1, max_new_tokens: int = 32, image_sizes: torch.Tensor | None = None,
+                sam_features: torch.Tensor | None = None) -> list[dict[str, Any]]:
+        """Caption each image (optionally inside a box prompt) and localise every word.
+
+        Returns one dict per image: ``text`` (decoded, special tokens skipped), ``tokens`` (list[str]),
+        ``token_ids`` (list[int]) and ``points`` (T×4 tensor, (x0, y0, x1, y1) pixels of the S×S input
+        frame) — T tokens up to, not including, EOS.
+        """
+        tokens, _hidden, points = self.generate(images, boxes, prompt, tokenizer, num_beams, max_new_tokens,
+                                                image_sizes, sam_features)
+        out = []
+        for row, pts, n in zip(tokens.tolist(), points.cpu(), self._lengths(tokens).tolist()):
+            ids = row[:n]
+            out.append({"text": tokenizer.decode(ids, skip_special_tokens=True),
+                        "tokens": tokenizer.convert_ids_to_tokens(ids),
+                        "token_ids": ids,
+                        "points": pts[:n]})
+        return out
+
+    @torch.no_grad()
+    def locate(self, images: torch.Tensor, expressions: Sequence[str], tokenizer: Any,
+               template: str = "where is {}", max_new_tokens: int = 16,
+               image_sizes: torch.Tensor | None = None, sam_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Referring localization (REFERENCE §3): whole-image prompt, text "where is <expr>"; the decoder
+        state that emits EOS regresses the box → B×4 (x0, y0, x1, y1) pixels of the S×S input frame.
+        Rows that never emit EOS within ``max_new_tokens`` use their last state (counted in a warning)."""
+        prompts = [template.format(e) for e in expressions]
+        tokens, _hidden, points = self.generate(images, None, prompts, tokenizer, 1, max_new_tokens,
+                                                image_sizes, sam_features)
+        first = self._lengths(tokens)
+        missing = int((first >= tokens.shape[1]).sum())
+        if missing:
+            warnings.warn(f"PixelLLM.locate: {missing}/{len(first)} expressions emitted no EOS in "
+                          f"{max_new_tokens} tokens; used the last state")
+        idx = first.clamp(max=tokens.shape[1] - 1)
+        return points[torch.arange(len(idx), device=points.device), idx]              # B×4
+
+    # --- persistence -------------------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights + buffers of the trainable non-LM parts (semantic encoder, extractor, head)."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (trainable parts) + ``lora/`` (peft adapter).
+        Frozen bases are referenced by the config's paths (``sam_checkpoint``, ``t5``), not duplicated; a
+        base with no path (random init) is saved too (``frozen_sam.safetensors`` / ``t5/``) so the round trip
+        is exact."""
+        from dataclasses import asdict
+
+        from safetensors.torch import save_file
+
+        from ..utils import atomic_write_bytes
+
+        if self.config is None:
+            raise ValueError("PixelLLM.save_pretrained needs the model's config (build it with build_pixelllm)")
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = asdict(self.config)
+        atomic_write_bytes(d / CONFIG_NAME, (json.dumps(cfg, indent=2) + "\n").encode())
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()},
+                  str(d / WEIGHTS_NAME))
+        if self.config.sam_checkpoint is None:
+            frozen = {k: v for k, v in self.state_dict().items()
+                      if k.startswith(("image_encoder.sam_encoder.", "prompt_encoder."))}
+            save_file({k: v.detach().contiguous().cpu() for k, v in frozen.items()}, str(d / FROZEN_SAM_NAME))
+        lm = self.language_model
+        if lm.mode == "lora":
+            lm.model.save_pretrained(str(d / LORA_DIR))
+        if lm.mode == "full" or self.config.t5 is None:
+            from transformers import T5ForConditionalGeneration
+
+            base = T5ForConditionalGeneration(lm.t5.config)
+            base.load_state_dict(lm.base_state_dict())
+            base.save_pretrained(str(d / T5_DIR))
+        return d
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
+                        tokenizer: Any = None) -> "PixelLLM":
+        """Inverse of :meth:`save_pretrained`: rebuild from ``config.json`` and load every saved part."""
+        from safetensors.torch import load_file
+
+        from .build import PixelLLMConfig, build_pixelllm
+
+        d = Path(directory)
+        cfg_path = d / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"PixelLLM.from_pretrained: {cfg_path} not found")
+        cfg = PixelLLMConfig.from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
+        t5_src = str(d / T5_DIR) if (d / T5_DIR).is_dir() else cfg.t5
+        model = build_pixelllm(cfg, t5=t5_src, tokenizer=tokenizer)
+        model.config.t5 = cfg.t5  # keep the original reference, not the folder we loaded from
+        state = load_file(str(d / WEIGHTS_NAME))
+        if (d / FROZEN_SAM_NAME).is_file():
+            state.update(load_file(str(d / FROZEN_SAM_NAME)))
+        missing_here = [k for k in state if k not in model.state_dict()]
+        if missing_here:
+            raise ValueError(f"{d / WEIGHTS_NAME}: keys not in the model built from {cfg_path}: {missing_here[:5]}")
+        model.load_state_dict(state, strict=False)
+        if model.language_model.mode == "lora":
+            from peft.utils import set_peft_model_state_dict
+
+            adapter = d / LORA_DIR / "adapter_model.safetensors"
+            if not adapter.is_file():
+                raise FileNotFoundError(f"PixelLLM.from_pretrained: LoRA adapter {adapter} not found")
+            result = set_peft_model_state_dict(model.language_model.model, load_file(str(adapter)))
+            unexpected = getattr(result, "unexpected_keys", [])
+            if unexpected:
+                raise ValueError(f"{adapter}: unexpected adapter keys {unexpected[:5]}")
+        if device is not None:
+            model.to(device)
+        return model

@@ -1,0 +1,118 @@
+"""Trace heads: per-token locations from the language model's last hidden state.
+
+PixelLLM (Xu et al., CVPR 2024, §3.2) adds a small head on L⁻, the language model's last hidden state
+**before the vocabulary projection**, so that every emitted token w_i also gets a location p_i:
+
+    h_i = L⁻(f_l, w_<i)          decoder state after T5's final RMSNorm (B×T×D), the same state that
+                                 the vocabulary projection turns into the logits of w_i
+    p̂_i = MLP(h_i) ∈ R⁴          two points per token, (x0, y0, x1, y1)
+    (x, y) = (p̂ + 1) / 2 · (w, h)   pixels of the model's S×S input frame (official release)
+
+and trains it with λ·‖p̂_i − p_i‖₁ next to the captioning cross-entropy (λ = 0.1). The predictions are
+**not** fed back into decoding: generation runs the LM alone and the head reads the gathered states.
+
+Three variants, all mapping hidden B×T×D → points B×T×4 in pixels of the input frame, (x, y) order:
+
+* :class:`TraceHead` with ``parametrization="corners"`` — the release's 4-layer pre-LayerNorm GELU MLP,
+  raw corners, ``(out + 1) / 2 · (w, h)``.
+* :class:`TraceHead` with ``parametrization="center_size"`` — same MLP, output read as a box
+  ``(cx, cy, bw, bh) = sigmoid(out)`` → corners. For box regression at the EOS token (referring
+  localization): raw corners collapsed to zero-area boxes in our CPU prototype (REFERENCE §8).
+* :class:`SpatialTraceHead` — ablation: the decoder state attends over the image patch features and
+  each point is the attention-weighted mean of patch centres (learned ~1.5× lower per-word error in the
+  CPU prototype, REFERENCE §8). Not in the paper.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+PARAMETRIZATIONS = ("corners", "center_size")
+
+
+def _frame_scale(frame_hw: tuple[int, int], ref: torch.Tensor) -> torch.Tensor:
+    """(w, h, w, h) as a tensor on ``ref``'s device/dtype, from the frame size given as (h, w) pixels."""
+    h, w = frame_hw
+    return torch.tensor([w, h, w, h], dtype=ref.dtype, device=ref.device)
+
+
+class TraceHead(nn.Module):
+    """MLP trace head (paper / official release).
+
+    Args:
+        dim: width D of the LM's decoder states.
+        hidden_dim: width of the hidden layers (default D).
+        num_layers: number of Linear layers (release: 4), GELU between them, one LayerNorm in front.
+        parametrization: ``"corners"`` (paper) or ``"center_size"`` (box at EOS, see module docstring).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int | None = None, num_layers: int = 4,
+                 parametrization: str = "corners") -> None:
+        super().__init__()
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"TraceHead: parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
+        if num_layers < 1:
+            raise ValueError(f"TraceHead: num_layers must be >= 1, got {num_layers}")
+        hidden_dim = hidden_dim or dim
+        self.parametrization = parametrization
+        layers: list[nn.Module] = [nn.LayerNorm(dim)]  # pre-LayerNorm (release)
+        widths = [dim] + [hidden_dim] * (num_layers - 1) + [4]
+        for i in range(num_layers):
+            layers.append(nn.Linear(widths[i], widths[i + 1]))
+            if i < num_layers - 1:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, hidden: torch.Tensor, frame_hw: tuple[int, int],
+                image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden: B×T×D decoder states (after the final norm) → B×T×4 points (x0, y0, x1, y1), pixels of
+        the S×S input frame whose size is ``frame_hw`` = (h, w). ``image_features`` is ignored (same
+        signature as :class:`SpatialTraceHead`)."""
+        out = self.mlp(hidden)                                    # B×T×4, unbounded
+        scale = _frame_scale(frame_hw, out)
+        if self.parametrization == "corners":
+            # Paper/release: (x, y) = (out + 1) / 2 · (w, h) — out = ±1 are the frame's edges.
+            return (out + 1.0) / 2.0 * scale
+        # center_size: sigmoid keeps centre and size in [0, 1]; size > 0 so boxes cannot collapse to a
+        # point from a symmetric initialisation the way two raw corners do.
+        c = torch.sigmoid(out)
+        cxcywh = c * scale                                        # pixels
+        half = cxcywh[..., 2:] / 2
+        return torch.cat([cxcywh[..., :2] - half, cxcywh[..., :2] + half], dim=-1)
+
+
+class SpatialTraceHead(nn.Module):
+    """Ablation head with a spatial inductive bias (not in the paper).
+
+    For each of the two points k ∈ {0, 1}: a_k = softmax_n(q_k(h_i) · k(F_n) / √d) over the N image
+    patches, p_k = Σ_n a_k,n · c_n with c_n the patch centres in pixels. Points stay inside the frame.
+
+    Args:
+        dim: LM width D; feature_dim: channels C of the image feature grid; attn_dim: query/key width.
+    """
+
+    def __init__(self, dim: int, feature_dim: int, attn_dim: int = 128) -> None:
+        super().__init__()
+        self.attn_dim = attn_dim
+        self.norm = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, 2 * attn_dim)                  # one query per point
+        self.key = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, attn_dim))
+
+    def forward(self, hidden: torch.Tensor, frame_hw: tuple[int, int],
+                image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden B×T×D, image_features B×C×H×W (the grid the extractor sees, covering the S×S frame)
+        → B×T×4 (x0, y0, x1, y1) pixels of the frame (h, w) = ``frame_hw``."""
+        if image_features is None:
+            raise ValueError("SpatialTraceHead needs image_features (B×C×H×W)")
+        b, t, _ = hidden.shape
+        _, _, gh, gw = image_features.shape
+        keys = self.key(image_features.flatten(2).transpose(1, 2))            # B×N×A
+        q = self.query(self.norm(hidden)).view(b, t, 2, self.attn_dim)         # B×T×2×A
+        attn = torch.einsum("btka,bna->btkn", q, keys) / self.attn_dim ** 0.5  # B×T×2×N
+        attn = attn.softmax(dim=-1)
+        h, w = frame_hw
+        ys = (torch.arange(gh, device=hidden.device, dtype=hidden.dtype) + 0.5) * (h / gh)
+        xs = (torch.arange(gw, device=hidden.device, dtype=hidden.dtype) + 0.5) * (w / gw)
+        centres = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)  # N×2 (x, y), row-major
+        pts = attn @ centres                                                   # B×T×2×2
+        return pts.reshape(b, t, 4)

@@ -1,0 +1,134 @@
+"""The shared training config: one typed dataclass (nanoGPT ``GPTConfig`` / peft ``LoraConfig`` style).
+
+Experiment configs (``pretrain.py``, ``ln_trace.py``) are functions ``get_config(smoke=False)`` returning a
+:class:`TrainConfig`; the CLI applies ``key=value`` overrides with :func:`apply_overrides`. A config is
+stored inside every checkpoint as JSON (:meth:`TrainConfig.to_json`), so checkpoints describe themselves.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    # --- what is trained --------------------------------------------------------------------------
+    stage: str = field(default="train", metadata={"help": "name of the stage; checkpoints go to <run>/checkpoints/<stage>"})
+    preset: str = field(default="tiny", metadata={"help": "build_pixelllm preset: tiny | small | paper"})
+    smoke: bool = field(default=False, metadata={"help": "SMOKE run: tiny data, a few steps, artifacts under runs/smoke"})
+    model_overrides: dict = field(default_factory=dict, metadata={"help": "extra keyword arguments for build_pixelllm"})
+    init_from: str = field(default="", metadata={"help": "checkpoint file or folder (latest) whose trainable weights initialise the model"})
+    # --- data ---------------------------------------------------------------------------------------
+    run_dir: str = field(default="", metadata={"help": "run folder (default pixelllm.utils.run_dir(smoke))"})
+    data_dir: str = field(default="", metadata={"help": "synthetic world folder (default <run>/data)"})
+    tokenizer_dir: str = field(default="", metadata={"help": "tokenizer folder (default <run>/tokenizer)"})
+    sam_checkpoint: str = field(default="", metadata={"help": "SAM-format state_dict (default <run>/sam_tiny/sam_tiny.pth when it exists)"})
+    t5_dir: str = field(default="", metadata={"help": "T5 save_pretrained folder (default <run>/t5_tiny when it exists)"})
+    out_dir: str = field(default="", metadata={"help": "checkpoints + metrics.jsonl (default <run>/checkpoints/<stage>)"})
+    tasks: dict = field(default_factory=lambda: {"caption": 1.0},
+                        metadata={"help": "training mixture {task: weight}; task in caption | trace | refer | region_caption"})
+    prompts: dict = field(default_factory=lambda: {"caption": "A short image caption:"},
+                          metadata={"help": "text prompt per task (the LM's encoder context)"})
+    image_size: int = field(default=0, metadata={"help": "S: images resized (longest side) and padded to S×S; 0 = the preset's"})
+    max_target_len: int = field(default=64, metadata={"help": "target tokens per sample (EOS included), longer ones are cut"})
+    max_samples: int = field(default=0, metadata={"help": "use only the first N training samples per task (0 = all)"})
+    augment: bool = field(default=False, metadata={"help": "random augmentation (disables the frozen-feature cache)"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
+    # --- optimisation ------------------------------------------------------------------------------
+    batch_size: int = field(default=32, metadata={"help": "GLOBAL micro-batch (all ranks together); per rank = batch_size / world_size"})
+    accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step (effective batch = batch_size × accum_steps)"})
+    steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "cosine floor as a fraction of lr"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (official trace config: 0)"})
+    betas: tuple = field(default=(0.9, 0.999), metadata={"help": "AdamW betas"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max global grad norm (0 = no clipping)"})
+    amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (CPU always runs fp32)"})
+    # --- loss ---------------------------------------------------------------------------------------
+    lambda_point: float = field(default=0.1, metadata={"help": "λ of the L1 point term, pixels of the resized input (paper 0.1)"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "ε, spread as ε/(V−1) on wrong tokens (official)"})
+    giou_weight: float = field(default=0.0, metadata={"help": "GIoU weight on boxes of box tasks (refer); 0 = L1 only"})
+    # --- loop ----------------------------------------------------------------------------------------
+    seed: int = field(default=0, metadata={"help": "seeds model init, dropout and the data order"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    cache_sam_features: bool = field(default=True, metadata={"help": "cache frozen-SAM features per image id (when frozen and no augmentation)"})
+    log_interval: int = field(default=10, metadata={"help": "steps between metrics.jsonl records"})
+    eval_interval: int = field(default=0, metadata={"help": "steps between eval-hook calls (0 = only at the end)"})
+    ckpt_interval: int = field(default=500, metadata={"help": "steps between checkpoints (the last step is always saved)"})
+    keep_last: int = field(default=2, metadata={"help": "checkpoints kept in out_dir"})
+    ddp_find_unused: bool = field(default=False, metadata={"help": "DistributedDataParallel(find_unused_parameters=...)"})
+
+    # ---------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Inverse of :meth:`to_dict` (JSON lists back to tuples); unknown keys are an error."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise KeyError(f"TrainConfig: unknown field(s) {unknown}")
+        kw = {k: (tuple(v) if isinstance(names[k].default, tuple) and isinstance(v, list) else v) for k, v in d.items()}
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, s: str) -> "TrainConfig":
+        return cls.from_dict(json.loads(s))
+
+    def help(self) -> str:
+        """One line per field: name, current value, help text."""
+        return "\n".join(f"{f.name:20s} = {getattr(self, f.name)!r:32s} {f.metadata.get('help', '')}"
+                         for f in dataclasses.fields(self))
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+    """Parse the right-hand side of ``key=value`` to the type of the field's current value."""
+    if isinstance(current, bool):
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"override {key}={text!r}: expected a boolean")
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as e:
+        raise ValueError(f"override {key}={text!r}: not a Python literal ({e})") from None
+    if isinstance(current, float) and isinstance(value, int):
+        value = float(value)
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if type(value) is not type(current):
+        raise ValueError(f"override {key}={text!r}: expected {type(current).__name__}, got {type(value).__name__}")
+    return value
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str] | dict) -> TrainConfig:
+    """Return a copy of ``cfg`` with ``["lr=3e-4", "tasks={'trace': 2, 'caption': 1}"]`` (or a dict) applied.
+    Values are parsed as Python literals and type-checked against the field; unknown keys raise."""
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for o in overrides:
+            if "=" not in o:
+                raise ValueError(f"override {o!r}: expected key=value")
+            k, v = o.split("=", 1)
+            items.append((k.strip(), v))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for k, v in items:
+        if k not in names:
+            raise KeyError(f"unknown config key {k!r}; known: {', '.join(sorted(names))}")
+        changes[k] = _parse_value(v, getattr(cfg, k), k) if isinstance(v, str) else v
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,36 @@
+"""Stage 1 — captioning pretraining (paper: WebLI, 10 epochs, 224 px; here: short synthetic captions).
+
+Caption loss only (no point targets). What trains follows the paper's recipe at tiny scale: the prompt
+feature extractor, the trace head, the LoRA adapters of T5 (and the trainable semantic encoder when the
+preset has one); SAM stays frozen, so its features are cached per image.
+"""
+from __future__ import annotations
+
+from pixelllm.configs.base import TrainConfig
+
+
+def get_config(smoke: bool = False) -> TrainConfig:
+    cfg = TrainConfig(
+        stage="pretrain",
+        preset="tiny",
+        smoke=smoke,
+        tasks={"caption": 1.0},
+        prompts={"caption": "A short image caption:"},
+        image_size=0,           # 0 = the preset's input size
+        max_target_len=32,
+        batch_size=32,
+        steps=200,
+        lr=1e-3,
+        warmup_steps=20,
+        weight_decay=0.0,
+        grad_clip=1.0,
+        lambda_point=0.1,
+        label_smoothing=0.1,
+        log_interval=10,
+        ckpt_interval=100,
+        keep_last=2,
+    )
+    if smoke:  # big_vision "runlocal": same code path, seconds of compute
+        cfg.batch_size, cfg.steps, cfg.warmup_steps = 4, 3, 1
+        cfg.max_samples, cfg.log_interval, cfg.ckpt_interval = 16, 1, 2
+    return cfg

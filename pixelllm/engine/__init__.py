@@ -1,0 +1,32 @@
+"""Training engine: losses, the plain training loop, checkpoints/resume, DDP helpers.
+
+Light on import: the submodules (which import torch) load on first attribute access, e.g.
+``from pixelllm.engine import Trainer`` or ``pixelllm.engine.pixelllm_loss``.
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "pixelllm_loss": "pixelllm.engine.losses",
+    "label_smoothed_cross_entropy": "pixelllm.engine.losses",
+    "count_targets": "pixelllm.engine.losses",
+    "Trainer": "pixelllm.engine.trainer",
+    "NonFiniteLossError": "pixelllm.engine.trainer",
+    "lr_factor": "pixelllm.engine.trainer",
+    "forward_batch": "pixelllm.engine.trainer",
+    "save_checkpoint": "pixelllm.engine.checkpoint",
+    "load_checkpoint": "pixelllm.engine.checkpoint",
+    "latest_checkpoint": "pixelllm.engine.checkpoint",
+    "load_trainable_state_dict": "pixelllm.engine.checkpoint",
+    "init_distributed": "pixelllm.engine.distributed",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pixelllm.engine' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

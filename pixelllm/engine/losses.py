@@ -1,0 +1,154 @@
+"""PixelLLM training losses (paper §3.3, official ``scenic/projects/pixel_llm/modeling/losses.py``).
+
+The paper trains captioning and per-word localization jointly::
+
+    L = 1/n Σ_i [ CE(L(f_l, w_<i), w_i)  +  λ · ‖p̂_i − p_i‖₁ ],      λ = 0.1
+
+* CE is label-smoothed (ε = 0.1) the way the official code (following GRiT) does it: the target
+  distribution puts 1 − ε on the true token and **ε / (V − 1) on every other token** (torch's
+  ``label_smoothing=ε`` instead spreads ε / V over *all* tokens, the true one included).
+  Pad tokens (``target_mask`` False) are ignored, EOS is supervised. Averaged over the valid tokens.
+* The point term is an L1 distance in **pixels of the resized model input** (longest side = S), taken
+  only where ``point_valid`` is True (begin/end/pad tokens and caption-only samples carry no target).
+  As in the official ``point_loss``, the per-token distance is the mean over the 2 points × (x, y)
+  = 4 coordinates, then averaged over the valid tokens.
+
+Both averages can be taken over a *global* count (all micro-batches of one optimizer step, all DDP
+ranks) instead of this batch's count: pass ``num_tokens`` / ``num_points``. The trainer does this so that
+gradient accumulation and data parallelism give exactly the gradient of one large batch.
+
+Box tasks (referring localization, REFERENCE §8): the two points at the EOS token are the box corners;
+``giou_weight > 0`` adds a GIoU loss (torchvision) on them, next to the L1.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import generalized_box_iou_loss
+
+POINT_TASKS = ("trace", "refer")  # tasks whose point targets are supervised
+BOX_TASKS = ("refer",)            # tasks whose EOS points are a box (x0, y0, x1, y1)
+
+
+def label_smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
+    """Per-token cross entropy against the official smoothed target distribution.
+
+    q_k = 1 − ε if k = y else ε / (V − 1);   CE = −Σ_k q_k log softmax(z)_k
+
+    Computed without materialising the B×T×V one-hot: Σ_{k≠y} log p_k = Σ_k log p_k − log p_y.
+
+    Args:
+        logits: B×T×V (any float dtype; computed in float32).
+        targets: B×T long token ids.
+        smoothing: ε.
+    Returns:
+        B×T float32 per-token loss (no masking applied).
+    """
+    V = logits.shape[-1]
+    logp = F.log_softmax(logits.float(), dim=-1)                       # B×T×V
+    logp_true = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)     # B×T, log p_y
+    logp_sum = logp.sum(-1)                                            # B×T, Σ_k log p_k
+    if V == 1:
+        return -logp_true
+    return -(1.0 - smoothing) * logp_true - smoothing / (V - 1) * (logp_sum - logp_true)
+
+
+def text_valid_mask(target_ids: torch.Tensor, target_mask: torch.Tensor, eos_id: int = 1) -> torch.Tensor:
+    """Tokens that carry a CE target: not pad, and not part of an empty caption (official code drops
+    samples whose first target token is EOS — e.g. padding samples). Returns B×T bool."""
+    return target_mask.bool() & (target_ids[:, :1] != eos_id)
+
+
+def point_valid_mask(point_valid: torch.Tensor, tasks: Optional[Iterable[str]], point_tasks=POINT_TASKS) -> torch.Tensor:
+    """``point_valid`` restricted to samples whose task supervises points (per-task mask), B×T bool.
+    ``tasks=None`` keeps ``point_valid`` as is."""
+    valid = point_valid.bool()
+    if tasks is not None:
+        keep = torch.tensor([t in point_tasks for t in tasks], dtype=torch.bool, device=valid.device)
+        valid = valid & keep[:, None]
+    return valid
+
+
+def count_targets(batch: dict, point_tasks: Iterable[str] = POINT_TASKS, eos_id: int = 1) -> tuple[int, int]:
+    """(number of CE tokens, number of point targets) of a batch — the normalisers of
+    :func:`pixelllm_loss`, countable before the forward pass (the trainer sums them over micro-batches
+    and ranks to get the exact large-batch average)."""
+    n_tok = int(text_valid_mask(batch["target_ids"], batch["target_mask"], eos_id).sum())
+    n_pt = 0
+    if "point_valid" in batch:
+        n_pt = int(point_valid_mask(batch["point_valid"], batch.get("task"), tuple(point_tasks)).sum())
+    return n_tok, n_pt
+
+
+def pixelllm_loss(
+    logits: torch.Tensor,
+    points: Optional[torch.Tensor],
+    batch: dict,
+    *,
+    lambda_point: float = 0.1,
+    label_smoothing: float = 0.1,
+    giou_weight: float = 0.0,
+    num_tokens: Optional[float] = None,
+    num_points: Optional[float] = None,
+    point_tasks: Iterable[str] = POINT_TASKS,
+    box_tasks: Iterable[str] = BOX_TASKS,
+    eos_id: int = 1,
+) -> dict:
+    """The PixelLLM loss on one (micro-)batch.
+
+    Args:
+        logits: B×T×V decoder logits (teacher forcing, aligned with ``batch["target_ids"]``).
+        points: B×T×4 predicted (x0, y0, x1, y1) per token, pixels of the resized input; may be None
+            for a caption-only model.
+        batch: the collate dict (docs/ARCHITECTURE.md): ``target_ids`` B×T, ``target_mask`` B×T and,
+            when present, ``points`` B×T×4 (pixels), ``point_valid`` B×T, ``task`` list[str].
+        lambda_point: λ, weight of the L1 point term (paper 0.1).
+        label_smoothing: ε (paper 0.1).
+        giou_weight: weight of a GIoU term on the box of box tasks (0 = paper, L1 only).
+        num_tokens / num_points: normalisers for the CE / point sums (default: this batch's counts).
+    Returns:
+        dict of scalar tensors: ``loss`` (to backpropagate), ``ce``, ``point_l1`` (already normalised,
+        unweighted), ``giou`` when enabled, and the counts ``n_tokens`` / ``n_points`` of this batch.
+    """
+    target_ids = batch["target_ids"]
+    tok_valid = text_valid_mask(target_ids, batch["target_mask"], eos_id)
+    ce_tok = label_smoothed_cross_entropy(logits, target_ids, label_smoothing)      # B×T
+    n_tok = tok_valid.sum()
+    denom_tok = torch.as_tensor(num_tokens if num_tokens is not None else n_tok, dtype=torch.float32).clamp(min=1)
+    ce = (ce_tok * tok_valid).sum() / denom_tok
+    out = {"ce": ce, "n_tokens": n_tok.detach()}
+    loss = ce
+
+    if points is not None and "points" in batch and "point_valid" in batch:
+        tasks = batch.get("task")
+        pt_valid = point_valid_mask(batch["point_valid"], tasks, tuple(point_tasks))       # B×T
+        target = batch["points"].to(points.device, torch.float32)
+        # mean over the 4 coordinates (2 points × (x, y)), as the official point_loss
+        l1_tok = (points.float() - target).abs().mean(-1)                                  # B×T
+        # where() rather than multiply: a NaN/inf target at an invalid token must not leak in
+        l1_tok = torch.where(pt_valid, l1_tok, torch.zeros_like(l1_tok))
+        n_pt = pt_valid.sum()
+        denom_pt = torch.as_tensor(num_points if num_points is not None else n_pt, dtype=torch.float32).clamp(min=1)
+        point_l1 = l1_tok.sum() / denom_pt
+        out["point_l1"] = point_l1
+        out["n_points"] = n_pt.detach()
+        loss = loss + lambda_point * point_l1
+
+        if giou_weight > 0 and tasks is not None:
+            box_tok = pt_valid & torch.tensor([t in tuple(box_tasks) for t in tasks], dtype=torch.bool,
+                                              device=pt_valid.device)[:, None]
+            pred_b, tgt_b = points.float()[box_tok], target[box_tok]                      # N×4 each
+            if len(pred_b):
+                # torchvision's GIoU expects x1 ≥ x0; sort the corners so a flipped prediction is still a box
+                pred_b = torch.cat([torch.minimum(pred_b[:, :2], pred_b[:, 2:]),
+                                    torch.maximum(pred_b[:, :2], pred_b[:, 2:])], dim=1)
+                giou = generalized_box_iou_loss(pred_b, tgt_b, reduction="sum") / denom_pt
+            else:
+                giou = pred_b.sum()  # empty → 0, keeps the graph
+            out["giou"] = giou
+            loss = loss + giou_weight * giou
+
+    out["loss"] = loss
+    return out

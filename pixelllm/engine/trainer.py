@@ -1,0 +1,389 @@
+"""A plain training loop (nanoGPT ``train.py`` / minGPT ``Trainer``): no framework, everything visible.
+
+One optimizer step =
+  1. ``accum_steps`` micro-batches from a seeded, resumable, rank-sliced sampler;
+  2. per micro-batch: forward (bf16 autocast on CUDA, fp32 on CPU) → :func:`pixelllm_loss` normalised by
+     the *global* token / point counts of the whole step (all micro-batches, all ranks) → backward
+     (DDP all-reduces gradients on the last micro-batch only). Hence N ranks × accumulation give exactly
+     the gradient of one big batch;
+  3. non-finite loss → :class:`NonFiniteLossError` before the weights change (the last good checkpoint
+     stays the newest file);
+  4. clip the global grad norm, AdamW step, LR = linear warm-up + cosine (:func:`lr_factor`);
+  5. rank 0: tqdm bar, a JSONL record every ``log_interval`` steps, the eval hook every
+     ``eval_interval`` steps, a checkpoint every ``ckpt_interval`` steps and at the end.
+
+The model is any ``nn.Module`` whose ``forward`` takes (a subset of) the batch-dict keys
+``images, boxes, prompt_ids, prompt_mask, target_ids, target_mask, image_sizes`` and returns an object
+(or dict) with ``logits`` B×T×V and ``points`` B×T×4 (pixels of the resized input; may be None).
+If it also offers ``frozen_image_features(images, image_sizes)`` and accepts ``sam_features=``, the
+frozen SAM features are cached per image id (REFERENCE §8: 2× faster steps on CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import os
+import random
+import time
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm.auto import tqdm
+
+from pixelllm.engine import checkpoint as ckpt
+from pixelllm.engine import distributed as dist_utils
+from pixelllm.engine.distributed import DistInfo
+from pixelllm.engine.losses import POINT_TASKS, count_targets, pixelllm_loss
+from pixelllm.utils import write_json
+
+FORWARD_KEYS = ("images", "boxes", "prompt_ids", "prompt_mask", "target_ids", "target_mask", "image_sizes")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; training stopped before the optimizer step (weights unchanged)."""
+
+
+# ------------------------------------------------------------------------------------- LR schedule
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak LR for optimizer step ``step`` (0-based):
+    linear warm-up (step+1)/warmup for the first ``warmup_steps`` steps, then a half cosine from 1 down
+    to ``min_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------------------------------- data
+class ResumableSampler(Sampler):
+    """``DistributedSampler`` (the epoch's permutation is seeded by seed + epoch and sliced per rank,
+    tail dropped so every rank gets the same count) that can start ``start`` samples into the epoch.
+
+    With ``num_replicas = 1`` it is a seeded shuffle; with N ranks the union of the ranks' k-th batches of
+    size b equals the k-th batch of size N·b of the single-process run.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+        self.inner = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                                        seed=seed, drop_last=True)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.inner.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.inner)[self.start:])
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.start)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Tensors of a batch dict moved to ``device`` (lists of strings stay)."""
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+class FeatureCache:
+    """Frozen-encoder features per image id, computed once (``encode(images, image_sizes)`` → B×C×h×w)."""
+
+    def __init__(self, encode: Callable):
+        self.encode = encode
+        self.store: dict[str, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> torch.Tensor:
+        ids = [str(i) for i in batch["image_ids"]]
+        todo = sorted({i for i in ids if i not in self.store})
+        if todo:
+            first = {i: ids.index(i) for i in todo}
+            rows = torch.tensor([first[i] for i in todo], device=batch["images"].device)
+            sizes = batch["image_sizes"][rows] if "image_sizes" in batch else None
+            feats = self.encode(batch["images"][rows], sizes)
+            for i, f in zip(todo, feats):
+                self.store[i] = f.detach()
+        self.misses += len(todo)
+        self.hits += len(ids) - len(todo)
+        return torch.stack([self.store[i] for i in ids])
+
+
+def _forward_arg_names(model: torch.nn.Module) -> Optional[set]:
+    """Keyword names ``model.forward`` accepts (None = anything, it has ``**kwargs``)."""
+    params = inspect.signature(ckpt.unwrap(model).forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def forward_batch(model: torch.nn.Module, batch: dict, sam_features: Optional[torch.Tensor] = None):
+    """Call ``model`` on the batch-dict keys its forward accepts; returns (logits B×T×V, points B×T×4|None)."""
+    names = _forward_arg_names(model)
+    kw = {k: batch[k] for k in FORWARD_KEYS if k in batch and (names is None or k in names)}
+    if sam_features is not None:
+        kw["sam_features"] = sam_features
+    out = model(**kw)
+    if isinstance(out, dict):
+        return out["logits"], out.get("points")
+    return out.logits, getattr(out, "points", None)
+
+
+def frozen_feature_fn(model: torch.nn.Module) -> Optional[Callable]:
+    """``encode(images, image_sizes) -> B×C×h×w`` for the model's frozen image branch, or None when there
+    is none to cache: ``model.frozen_image_features`` if defined, else PixelLLM's
+    ``image_encoder.frozen_sam_features`` when the SAM encoder has no trainable parameter. The model's
+    forward must accept ``sam_features=``."""
+    names = _forward_arg_names(model)
+    if names is not None and "sam_features" not in names:
+        return None
+    fn = getattr(model, "frozen_image_features", None)
+    if fn is not None:
+        return fn
+    enc = getattr(model, "image_encoder", None)
+    sam = getattr(enc, "sam_encoder", None)
+    if sam is None or not hasattr(enc, "frozen_sam_features"):
+        return None
+    if any(p.requires_grad for p in sam.parameters()):
+        return None                                                    # SAM is being trained: no cache
+    return enc.frozen_sam_features
+
+
+# ----------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Train ``model`` on ``train_dataset`` following ``config`` (a :class:`~pixelllm.configs.TrainConfig`).
+
+    Args:
+        model: the module (already built and, for stage 2, initialised); frozen parts have
+            ``requires_grad=False`` — only trainable parameters go to AdamW and into checkpoints.
+        config: TrainConfig (uses batch_size, accum_steps, steps, lr, warmup_steps, min_lr_ratio,
+            weight_decay, betas, grad_clip, amp, lambda_point, label_smoothing, giou_weight, seed,
+            log/eval/ckpt intervals, keep_last, num_workers, cache_sam_features, augment).
+        train_dataset / collate_fn: map-style dataset and the collate producing the batch dict.
+        out_dir: checkpoints and ``metrics.jsonl`` (None = nothing written).
+        eval_fn: optional hook ``eval_fn(model, step) -> dict`` run on rank 0 (model in eval mode,
+            under no_grad); its numbers go to the log as ``eval/<name>``.
+        dist_info: from :func:`pixelllm.engine.distributed.init_distributed` (default single process).
+    """
+
+    def __init__(self, model: torch.nn.Module, config, train_dataset: Dataset, collate_fn: Callable, *,
+                 out_dir: str | os.PathLike | None = None, eval_fn: Optional[Callable] = None,
+                 loss_fn: Callable = pixelllm_loss, dist_info: Optional[DistInfo] = None, progress: bool = True):
+        cfg = self.cfg = config
+        self.dist = dist_info or DistInfo(device=dist_utils.resolve_device(cfg.device))
+        self.device = torch.device(self.dist.device)
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.eval_fn, self.loss_fn, self.progress = eval_fn, loss_fn, progress
+        if cfg.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size={cfg.batch_size} (global) is not divisible by world_size={self.dist.world_size}")
+        self.local_batch = cfg.batch_size // self.dist.world_size
+
+        # per-rank seeds for dropout etc. (model init happened before; DDP broadcasts rank 0's weights)
+        seed = cfg.seed + self.dist.rank
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+
+        self.model = model.to(self.device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters")
+        # nanoGPT: decay matrices, not biases / norms / embeddings-as-vectors
+        decay = [p for p in self.params if p.dim() >= 2]
+        no_decay = [p for p in self.params if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=tuple(cfg.betas))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, partial(lr_factor, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
+                                    min_ratio=cfg.min_lr_ratio))
+        self.net = model
+        if self.dist.enabled:
+            self.net = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.ddp_find_unused)
+
+        self.dataset, self.collate_fn = train_dataset, collate_fn
+        self.sampler = ResumableSampler(train_dataset, self.dist.world_size, self.dist.rank, shuffle=True, seed=cfg.seed)
+        if len(self.sampler.inner) < self.local_batch:
+            raise ValueError(f"{len(train_dataset)} training samples < one batch of {cfg.batch_size}")
+        # a private generator: creating a DataLoader iterator must not consume the global RNG
+        # (else a resumed run, which creates one mid-epoch, would draw different dropout masks)
+        self.loader_gen = torch.Generator().manual_seed(cfg.seed + self.dist.rank)
+
+        self.cache = None
+        encode = frozen_feature_fn(model)
+        if cfg.cache_sam_features and not cfg.augment and encode is not None:
+            self.cache = FeatureCache(encode)
+
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.history: list[dict] = []         # one record per optimizer step (all ranks)
+        self.last_checkpoint: Optional[Path] = None
+        self._t0 = time.time()
+
+    # ------------------------------------------------------------------------------ state / resume
+    @property
+    def log_path(self) -> Optional[Path]:
+        return self.out_dir / "metrics.jsonl" if self.out_dir else None
+
+    def save(self, metrics: Optional[dict] = None) -> Optional[Path]:
+        """Checkpoint the full training state (collective: every rank must call it; rank 0 writes)."""
+        rngs = dist_utils.all_gather_object(ckpt.rng_state())
+        if not self.dist.is_main or self.out_dir is None:
+            return None
+        self.last_checkpoint = ckpt.save_checkpoint(
+            self.out_dir, model=self.model, step=self.step, config_json=self.cfg.to_json(),
+            optimizer=self.optimizer, scheduler=self.scheduler, epoch=self.epoch,
+            batch_in_epoch=self.batch_in_epoch, rng=rngs, metrics=metrics, keep_last=self.cfg.keep_last)
+        return self.last_checkpoint
+
+    def resume(self, path: str | os.PathLike | None = None) -> bool:
+        """Restore model (trainable weights), optimizer, scheduler, RNG and data position from ``path``
+        (file or folder; default ``out_dir``). Returns False when there is nothing to resume."""
+        path = path or self.out_dir
+        if path is None or ckpt.latest_checkpoint(path) is None:
+            return False
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        ckpt.load_trainable_state_dict(self.model, state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        rngs = state["rng"]
+        if len(rngs) == self.dist.world_size:
+            ckpt.set_rng_state(rngs[self.dist.rank])
+        elif self.dist.is_main:
+            print(f"resume: checkpoint has RNG states of {len(rngs)} rank(s), running {self.dist.world_size}: "
+                  "RNG not restored (data position is)")
+        self.last_checkpoint = Path(state["path"])
+        if self.dist.is_main and self.log_path and self.log_path.exists():  # drop records past the checkpoint
+            keep = [ln for ln in self.log_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+            self.log_path.write_text("".join(ln + "\n" for ln in keep))
+        return True
+
+    # ------------------------------------------------------------------------------------- loop
+    def _batches(self) -> Iterator[dict]:
+        """Endless stream of local micro-batches; tracks (epoch, batch_in_epoch) for resuming."""
+        while True:
+            self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.local_batch)
+            loader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler,
+                                collate_fn=self.collate_fn, drop_last=True, num_workers=self.cfg.num_workers,
+                                generator=self.loader_gen, persistent_workers=False)
+            for batch in loader:
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _log(self, record: dict) -> None:
+        if self.dist.is_main and self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def evaluate(self) -> dict:
+        """Run the eval hook on rank 0 (eval mode, no grad); returns its metrics (empty on other ranks)."""
+        if self.eval_fn is None or not self.dist.is_main:
+            return {}
+        self.model.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                res = self.eval_fn(self.model, self.step) or {}
+        finally:
+            self.model.train()
+        rec = {"step": self.step, **{f"eval/{k}": float(v) for k, v in res.items() if isinstance(v, (int, float))}}
+        self._log(rec)
+        return res
+
+    def fit(self, until: Optional[int] = None) -> list[dict]:
+        """Train until ``config.steps`` optimizer steps are done (or stop early after step ``until``, e.g.
+        to train in chunks; the LR schedule always follows ``config.steps``). Returns :attr:`history`.
+        When the last step is reached, rank 0 writes ``out_dir/final.json`` (step, checkpoint, metrics)."""
+        cfg, world = self.cfg, self.dist.world_size
+        stop = cfg.steps if until is None else min(until, cfg.steps)
+        self.net.train()
+        batches = self._batches()
+        point_tasks = POINT_TASKS
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.stage, dynamic_ncols=True, mininterval=1.0,
+                   disable=not (self.dist.is_main and self.progress))
+        window: list[dict] = []
+        t_last, step_at_last = time.time(), self.step
+        while self.step < stop:
+            micro = [next(batches) for _ in range(cfg.accum_steps)]
+            # global normalisers (tokens / points of the whole step on all ranks), ÷ world because DDP
+            # averages the ranks' gradients
+            counts = torch.tensor([sum(count_targets(b, point_tasks)[i] for b in micro) for i in (0, 1)],
+                                  dtype=torch.float64, device=self.device)
+            dist_utils.all_reduce_sum(counts)
+            n_tok, n_pt = (counts / world).tolist()
+            terms: dict[str, float] = {}
+            for i, b in enumerate(micro):
+                b = to_device(b, self.device)
+                last = i == len(micro) - 1
+                sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.net.no_sync()
+                with sync:
+                    feats = self.cache(b) if self.cache is not None else None
+                    with self._autocast():
+                        logits, points = forward_batch(self.net, b, feats)
+                    out = self.loss_fn(logits, points, b, lambda_point=cfg.lambda_point,
+                                       label_smoothing=cfg.label_smoothing, giou_weight=cfg.giou_weight,
+                                       num_tokens=n_tok, num_points=n_pt)
+                    out["loss"].backward()
+                for k, v in out.items():
+                    if not k.startswith("n_"):
+                        terms[k] = terms.get(k, 0.0) + float(v.detach())
+            names = sorted(terms)
+            vals = torch.tensor([terms[k] for k in names], dtype=torch.float64, device=self.device)
+            vals = (dist_utils.all_reduce_sum(vals) / world).tolist()  # global-batch averages
+            terms = dict(zip(names, vals))
+            if not all(math.isfinite(v) for v in vals):
+                self.optimizer.zero_grad(set_to_none=True)
+                msg = (f"non-finite loss at step {self.step + 1} ({', '.join(f'{k}={v}' for k, v in terms.items())}); "
+                       f"stopped before the optimizer step. Last good checkpoint: "
+                       f"{self.last_checkpoint or 'none written yet'}")
+                self._log({"step": self.step + 1, "event": "non_finite_loss", "message": msg})
+                bar.close()
+                raise NonFiniteLossError(msg)
+            if cfg.grad_clip > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
+            else:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, float("inf")))
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+
+            rec = {"step": self.step, **terms, "lr": lr, "grad_norm": grad_norm, "epoch": self.epoch}
+            self.history.append(rec)
+            window.append(rec)
+            bar.update(1)
+            if self.step % cfg.log_interval == 0 or self.step == cfg.steps:
+                dt = max(time.time() - t_last, 1e-9)
+                sps = (self.step - step_at_last) * cfg.batch_size * cfg.accum_steps / dt
+                mean = {k: sum(r[k] for r in window) / len(window) for k in terms}
+                self._log({"step": self.step, **mean, "lr": lr, "grad_norm": grad_norm, "samples_per_s": sps,
+                           "time": time.time() - self._t0, "epoch": self.epoch})
+                bar.set_postfix(loss=f"{mean['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{sps:.0f}")
+                window, t_last, step_at_last = [], time.time(), self.step
+            if cfg.eval_interval > 0 and self.step % cfg.eval_interval == 0 and self.step < cfg.steps:
+                self.evaluate()
+            if (cfg.ckpt_interval > 0 and self.step % cfg.ckpt_interval == 0) or self.step == cfg.steps:
+                self.save(metrics=rec)
+        bar.close()
+        if self.step == cfg.steps:
+            final = self.evaluate() if self.eval_fn is not None else {}
+            if self.dist.is_main and self.out_dir is not None:
+                write_json(self.out_dir / "final.json", {
+                    "step": self.step, "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+                    "train": self.history[-1] if self.history else {},
+                    "eval": {k: float(v) for k, v in final.items() if isinstance(v, (int, float))},
+                    "config": self.cfg.to_dict()})
+        return self.history

@@ -6,7 +6,7 @@ PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
 
-.PHONY: reproduce test setup data clean-smoke help
+.PHONY: reproduce test setup data report clean-smoke help
 
 help:
 	@echo "make reproduce   # generate the synthetic world, run every notebook (full), write results/ and figures/"
@@ -30,8 +30,15 @@ data: setup
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# FORCE=1 make reproduce  recomputes artifacts that already exist (data, pretrained parts, checkpoints).
 reproduce: setup
 	$(PY) -m pixelllm.notebooks --mode full
+	$(PY) bench/trace_overhead.py
+	$(PY) bench/synthetic_speed.py
+	$(PY) -m pixelllm.report
+
+report: setup
+	$(PY) -m pixelllm.report
 
 clean-smoke:
 	rm -rf runs/smoke

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from pixelllm.utils import repo_root, run_dir, write_json
+from pixelllm.utils import repo_root, results_dir, run_dir, write_json
 
 
 def notebook_paths() -> list[Path]:
@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         execute(nb, smoke)
         timings[nb.name] = round(time.time() - t0, 1)
         print(f"    done in {timings[nb.name]:.0f} s", flush=True)
-    path = run_dir(smoke) / "notebook_timings.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    write_json(path, {**old, **timings})
+        # Timings are written after every notebook so an interrupted reproduce keeps what it measured.
+        path = results_dir(smoke) / "timings.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        write_json(path, {**old, nb.stem: timings[nb.name]})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import importlib
 
 from pixelllm.configs.base import TrainConfig, apply_overrides
 
-CONFIGS = ("pretrain", "ln_trace")
+CONFIGS = ("pretrain", "ln_trace", "refcoco", "loc_caption", "densecap")
 
 
 def get_config(name: str, smoke: bool = False, preset: str | None = None, overrides=None) -> TrainConfig:

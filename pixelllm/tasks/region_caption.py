@@ -1,0 +1,355 @@
+"""Downstream task 3 — location-conditioned captioning (REFERENCE §3).
+
+PixelLLM captions *a given region*: the ground-truth box b is the location prompt (SAM prompt
+encoder → 2 corner tokens → prompt feature extractor E), the text prompt is "an object of", and the
+target is the region's phrase::
+
+    f_l = E(P(b), V(I))               b = the ground-truth box, (x0, y0, x1, y1) pixels of the S×S input
+    w_i ~ L([f_l ; "an object of"], w_<i)
+
+The per-token points are ignored: the samples carry no point target (``point_valid`` all False), so the
+loss of :func:`pixelllm.engine.losses.pixelllm_loss` is the label-smoothed caption CE alone.
+
+Data (the synthetic world, real formats): Visual Genome region descriptions (DenseCap splits; one
+sample per region) and refer-format RefCOCOg-style expressions (one sample per expression; the paper's
+RefCOCOg column). Evaluation captions each distinct (image, box) once and scores it against every
+phrase of that box — for RefCOCO-style data all sentences of a ref — with METEOR, CIDEr-D, BLEU-4 and
+ROUGE-L (PTB-tokenised, pycocoevalcap scorers, offline; :func:`pixelllm.eval.caption.caption_metrics`).
+
+Bad input: refer boxes partly outside the image are clipped, zero-size / outside ones skipped (VG boxes
+are cleaned by the VG reader the same way); images without any region are skipped; all counted and
+reported once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from pixelllm.data.datasets import DEFAULT_PROMPTS
+from pixelllm.data.errors import SkipCounter
+
+REGION_PROMPT = DEFAULT_PROMPTS["region_caption"]          # "an object of" (REFERENCE §3)
+#: split evaluated per dataset: VG → the DenseCap test split; RefCOCOg → its val split (the paper's column)
+EVAL_SPLITS = {"vg": "test", "refcocog": "val"}
+
+
+# ------------------------------------------------------------------------------------------------ data
+def clean_refer_records(records: Sequence[dict], skips: SkipCounter) -> list[dict]:
+    """Refer per-expression records with their ``bbox`` (x, y, w, h, original pixels) clipped to the image;
+    zero-size boxes and boxes outside the image are dropped. Both are counted in ``skips``."""
+    from pixelllm.data.visual_genome import clip_box_xywh
+
+    out = []
+    for r in records:
+        box = clip_box_xywh(*r["bbox"], r["width"], r["height"], skips,
+                            detail=f"ref {r.get('ref_id')} sentence {r.get('sent_id')}")
+        if box is not None:
+            out.append({**r, "bbox": box})
+    return out
+
+
+def load_region_records(data_root: str | os.PathLike, name: str, split: str | None,
+                        refer_dataset: str = "refcoco", refer_split_by: str = "unc",
+                        skips: SkipCounter | None = None) -> list[dict]:
+    """Records of one location-conditioned captioning source under ``data_root`` (ARCHITECTURE layout).
+
+    name: "vg" → :func:`load_visual_genome` per-image records (``regions``) of the DenseCap ``split``;
+    "refcocog" → refer per-expression records (``expression``, ``bbox``) of ``split`` read from
+    ``<data_root>/<refer_dataset>/refs(<refer_split_by>).p`` (the synthetic world has one refer set,
+    "refcoco"/"unc"; real RefCOCOg is "refcocog"/"umd").
+    """
+    from pixelllm.data.refcoco import RefCOCO
+    from pixelllm.data.visual_genome import load_visual_genome
+
+    root = Path(data_root)
+    own = skips is None
+    skips = skips if skips is not None else SkipCounter(f"region captions {name}/{split}")
+    if name == "vg":
+        recs = load_visual_genome(root / "vg" / "region_descriptions.json", root / "vg" / "image_data.json",
+                                  splits=root / "vg" / "densecap_splits.json", split=split, skips=skips)
+    elif name == "refcocog":
+        recs = clean_refer_records(RefCOCO(root, refer_dataset, refer_split_by).expressions(split), skips)
+    else:
+        raise ValueError(f"load_region_records: unknown source {name!r}; use 'vg' or 'refcocog'")
+    if own:
+        skips.report()
+    return recs
+
+
+def region_caption_dataset(data_root: str | os.PathLike, name: str, split: str | None, tokenizer,
+                           image_size: int, prompt: str = REGION_PROMPT, max_target_len: int = 32,
+                           refer_dataset: str = "refcoco", refer_split_by: str = "unc"):
+    """A :class:`~pixelllm.data.datasets.RegionCaptionDataset` (task "region_caption") on one source/split:
+    samples carry ``boxes`` = the region (resized frame), ``prompt_ids`` = ``prompt``, ``target_ids`` = phrase."""
+    from pixelllm.data.datasets import RegionCaptionDataset
+
+    recs = load_region_records(data_root, name, split, refer_dataset, refer_split_by)
+    if not recs:
+        raise ValueError(f"region_caption_dataset: no usable {name} records in split {split!r} under {data_root}")
+    return RegionCaptionDataset(recs, Path(data_root) / "images", tokenizer, image_size, prompt=prompt,
+                                max_target_len=max_target_len)
+
+
+def region_items(dataset) -> list[dict]:
+    """Distinct (image, box) pairs of a RegionCaptionDataset, each with all phrases of that box as references.
+
+    Returns dicts ``key`` ("<image_id>:<x>,<y>,<w>,<h>"), ``index`` (first sample of the pair),
+    ``image_id``, ``bbox`` ([x, y, w, h] original pixels), ``references`` (list[str]), in sample order."""
+    items: dict[str, dict] = {}
+    for i, (rec, bbox, phrase, _rid) in enumerate(dataset.items):
+        key = f"{rec['image_id']}:" + ",".join(f"{float(v):g}" for v in bbox)
+        if key not in items:
+            items[key] = {"key": key, "index": i, "image_id": rec["image_id"], "bbox": list(bbox), "references": []}
+        items[key]["references"].append(phrase)
+    return list(items.values())
+
+
+# ------------------------------------------------------------------------------------------- inference
+def caption_regions(model, dataset, tokenizer, prompt: str = REGION_PROMPT, batch_size: int = 32,
+                    max_new_tokens: int = 16, num_beams: int = 1, limit: int | None = None,
+                    device: str = "cpu", progress: bool = True) -> list[dict]:
+    """Caption every distinct (image, box) of ``dataset`` with the box as the location prompt.
+
+    Returns dicts of :func:`region_items` plus ``text`` (the generated caption) and ``box_input``
+    ((x0, y0, x1, y1) pixels of the resized S×S input, what the model saw).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    items = region_items(dataset)[:limit] if limit else region_items(dataset)
+    was = model.training
+    model.eval()
+    out = []
+    try:
+        for s in tqdm(range(0, len(items), batch_size), desc="region captions", disable=not progress):
+            chunk = items[s:s + batch_size]
+            samples = [dataset[it["index"]] for it in chunk]
+            images = torch.stack([x["images"] for x in samples]).to(device)
+            sizes = torch.stack([x["image_sizes"] for x in samples]).to(device)
+            boxes = torch.stack([x["boxes"] for x in samples]).to(device)        # B×4 resized frame
+            res = model.caption(images, boxes, prompt=prompt, tokenizer=tokenizer, num_beams=num_beams,
+                                max_new_tokens=max_new_tokens, image_sizes=sizes)
+            for it, x, r in zip(chunk, samples, res):
+                out.append({**it, "text": r["text"], "box_input": x["boxes"].tolist()})
+    finally:
+        model.train(was)
+    return out
+
+
+def score_region_captions(results: Sequence[dict], metrics: Sequence[str] | None = None, meteor=None) -> dict:
+    """Caption metrics of :func:`caption_regions` results (one prediction per box, its phrases as
+    references): ``{"METEOR", "CIDEr-D", "BLEU-4", "ROUGE-L", "num_items", ...}``, fractions (×100 = %)."""
+    from pixelllm.eval.caption import DEFAULT_METRICS, caption_metrics
+
+    preds = {r["key"]: r["text"] for r in results}
+    refs = {r["key"]: r["references"] for r in results}
+    return caption_metrics(preds, refs, metrics=tuple(metrics or DEFAULT_METRICS), meteor=meteor)
+
+
+def evaluate_loc_caption(model, datasets: dict, tokenizer, prompt: str = REGION_PROMPT, batch_size: int = 32,
+                         max_new_tokens: int = 16, num_beams: int = 1, limit: int | None = None,
+                         device: str = "cpu", progress: bool = True, meteor_fn=None) -> dict:
+    """Per-dataset metrics ``{name: {metric: value, "num_items": n}}`` and the predictions
+    (``{"predictions": {name: [...]}}``). One METEOR Java process serves every dataset; ``meteor_fn``
+    (an object with ``compute(pairs) -> (corpus, per_item)``) replaces it, e.g. in Java-free tests."""
+    from pixelllm.eval.caption import Meteor
+
+    results = {n: caption_regions(model, d, tokenizer, prompt, batch_size, max_new_tokens, num_beams, limit,
+                                  device, progress) for n, d in datasets.items()}
+    metrics: dict[str, Any] = {}
+    if meteor_fn is not None:
+        for n, r in results.items():
+            metrics[n] = score_region_captions(r, meteor=meteor_fn)
+    else:
+        with Meteor() as m:
+            for n, r in results.items():
+                metrics[n] = score_region_captions(r, meteor=m)
+    return {"metrics": metrics, "predictions": results}
+
+
+# -------------------------------------------------------------------------------------------- training
+def resolve_inits(cfg, paths) -> list[str]:
+    """Every existing checkpoint among ``cfg.init_from`` (comma-separated stage names under
+    ``<run>/checkpoints`` or paths), in the given order; [] when none exists (then only the pretrained
+    parts — tiny SAM, tiny T5 — initialise the model)."""
+    from pixelllm.engine.checkpoint import latest_checkpoint
+
+    found = []
+    for name in [x.strip() for x in cfg.init_from.split(",") if x.strip()]:
+        for cand in (Path(name), paths.checkpoints / name):
+            if cand.exists() and latest_checkpoint(cand) is not None:
+                found.append(str(cand))
+                break
+    return found
+
+
+def build_task_model(cfg, paths, tokenizer, device: str = "cpu", extra: Sequence[str] = ()):
+    """``pixelllm.train.build_model`` (seeded; frozen SAM / T5 from the run) with the trainable weights of
+    each existing ``init_from`` checkpoint loaded in order, then those of ``extra`` (e.g. this stage's own
+    output folder). Loading in this order rebuilds a fine-tuned model exactly even when the fine-tuning
+    froze parts that an earlier stage trained (their weights come from that earlier checkpoint)."""
+    from pixelllm.engine.checkpoint import load_checkpoint, load_trainable_state_dict
+    from pixelllm.train import build_model
+
+    inits = resolve_inits(cfg, paths) + [str(x) for x in extra]
+    if not resolve_inits(cfg, paths):
+        print(f"{cfg.stage}: no checkpoint among init_from={cfg.init_from!r}; starting from the pretrained "
+              "parts (tiny SAM, tiny T5) only")
+    model = build_model(dataclasses.replace(cfg, init_from=inits[0] if inits else ""), paths, tokenizer, device=device)
+    for path in inits[1:]:
+        state = load_checkpoint(path, map_location=device)
+        load_trainable_state_dict(model, state["model"], strict=False)
+        print(f"loaded trainable weights from {state['path']} (step {state['step']})")
+    return model
+
+
+class CachedFeatureCaptioner(nn.Module):
+    """Caption-only training view of a PixelLLM whose **whole image encoder is frozen** (SAM and the semantic
+    ViT), so the feature grid can be cached per image by the Trainer (``frozen_image_features`` +
+    ``sam_features=``) and each step runs only the prompt path: E(P(b), F) → T5.
+
+    It holds the *same* submodule objects under the *same* names as the PixelLLM (state-dict keys and
+    checkpoints are interchangeable; training it trains the PixelLLM). The trace head is frozen too: this
+    task ignores the point outputs. Used when ``cfg.train_image_encoder`` is False — a CPU-budget choice; the
+    paper keeps EVA02 trainable (``train_image_encoder=True`` trains it, caching only the frozen SAM).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        for name in ("image_encoder", "prompt_encoder", "prompt_extractor", "language_model", "trace_head"):
+            setattr(self, name, getattr(model, name))
+        self.image_encoder.requires_grad_(False)
+        self.trace_head.requires_grad_(False)
+
+    @torch.no_grad()
+    def frozen_image_features(self, images: torch.Tensor, image_sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """images B×3×S×S [0, 1] → the full (SAM ⊕ semantic) grid B×C×H×W, cacheable per image id."""
+        return self.image_encoder(images, image_sizes)
+
+    def forward(self, images, boxes, prompt_ids, prompt_mask, target_ids, target_mask=None, image_sizes=None,
+                sam_features=None) -> dict:
+        """As ``PixelLLM.forward`` (teacher forcing) with ``sam_features`` = the cached full grid; returns
+        ``{"logits": B×T×V, "points": None}`` (no point loss)."""
+        features = sam_features if sam_features is not None else self.frozen_image_features(images, image_sizes)
+        prompt = self.prompt_encoder(boxes, batch_size=images.shape[0], image_sizes=image_sizes)   # B×2×P
+        visual = self.prompt_extractor(features, prompt)                                           # B×N×D
+        words = self.language_model.embed_tokens(prompt_ids)                                       # B×P×D
+        mask = torch.cat([torch.ones(visual.shape[:2], dtype=torch.long, device=visual.device),
+                          prompt_mask.to(device=visual.device, dtype=torch.long)], dim=1)
+        logits, _hidden = self.language_model(torch.cat([visual.to(words.dtype), words], 1), mask,
+                                              self.language_model.shift_right(target_ids))
+        return {"logits": logits, "points": None}
+
+
+def loc_caption_train_dataset(cfg, paths, tokenizer, image_size: int):
+    """The config's mixture ``cfg.datasets`` ({"vg": w, "refcocog": w}) of region-caption datasets on the
+    train split (``max_samples`` caps each), mixed by :class:`pixelllm.train.MixtureDataset`."""
+    from torch.utils.data import Subset
+
+    from pixelllm.train import MixtureDataset
+
+    parts = {}
+    for name in cfg.datasets:
+        d = region_caption_dataset(paths.data, name, "train", tokenizer, image_size,
+                                   prompt=cfg.prompts.get("region_caption", REGION_PROMPT),
+                                   max_target_len=cfg.max_target_len, refer_dataset=cfg.refer_dataset,
+                                   refer_split_by=cfg.refer_split_by)
+        parts[name] = Subset(d, range(min(cfg.max_samples, len(d)))) if cfg.max_samples else d
+    return parts[next(iter(parts))] if len(parts) == 1 else MixtureDataset(parts, cfg.datasets, seed=cfg.seed)
+
+
+def eval_datasets(cfg, paths, tokenizer, image_size: int) -> dict:
+    """{name: RegionCaptionDataset} on each dataset's evaluation split (``cfg.eval_splits``)."""
+    return {name: region_caption_dataset(paths.data, name, cfg.eval_splits.get(name, EVAL_SPLITS.get(name)),
+                                         tokenizer, image_size,
+                                         prompt=cfg.prompts.get("region_caption", REGION_PROMPT),
+                                         max_target_len=cfg.max_target_len, refer_dataset=cfg.refer_dataset,
+                                         refer_split_by=cfg.refer_split_by)
+            for name in cfg.datasets}
+
+
+def train_loc_caption(cfg, progress: bool = True, resume: bool = True):
+    """Fine-tune PixelLLM for location-conditioned captioning with the plain :class:`Trainer`
+    (caption CE only). Prerequisites (data, tokenizer, tiny SAM, tiny T5) are found or computed as in
+    notebooks 01/02; checkpoints, ``metrics.jsonl`` and ``final.json`` go to ``<run>/checkpoints/<stage>``.
+    Returns the trainer (``.model``, ``.history``)."""
+    from pixelllm.data.datasets import collate
+    from pixelllm.data.tokenizer import load_tokenizer
+    from pixelllm.engine.trainer import Trainer
+    from pixelllm.train import ensure_prerequisites
+
+    paths = ensure_prerequisites(cfg, progress=progress)
+    tok = load_tokenizer(paths.tokenizer)
+    model = build_task_model(cfg, paths, tok)
+    train = loc_caption_train_dataset(cfg, paths, tok, model.image_size)
+    net = model if cfg.train_image_encoder else CachedFeatureCaptioner(model)
+    trainer = Trainer(net, cfg, train, collate, out_dir=paths.out, progress=progress)
+    if resume and trainer.resume():
+        print(f"resumed from {trainer.last_checkpoint} at step {trainer.step}")
+    trainer.fit()
+    return trainer
+
+
+def load_loc_caption(cfg, device: str = "cpu"):
+    """(model, tokenizer, paths): the ``init_from`` checkpoints, then the fine-tuned weights of
+    ``<run>/checkpoints/<stage>`` (latest) on top."""
+    from pixelllm.data.tokenizer import load_tokenizer
+    from pixelllm.train import resolve_paths
+
+    paths = resolve_paths(cfg)
+    tok = load_tokenizer(paths.tokenizer)
+    return build_task_model(cfg, paths, tok, device=device, extra=[str(paths.out)]), tok, paths
+
+
+# ------------------------------------------------------------------------------------- report / figures
+#: Published numbers (REFERENCE §5, T5-XL row of the official README), percentages.
+PAPER = {"vg": {"METEOR": 20.1, "CIDEr-D": 149.0}, "refcocog": {"METEOR": 15.3, "CIDEr-D": 92.0}}
+
+
+def metric_table(metrics: dict, paper: dict = PAPER) -> list[dict]:
+    """Rows ``{"dataset", "source" (ours | paper), "METEOR", "CIDEr-D", "BLEU-4", "ROUGE-L", "items"}`` in
+    percent (our fractions × 100) — ours next to the published row of the same dataset."""
+    rows = []
+    for name, m in metrics.items():
+        rows.append({"dataset": name, "source": "ours", **{k: 100 * m[k] for k in ("METEOR", "CIDEr-D", "BLEU-4", "ROUGE-L")
+                                                          if k in m}, "items": m.get("num_items")})
+        if name in paper:
+            rows.append({"dataset": name, "source": "paper (T5-XL)", **paper[name]})
+    return rows
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """Plain-text table (numbers with one decimal, missing cells "–")."""
+    cells = [[(f"{r[c]:.1f}" if isinstance(r.get(c), float) else ("–" if r.get(c) is None else str(r[c])))
+              for c in columns] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(columns)]
+    line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))   # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(x) for x in cells])
+
+
+def figure_region_captions(results: Sequence[dict], dataset, n: int = 6, ncols: int = 3, title: str = ""):
+    """One panel per (image, box): the scene, the prompt box, the generated caption (bold) and the first
+    reference (grey). Returns a matplotlib Figure (boxes drawn in pixels of the resized input)."""
+    from pixelllm.viz.plots import draw_boxes, grid_figure, show_scene
+
+    items = list(results[:n])
+    if not items:
+        raise ValueError("figure_region_captions: no results to draw")
+
+    def draw(ax, r):
+        s = dataset[r["index"]]
+        h, w = s["image_sizes"].tolist()
+        show_scene(ax, s["images"][:, :h, :w].permute(1, 2, 0).numpy())
+        draw_boxes(ax, [r["box_input"]], colors=[(1.0, 0.1, 0.1, 1.0)])
+        ax.set_title(f"{r['text'] or '(empty)'}\nref: {r['references'][0]}", fontsize=8)
+        ax.set_xticks([]), ax.set_yticks([])
+
+    fig = grid_figure(items, ncols=ncols, draw=draw, panel_size=2.6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -1,0 +1,178 @@
+"""Dense object captioning (REFERENCE §3/§4): proposals matched to ground truth at IoU ≥ 0.6 become the
+prompt boxes; detection + caption losses reach the proposer and the captioner's trainable parts (not
+the frozen SAM); ``predict`` returns boxes in original-image pixels; training lowers the loss; the
+DenseCap evaluation plumbing gives a hand-computable mAP with a fake METEOR."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pixelllm.tasks import densecap as dc
+from test_task_region_caption import make_model, tok, world  # noqa: F401  (fixtures)
+
+torch.set_num_threads(1)
+
+
+def make_captioner(tok, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    return dc.build_dense_captioner(make_model(tok, seed), tok, dim=32, **kw)
+
+
+@pytest.fixture(scope="module")
+def train_set(world, tok):
+    return dc.load_densecap_dataset(world, "train", tok, image_size=128)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_dataset_clips_skips_and_counts_bad_regions(tmp_path, tok):
+    recs = [
+        {"image_id": 1, "file_name": "a.jpg", "width": 100, "height": 50, "regions": [
+            {"region_id": 1, "phrase": "red circle", "bbox": [90.0, 10.0, 20.0, 10.0]},    # clipped to w 10
+            {"region_id": 2, "phrase": "blue star", "bbox": [10.0, 10.0, 0.0, 5.0]},        # zero width
+            {"region_id": 3, "phrase": "green square", "bbox": [0.0, 60.0, 5.0, 5.0]},      # below the image
+            {"region_id": 4, "phrase": "  ", "bbox": [1.0, 1.0, 5.0, 5.0]}]},               # empty phrase
+        {"image_id": 2, "file_name": "b.jpg", "width": 100, "height": 50, "regions": []},   # no region
+        {"image_id": 3, "file_name": "c.jpg", "width": 100, "height": 50, "regions": [
+            {"region_id": 5, "phrase": "blue star", "bbox": [0.0, 60.0, 5.0, 5.0]}]},       # nothing left
+    ]
+    ds = dc.DenseCapDataset(recs, tmp_path, tok, image_size=64)
+    assert len(ds) == 1
+    assert ds.skips.counts == {"clipped: box partly outside the image": 1, "skipped: box with width or height <= 0": 1,
+                               "skipped: box outside the image": 2, "skipped: empty phrase": 1,
+                               "skipped: image without regions": 2}
+    assert ds.ground_truth() == [{"image_id": "1", "boxes": [[90.0, 10.0, 100.0, 20.0]], "captions": ["red circle"]}]
+
+
+def test_samples_and_collate(train_set):
+    s = train_set[0]
+    r = train_set.records[0]
+    assert s["gt_boxes"].shape == (len(r["regions"]), 4) and len(s["gt_captions"]) == len(r["regions"])
+    x, y, w, h = r["regions"][0]["bbox"]
+    assert torch.allclose(s["gt_boxes"][0], torch.tensor([x, y, x + w, y + h]))   # 128 → 128: scale 1
+    assert all(ids[-1] == 1 for ids in s["gt_target_ids"])
+    b = dc.densecap_collate([train_set[0], train_set[1]])
+    assert b["images"].shape == (2, 3, 128, 128) and len(b["gt_boxes"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- model
+def test_proposals_matched_at_0_6_become_the_prompt_boxes(tok, train_set, monkeypatch):
+    cap = make_captioner(tok, append_gt=False, max_prompts_per_image=0)
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0], [21.0, 21.0, 30.0, 30.0]])
+    props = torch.tensor([[0.0, 0.0, 10.0, 10.0],     # IoU 1.00 with gt 0 → prompt, caption 0
+                          [0.0, 0.0, 10.0, 5.0],      # IoU 0.50 → dropped
+                          [20.0, 20.0, 30.0, 30.0],   # IoU 81/100 = 0.81 with gt 1 → prompt, caption 1
+                          [0.0, 0.0, 10.0, 6.0],      # IoU 0.60 → kept (≥)
+                          [50.0, 50.0, 60.0, 60.0]])  # no overlap → dropped
+    boxes, gi = cap.select_prompts(props, gt)
+    assert torch.equal(boxes, props[[0, 2, 3]]) and gi.tolist() == [0, 1, 0]
+    cap.append_gt = True                              # detectron2's proposal_append_gt: gt boxes join (IoU 1)
+    boxes, gi = cap.select_prompts(props, gt)
+    assert torch.equal(boxes, torch.cat([props[[0, 2, 3]], gt])) and gi.tolist() == [0, 1, 0, 0, 1]
+
+    # inside forward: the decoded proposals are replaced by `props`; the prompts captioned are exactly the
+    # matched ones, each with its ground truth's phrase as the target
+    cap.append_gt = False
+    monkeypatch.setattr("pixelllm.modeling.centernet.decode_detections",
+                        lambda out, *a, **k: [{"boxes": props, "scores": torch.ones(5), "labels": torch.zeros(5)}])
+    seen = {}
+    real = cap.encode_prompts
+
+    def spy(features, rows, boxes, sizes):
+        seen["rows"], seen["boxes"] = rows.tolist(), boxes.clone()
+        return real(features, rows, boxes, sizes)
+
+    monkeypatch.setattr(cap, "encode_prompts", spy)
+    s = train_set[0]
+    batch = dc.densecap_collate([s])
+    batch["gt_boxes"] = [gt]
+    batch["gt_target_ids"] = [[[5, 6, 1], [7, 1]]]
+    losses = cap(batch)
+    assert seen["rows"] == [0, 0, 0] and torch.equal(seen["boxes"], props[[0, 2, 3]])
+    assert int(losses["n_prompts"]) == 3
+
+
+def test_losses_backprop_into_the_proposer_and_the_trainable_captioner(tok, train_set):
+    cap = make_captioner(tok).train()
+    losses = cap(dc.densecap_collate([train_set[0], train_set[1]]))
+    assert int(losses["n_prompts"]) > 0
+    assert float(losses["loss"]) == pytest.approx(float(losses["det"]) + float(losses["ce"]), rel=1e-6)
+    losses["loss"].backward()
+
+    def grad_norm(module, name_filter=lambda n: True):
+        gs = [p.grad.abs().sum() for n, p in module.named_parameters() if name_filter(n) and p.grad is not None]
+        return float(sum(gs)) if gs else 0.0
+
+    m = cap.pixelllm
+    assert grad_norm(cap.proposer) > 0
+    assert grad_norm(m.prompt_extractor) > 0
+    assert grad_norm(m.image_encoder.semantic_encoder) > 0             # shared features: both losses reach it
+    assert grad_norm(m.language_model, lambda n: "lora_" in n) > 0
+    assert all(p.grad is None for p in m.image_encoder.sam_encoder.parameters())   # frozen SAM
+    assert all(p.grad is None for n, p in m.language_model.named_parameters() if "lora_" not in n)
+    # the detection loss alone reaches the semantic encoder too (end to end)
+    cap.zero_grad(set_to_none=True)
+    cap(dc.densecap_collate([train_set[0]]))["det"].backward()
+    assert grad_norm(m.image_encoder.semantic_encoder) > 0 and grad_norm(m.language_model) == 0
+
+
+def test_predict_returns_boxes_in_original_pixels(tok):
+    cap = make_captioner(tok, score_thr=0.0, max_det=3)
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    sizes = torch.tensor([[64, 128], [128, 128]])        # resized (h, w): the first one was 100×200, scale 0.64
+    orig = torch.tensor([[100, 200], [128, 128]])
+    out = cap.predict(images, sizes, orig, max_new_tokens=3)
+    assert len(out) == 2
+    for o, (h, w), scale in zip(out, orig.tolist(), (0.64, 1.0)):
+        assert set(o) == {"boxes", "boxes_input", "scores", "captions"}
+        n = len(o["boxes"])
+        assert 0 < n <= 3 and o["boxes"].shape == (n, 4) and o["scores"].shape == (n,) and len(o["captions"]) == n
+        assert all(isinstance(c, str) for c in o["captions"])
+        assert torch.all(o["scores"][:-1] >= o["scores"][1:])
+        assert torch.allclose(o["boxes"] * scale, o["boxes_input"], atol=1e-4)
+        assert (o["boxes"][:, 0::2] <= w + 1e-3).all() and (o["boxes"][:, 1::2] <= h + 1e-3).all()
+    assert (out[0]["boxes_input"][:, 1::2] <= 64 + 1e-4).all()         # clipped to the resized image
+    assert torch.allclose(dc.to_original_frame(torch.tensor([[32.0, 16.0, 64.0, 48.0]]), (100, 200), 128),
+                          torch.tensor([[50.0, 25.0, 100.0, 75.0]]))
+
+
+def test_a_few_training_steps_reduce_the_loss(tok, train_set, tmp_path):
+    from pixelllm.configs.densecap import get_config
+
+    cap = make_captioner(tok, seed=2, max_prompts_per_image=0)
+    sub = torch.utils.data.Subset(train_set, range(2))
+    batch = dc.densecap_collate([sub[0], sub[1]])
+
+    def loss():
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return float(cap.eval()(batch)["loss"])
+
+    before = loss()
+    cfg = get_config(smoke=True)
+    cfg.batch_size, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.log_interval = 2, 8, 3e-3, 1, 4
+    hist = dc.train_densecap(cap, sub, cfg, out_dir=tmp_path / "ck", progress=False)
+    assert len(hist) == 8 and loss() < before - 0.5
+    assert (tmp_path / "ck" / "final.json").is_file() and len(list((tmp_path / "ck").glob("ckpt_*.pt"))) == 1
+    # a reload of the checkpoint gives the same weights (proposer + captioner trainable parts)
+    from pixelllm.engine.checkpoint import load_checkpoint, load_trainable_state_dict
+    fresh = make_captioner(tok, seed=3, max_prompts_per_image=0)
+    load_trainable_state_dict(fresh, load_checkpoint(tmp_path / "ck")["model"])
+    assert all(torch.equal(a, b) for a, b in zip(fresh.proposer.state_dict().values(), cap.proposer.state_dict().values()))
+
+
+def test_evaluation_plumbing_with_a_fake_meteor_gives_the_hand_map(tmp_path, tok):
+    recs = [{"image_id": 7, "file_name": "x.jpg", "width": 200, "height": 100, "regions": [
+        {"region_id": 1, "phrase": "red circle", "bbox": [0.0, 0.0, 20.0, 20.0]},
+        {"region_id": 2, "phrase": "blue star", "bbox": [100.0, 50.0, 40.0, 40.0]}]}]
+    gt = dc.DenseCapDataset(recs, tmp_path, tok, image_size=128).ground_truth()
+    # detections as predict() returns them: input-frame boxes (scale 0.64) brought back to original pixels
+    det_in = torch.tensor([[0.0, 0.0, 12.8, 12.8], [64.0, 32.0, 89.6, 57.6]])
+    dets = [{"image_id": "7", "boxes": dc.to_original_frame(det_in, (100, 200), 128).tolist(),
+             "scores": [0.9, 0.8], "captions": ["red circle", "green square"]}]
+    fake = lambda pairs: [1.0 if c in refs else 0.0 for c, refs in pairs]      # noqa: E731
+    res = dc.evaluate_densecap(dets, gt, meteor_fn=fake)
+    # records by score: (ok, IoU 1, METEOR 1) then (ok, IoU 1, METEOR 0); npos = 2.
+    # caption APs: TP only the first (METEOR 0 is not > 0) → recall 0.5 at precision 1 → AP = 51/100
+    # detection APs: both TP → AP = 1
+    assert res["map"] == pytest.approx(0.51) and res["map_detection"] == pytest.approx(1.0)
+    assert res["num_pos"] == 2 and res["num_detections"] == 2

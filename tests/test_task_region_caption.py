@@ -1,0 +1,179 @@
+"""Location-conditioned captioning (REFERENCE §3): the ground-truth box is the location prompt, the text
+prompt "an object of", the loss the caption CE only; records with bad boxes are clipped/skipped and
+counted; evaluation captions every distinct box once against all its phrases.
+
+The tiny world / tokenizer / model fixtures here are reused by test_task_densecap.py.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pixelllm.data.datasets import collate
+from pixelllm.data.errors import SkipCounter
+from pixelllm.tasks import region_caption as rc
+
+torch.set_num_threads(1)
+
+# Small widths (big_vision `_make_test_model(**overrides)` style), as tests/test_modeling.py.
+SMALL = dict(semantic_depth=1, semantic_embed_dim=64, semantic_num_heads=2, extractor_dim=64, extractor_heads=2,
+             extractor_mlp_dim=128, num_queries=8, t5_config=dict(d_model=64, d_kv=16, num_heads=4, d_ff=128),
+             lora_rank=4, head_hidden_dim=32)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from pixelllm.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("world") / "data"
+    generate(root, n_scenes=8, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tok(world, tmp_path_factory):
+    from pixelllm.data.tokenizer import corpus_texts, train_tokenizer
+
+    return train_tokenizer(corpus_texts(world), tmp_path_factory.mktemp("tok"), vocab_size=200, num_sentinels=4)
+
+
+def make_model(tok, seed: int = 0):
+    from pixelllm.modeling.build import build_pixelllm
+
+    torch.manual_seed(seed)
+    return build_pixelllm("tiny", tokenizer=tok, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return make_model(tok).eval()
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_samples_carry_the_ground_truth_box_in_the_resized_frame(world, tok):
+    # 128-px images into a 64-px input: scale 0.5; the VG bbox (x, y, w, h) → (x0, y0, x1, y1) · 0.5
+    ds = rc.region_caption_dataset(world, "vg", "train", tok, image_size=64)
+    rec, bbox, phrase, _ = ds.items[0]
+    s = ds[0]
+    x, y, w, h = bbox
+    assert torch.allclose(s["boxes"], torch.tensor([x, y, x + w, y + h]) * 0.5)
+    assert s["task"] == "region_caption"
+    assert tok.decode(s["prompt_ids"], skip_special_tokens=True) == "an object of"
+    assert tok.decode(s["target_ids"], skip_special_tokens=True) == phrase.lower()
+    assert not s["point_valid"].any()                                       # point outputs ignored
+
+
+def test_refer_boxes_are_clipped_or_skipped_and_counted():
+    recs = [dict(ref_id=1, sent_id=1, width=100, height=50, bbox=[90.0, 10.0, 20.0, 10.0], expression="a"),  # clip
+            dict(ref_id=2, sent_id=2, width=100, height=50, bbox=[10.0, 10.0, 0.0, 5.0], expression="b"),    # w = 0
+            dict(ref_id=3, sent_id=3, width=100, height=50, bbox=[120.0, 10.0, 5.0, 5.0], expression="c"),   # outside
+            dict(ref_id=4, sent_id=4, width=100, height=50, bbox=[1.0, 2.0, 3.0, 4.0], expression="d")]
+    skips = SkipCounter("t")
+    out = rc.clean_refer_records(recs, skips)
+    assert [r["ref_id"] for r in out] == [1, 4]
+    assert out[0]["bbox"] == [90.0, 10.0, 10.0, 10.0] and out[1]["bbox"] == [1.0, 2.0, 3.0, 4.0]
+    assert skips.counts == {"clipped: box partly outside the image": 1,
+                            "skipped: box with width or height <= 0": 1, "skipped: box outside the image": 1}
+
+
+def test_region_items_pool_the_sentences_of_one_box(world, tok):
+    ds = rc.region_caption_dataset(world, "refcocog", "train", tok, image_size=128)
+    items = rc.region_items(ds)
+    by_ref: dict = {}
+    for rec, _bbox, expr, ref_id in ds.items:
+        by_ref.setdefault(ref_id, []).append(expr)
+    assert len(items) == len(by_ref) < len(ds)                             # several sentences per ref
+    for it in items:
+        rec, _, _, ref_id = ds.items[it["index"]]
+        assert it["references"] == by_ref[ref_id]
+
+
+# ----------------------------------------------------------------------------------------------- model
+def test_the_box_prompt_drives_the_visual_tokens_and_the_caption_loss(world, tok, model):
+    from pixelllm.engine.losses import pixelllm_loss
+
+    ds = rc.region_caption_dataset(world, "vg", "train", tok, image_size=model.image_size)
+    b = collate([ds[i] for i in range(3)])
+    with torch.no_grad():
+        v1, _ = model.visual_tokens(b["images"], b["boxes"], b["image_sizes"])
+        v_same, _ = model.visual_tokens(b["images"], b["boxes"].clone(), b["image_sizes"])
+        moved = b["boxes"] + torch.tensor([20.0, 10.0, 20.0, 10.0])
+        v2, _ = model.visual_tokens(b["images"], moved, b["image_sizes"])
+        v_whole, _ = model.visual_tokens(b["images"], None, b["image_sizes"])
+        e1, _ = model.encoder_inputs(v1, b["prompt_ids"], b["prompt_mask"])
+        e2, _ = model.encoder_inputs(v2, b["prompt_ids"], b["prompt_mask"])
+        out = model(b["images"], b["boxes"], b["prompt_ids"], b["prompt_mask"], b["target_ids"], b["target_mask"],
+                    b["image_sizes"])
+        out2 = model(b["images"], moved, b["prompt_ids"], b["prompt_mask"], b["target_ids"], b["target_mask"],
+                     b["image_sizes"])
+    assert torch.equal(v1, v_same)
+    n = model.config.num_queries
+    assert (v1 - v2).abs().amax(dim=(1, 2)).min() > 1e-4                   # every row sees its box
+    assert (v1 - v_whole).abs().amax() > 1e-4
+    assert (e1[:, :n] - e2[:, :n]).abs().amax() > 1e-4                     # visual part of the T5 input moves
+    assert torch.equal(e1[:, n:], e2[:, n:])                               # prompt words do not
+    l1 = pixelllm_loss(out.logits, out.points, b)
+    l2 = pixelllm_loss(out2.logits, out2.points, b)
+    assert int(l1["n_points"]) == 0 and float(l1["point_l1"]) == 0.0       # caption loss only
+    assert float(l1["loss"]) == pytest.approx(float(l1["ce"]))
+    assert float(l1["ce"]) != pytest.approx(float(l2["ce"]), abs=1e-6)
+
+
+def test_caption_regions_and_metrics_with_a_fake_meteor(world, tok, model):
+    ds = rc.region_caption_dataset(world, "vg", "val", tok, image_size=model.image_size)
+    res = rc.caption_regions(model, ds, tok, limit=3, max_new_tokens=4, progress=False)
+    assert [r["key"] for r in res] == [it["key"] for it in rc.region_items(ds)[:3]]
+    for r in res:
+        s = ds[r["index"]]
+        assert r["box_input"] == s["boxes"].tolist() and isinstance(r["text"], str)
+
+    class FakeMeteor:   # the Meteor.compute interface: (corpus score, per-item scores)
+        def compute(self, pairs):
+            return 0.25, [0.25] * len(pairs)
+
+    perfect = [{**r, "text": r["references"][0]} for r in res]
+    m = rc.score_region_captions(perfect, meteor=FakeMeteor())
+    assert m["METEOR"] == 0.25 and m["ROUGE-L"] == pytest.approx(1.0) and m["num_items"] == 3
+    assert set(m) >= {"BLEU-4", "CIDEr-D"}
+
+
+def test_a_few_steps_reduce_the_caption_loss(world, tok, tmp_path):
+    from pixelllm.configs.loc_caption import get_config
+    from pixelllm.engine.trainer import Trainer
+
+    m = make_model(tok, seed=1)
+    ds = rc.region_caption_dataset(world, "vg", "train", tok, image_size=m.image_size)
+    sub = torch.utils.data.Subset(ds, range(4))
+    b = collate([sub[i] for i in range(4)])
+    cfg = get_config(smoke=True)
+    cfg.batch_size, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.device = 4, 8, 3e-3, 1, "cpu"
+
+    def loss():
+        from pixelllm.engine.losses import pixelllm_loss
+        with torch.no_grad():
+            o = m.eval()(b["images"], b["boxes"], b["prompt_ids"], b["prompt_mask"], b["target_ids"],
+                         b["target_mask"], b["image_sizes"])
+        return float(pixelllm_loss(o.logits, o.points, b)["loss"])
+
+    before = loss()
+    Trainer(m.train(), cfg, sub, collate, out_dir=None, progress=False).fit()
+    assert loss() < before - 0.5
+
+
+def test_cached_feature_captioner_equals_pixelllm_and_shares_its_weights(world, tok, model):
+    ds = rc.region_caption_dataset(world, "vg", "train", tok, image_size=model.image_size)
+    b = collate([ds[i] for i in range(2)])
+    args = (b["images"], b["boxes"], b["prompt_ids"], b["prompt_mask"], b["target_ids"], b["target_mask"], b["image_sizes"])
+    net = rc.CachedFeatureCaptioner(make_model(tok))
+    ref = make_model(tok).eval()
+    net.eval()
+    with torch.no_grad():
+        feats = net.frozen_image_features(b["images"], b["image_sizes"])      # what the Trainer caches
+        out = net(*args, sam_features=feats)
+        expected = ref(*args).logits
+    assert out["points"] is None
+    assert torch.allclose(out["logits"], expected, atol=1e-5)
+    # same parameter names as PixelLLM (checkpoints interchangeable); only the prompt path trains
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable and trainable <= set(dict(ref.named_parameters()))
+    assert all(n.startswith(("prompt_extractor.", "language_model.")) for n in trainable)

@@ -192,13 +192,13 @@ def task_dataset(task: str, split: str, cfg: TrainConfig, paths: Paths, tokenize
     """One task's dataset on a split of the synthetic world (real-format files)."""
     from pixelllm.data.datasets import DEFAULT_PROMPTS, CaptionDataset, LNTraceDataset
 
-    images = paths.data / "images"
+    images = paths.data / cfg.image_dir
     prompt = cfg.prompts.get(task, DEFAULT_PROMPTS.get(task))
     if task == "caption":
-        return CaptionDataset(paths.data / "captions" / f"captions_{split}.json", images, tokenizer, image_size,
+        return CaptionDataset(paths.data / cfg.captions_file.format(split=split), images, tokenizer, image_size,
                               prompt=prompt, max_target_len=cfg.max_target_len, **kw)
     if task == "trace":
-        ln = paths.data / "localized_narratives" / f"synthetic_{split}_localized_narratives.jsonl"
+        ln = paths.data / cfg.ln_file.format(split=split)
         return LNTraceDataset(ln, images, tokenizer, image_size, prompt=prompt, max_target_len=cfg.max_target_len, **kw)
     raise ValueError(f"task {task!r}: the training CLI wires 'caption' and 'trace' (stages 1 and 2); "
                      "use the dataset classes of pixelllm.data.datasets directly for the others")

@@ -24,6 +24,11 @@ class TrainConfig:
     # --- data ---------------------------------------------------------------------------------------
     run_dir: str = field(default="", metadata={"help": "run folder (default pixelllm.utils.run_dir(smoke))"})
     data_dir: str = field(default="", metadata={"help": "synthetic world folder (default <run>/data)"})
+    ln_file: str = field(default="localized_narratives/synthetic_{split}_localized_narratives.jsonl",
+                         metadata={"help": "LN JSONL per split, relative to data_dir (real: e.g. coco_{split}_localized_narratives.jsonl)"})
+    captions_file: str = field(default="captions/captions_{split}.json",
+                               metadata={"help": "COCO-captions JSON per split, relative to data_dir (real: annotations/captions_{split}2017.json)"})
+    image_dir: str = field(default="images", metadata={"help": "image folder relative to data_dir; files {image_id:012d}.jpg (COCO naming)"})
     tokenizer_dir: str = field(default="", metadata={"help": "tokenizer folder (default <run>/tokenizer)"})
     sam_checkpoint: str = field(default="", metadata={"help": "SAM-format state_dict (default <run>/sam_tiny/sam_tiny.pth when it exists)"})
     t5_dir: str = field(default="", metadata={"help": "T5 save_pretrained folder (default <run>/t5_tiny when it exists)"})

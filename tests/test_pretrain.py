@@ -378,3 +378,32 @@ def test_pretrain_tiny_t5_learns(tokenizer, tmp_path):
     assert len(ex) == 2 and "<extra_id_0>" in ex[0]["input"]
     model, tok = pt5.load_t5(tmp_path / "t5")
     assert model.config.d_model == 128 and len(tok) == len(tokenizer)
+
+
+def test_sam_checkpoint_from_another_input_size_loads_with_resized_position_tables(tmp_path):
+    """The official SAM checkpoints are 1024 px; the paper feeds SAM 384 px. Same mechanism at small sizes:
+    a checkpoint saved at 256 px loads into the 128-px tiny SAM (pos_embed and global rel-pos resized),
+    and everything else is copied exactly."""
+    import torch
+
+    from pixelllm.modeling.sam import build_sam
+
+    torch.manual_seed(0)
+    big = build_sam("tiny", image_size=256)
+    path = tmp_path / "sam_256.pth"
+    torch.save(big.state_dict(), path)
+    small = build_sam("tiny", checkpoint=path)
+    sd_big, sd_small = big.state_dict(), small.state_dict()
+    assert sd_small["image_encoder.pos_embed"].shape[1:3] == (8, 8)
+    assert sd_big["image_encoder.pos_embed"].shape[1:3] == (16, 16)
+    # a constant grid stays constant under the resize; mean is preserved approximately
+    assert torch.allclose(sd_small["image_encoder.pos_embed"].mean(), sd_big["image_encoder.pos_embed"].mean(), atol=0.05)
+    resized = [k for k in sd_big if sd_big[k].shape != sd_small[k].shape]
+    assert "image_encoder.pos_embed" in resized
+    assert all(k.endswith(("pos_embed", "rel_pos_h", "rel_pos_w")) for k in resized)
+    for k in sd_big:
+        if k not in resized:
+            assert torch.equal(sd_big[k], sd_small[k]), k
+    with torch.no_grad():
+        out = small.image_encoder(torch.rand(1, 3, 128, 128) * 255)
+    assert out.shape[-2:] == (8, 8) and torch.isfinite(out).all()

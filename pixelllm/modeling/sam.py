@@ -118,6 +118,36 @@ def _build_sam(cfg: SamConfig) -> Sam:
     return sam
 
 
+def resize_sam_position_tables(state_dict: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+                               ) -> dict[str, torch.Tensor]:
+    """Adapt a SAM checkpoint trained at another input size (the official ones are 1024 px: a 64×64 grid)
+    to this model's grid (the paper feeds SAM 384 px: 24×24), as ViTDet/EfficientSAM-style ports do.
+
+    * ``image_encoder.pos_embed`` 1×H×W×C: bicubic resize of the grid to the target H'×W'.
+    * ``…attn.rel_pos_h / rel_pos_w`` (2·L−1)×head_dim of the *global*-attention blocks (window blocks keep
+      their 14-token window, so their tables already match): linear resize along the length, exactly what
+      segment-anything's own ``get_rel_pos`` does on the fly when lengths differ.
+    Tensors whose shapes already match are returned untouched (so equal sizes load bit-exactly).
+    segment-anything has no such helper (its builder hard-codes 1024 px), hence this one.
+    """
+    import torch.nn.functional as F
+
+    out = dict(state_dict)
+    for k, v in state_dict.items():
+        t = target.get(k)
+        if t is None or t.shape == v.shape:
+            continue
+        if k.endswith("pos_embed") and v.ndim == 4:                       # 1×H×W×C
+            grid = v.permute(0, 3, 1, 2).float()                            # 1×C×H×W
+            grid = F.interpolate(grid, size=t.shape[1:3], mode="bicubic", align_corners=False)
+            out[k] = grid.permute(0, 2, 3, 1).to(v.dtype)
+        elif (k.endswith("rel_pos_h") or k.endswith("rel_pos_w")) and v.ndim == 2 and v.shape[1] == t.shape[1]:
+            table = v.t().unsqueeze(0).float()                              # 1×head_dim×(2L−1)
+            table = F.interpolate(table, size=t.shape[0], mode="linear")
+            out[k] = table[0].t().to(v.dtype)
+    return out
+
+
 def load_sam_state_dict(sam: Sam, checkpoint: str | Path) -> Sam:
     """Load a SAM-format state_dict (a flat ``{name: tensor}`` dict, as ``sam_vit_h_4b8939.pth``) into
     ``sam`` — ``torch.load(weights_only=True)``, never plain pickle. Raises ``ValueError`` naming the
@@ -126,6 +156,7 @@ def load_sam_state_dict(sam: Sam, checkpoint: str | Path) -> Sam:
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state_dict, dict):
         raise ValueError(f"{path}: expected a SAM state_dict (dict of tensors), got {type(state_dict).__name__}")
+    state_dict = resize_sam_position_tables(state_dict, sam.state_dict())
     try:
         sam.load_state_dict(state_dict)
     except RuntimeError as e:  # size mismatch / missing / unexpected keys: say which file

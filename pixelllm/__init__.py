@@ -5,7 +5,7 @@ Importing this package does no I/O and touches no network: sub-modules are impor
 """
 from __future__ import annotations
 
-import importlib
+from pixelllm._lazy import lazy_module_getattr
 
 __version__ = "0.1.0"
 
@@ -14,11 +14,6 @@ _LAZY = {
     "PixelLLM": "pixelllm.modeling.pixelllm",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'pixelllm' has no attribute {name!r}")
-
+__getattr__ = lazy_module_getattr(__name__, _LAZY)
 
 __all__ = ["__version__", *_LAZY]

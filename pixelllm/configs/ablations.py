@@ -85,10 +85,9 @@ def get_config(smoke: bool = False) -> AblationConfig:
         downstream=True,
     )
     if smoke:  # same code path, seconds of compute
-        cfg.batch_size, cfg.steps, cfg.warmup_steps, cfg.max_samples, cfg.log_interval = 4, 2, 1, 16, 1
-        cfg.eval_samples, cfg.caption_images, cfg.max_new_tokens = 4, 2, 6
-        cfg.refer_steps, cfg.refer_eval, cfg.loccap_steps, cfg.loccap_eval, cfg.downstream_batch = 2, 4, 2, 3, 4
-        cfg.large_t5_time_limit_s = 10.0
+        cfg = cfg.smoke_variant(steps=2, eval_samples=4, caption_images=2, max_new_tokens=6,
+                                refer_steps=2, refer_eval=4, loccap_steps=2, loccap_eval=3, downstream_batch=4,
+                                large_t5_time_limit_s=10.0)
     return cfg
 
 

@@ -88,6 +88,16 @@ class TrainConfig:
     def from_json(cls, s: str) -> "TrainConfig":
         return cls.from_dict(json.loads(s))
 
+    def smoke_variant(self, *, batch_size: int = 4, steps: int = 3, warmup_steps: int = 1, max_samples: int = 16,
+                      log_interval: int = 1, ckpt_interval: int | None = None, **changes: Any) -> "TrainConfig":
+        """A copy sized for a SMOKE run (same code path, seconds of compute): ``smoke=True``, a small batch,
+        a few steps on a few samples, a record every step; ``ckpt_interval=None`` keeps the current one.
+        ``changes`` sets further fields the same way (e.g. a subclass's evaluation sizes)."""
+        if ckpt_interval is not None:
+            changes["ckpt_interval"] = ckpt_interval
+        return dataclasses.replace(self, smoke=True, batch_size=batch_size, steps=steps, warmup_steps=warmup_steps,
+                                   max_samples=max_samples, log_interval=log_interval, **changes)
+
     def help(self) -> str:
         """One line per field: name, current value, help text."""
         return "\n".join(f"{f.name:20s} = {getattr(self, f.name)!r:32s} {f.metadata.get('help', '')}"

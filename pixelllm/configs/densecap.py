@@ -55,7 +55,5 @@ def get_config(smoke: bool = False) -> DenseCapConfig:
         keep_last=1,
     )
     if smoke:
-        cfg.batch_size, cfg.steps, cfg.warmup_steps = 2, 3, 1
-        cfg.max_samples, cfg.log_interval, cfg.ckpt_interval = 8, 1, 3
-        cfg.eval_limit, cfg.max_new_tokens, cfg.max_det = 4, 8, 5
+        cfg = cfg.smoke_variant(batch_size=2, max_samples=8, ckpt_interval=3, eval_limit=4, max_new_tokens=8, max_det=5)
     return cfg

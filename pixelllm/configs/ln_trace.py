@@ -33,6 +33,5 @@ def get_config(smoke: bool = False) -> TrainConfig:
         keep_last=2,
     )
     if smoke:
-        cfg.batch_size, cfg.steps, cfg.warmup_steps = 4, 3, 1
-        cfg.max_samples, cfg.log_interval, cfg.ckpt_interval = 16, 1, 2
+        cfg = cfg.smoke_variant(ckpt_interval=2)
     return cfg

@@ -56,7 +56,5 @@ def get_config(smoke: bool = False) -> LocCaptionConfig:
         keep_last=1,
     )
     if smoke:
-        cfg.batch_size, cfg.steps, cfg.warmup_steps = 4, 3, 1
-        cfg.max_samples, cfg.log_interval, cfg.ckpt_interval = 16, 1, 3
-        cfg.eval_limit, cfg.max_new_tokens = 8, 8
+        cfg = cfg.smoke_variant(ckpt_interval=3, eval_limit=8, max_new_tokens=8)
     return cfg

@@ -52,8 +52,7 @@ def get_config(smoke: bool = False) -> TrainConfig:
         keep_last=1,
     )
     if smoke:
-        cfg.batch_size, cfg.steps, cfg.warmup_steps = 4, 3, 1
-        cfg.max_samples, cfg.log_interval, cfg.ckpt_interval = 16, 1, 3
+        cfg = cfg.smoke_variant(ckpt_interval=3)
     return cfg
 
 
@@ -79,6 +78,5 @@ def get_refseg_config(smoke: bool = False) -> TrainConfig:
         keep_last=1,
     )
     if smoke:
-        cfg.batch_size, cfg.steps, cfg.warmup_steps = 4, 2, 1
-        cfg.max_samples, cfg.log_interval, cfg.ckpt_interval = 8, 1, 2
+        cfg = cfg.smoke_variant(steps=2, max_samples=8, ckpt_interval=2)
     return cfg

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pixelllm.data.errors import DataFormatError, SkipCounter, read_json, require
+from pixelllm.data.errors import DataFormatError, SkipCounter, keep_nonempty, read_coco_images, require
 
 
 def load_coco(path: str | os.PathLike):
@@ -41,16 +41,9 @@ def load_coco_captions(path: str | os.PathLike, skips: SkipCounter | None = None
     """
     own = skips is None
     skips = skips if skips is not None else SkipCounter(f"coco captions {Path(path).name}")
-    data = read_json(path)
-    images = require(data, "images", list, path, None)
-    anns = require(data, "annotations", list, path, None)
-    recs: dict[int, dict] = {}
-    for i, im in enumerate(images):
-        pre = f"images[{i}]."
-        iid = require(im, "id", int, path, None, pre)
-        recs[iid] = {"image_id": iid, "file_name": require(im, "file_name", str, path, None, pre),
-                     "width": require(im, "width", int, path, None, pre, optional=True),
-                     "height": require(im, "height", int, path, None, pre, optional=True), "captions": []}
+    recs, anns = read_coco_images(path, sizes_optional=True)
+    for r in recs.values():
+        r["captions"] = []
     for i, a in enumerate(anns):
         pre = f"annotations[{i}]."
         iid = require(a, "image_id", int, path, None, pre)
@@ -61,12 +54,7 @@ def load_coco_captions(path: str | os.PathLike, skips: SkipCounter | None = None
             skips.add("skipped: empty caption", detail=f"annotation {a.get('id')}")
             continue
         recs[iid]["captions"].append(cap)
-    out = []
-    for r in recs.values():
-        if r["captions"]:
-            out.append(r)
-        else:
-            skips.add("skipped: image without captions", detail=f"image {r['image_id']}")
+    out = keep_nonempty(recs.values(), "captions", skips, "skipped: image without captions")
     if own:
         skips.report()
     return out

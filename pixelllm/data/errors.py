@@ -148,3 +148,34 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise DataFormatError(path, e.lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_coco_images(path: str | os.PathLike, sizes_optional: bool = False) -> tuple[dict[int, dict], list]:
+    """Read a COCO-style file (``images`` {id, file_name, width, height} + ``annotations``), checked.
+
+    Returns ``({image_id: {"image_id", "file_name", "width", "height"}}, annotations)``, images in file
+    order; ``sizes_optional`` lets width / height be absent (then ``None``). Annotations are only checked
+    to be a list. A missing or mistyped field raises :class:`DataFormatError` naming it."""
+    data = read_json(path)
+    images = require(data, "images", list, path, None)
+    anns = require(data, "annotations", list, path, None)
+    recs: dict[int, dict] = {}
+    for i, im in enumerate(images):
+        pre = f"images[{i}]."
+        iid = require(im, "id", int, path, None, pre)
+        recs[iid] = {"image_id": iid, "file_name": require(im, "file_name", str, path, None, pre),
+                     "width": require(im, "width", int, path, None, pre, optional=sizes_optional),
+                     "height": require(im, "height", int, path, None, pre, optional=sizes_optional)}
+    return recs, anns
+
+
+def keep_nonempty(records, key: str, skips: SkipCounter, reason: str) -> list[dict]:
+    """The records whose ``key`` list is non-empty, in order; each other one is counted in ``skips``
+    under ``reason`` (detail ``image <image_id>``)."""
+    out = []
+    for r in records:
+        if r[key]:
+            out.append(r)
+        else:
+            skips.add(reason, detail=f"image {r['image_id']}")
+    return out

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from pixelllm.data.errors import DataFormatError, SkipCounter, check_type, read_json, require
+from pixelllm.data.errors import DataFormatError, SkipCounter, check_type, keep_nonempty, read_coco_images, read_json, require
 
 
 def clip_box_xywh(x: float, y: float, w: float, h: float, width: float, height: float,
@@ -137,16 +137,9 @@ def load_vg_coco_style(path: str | os.PathLike, split: str | None = None,
     """
     own = skips is None
     skips = skips if skips is not None else SkipCounter(f"visual genome (COCO-style) {Path(path).name}")
-    data = read_json(path)
-    images = require(data, "images", list, path, None)
-    anns = require(data, "annotations", list, path, None)
-    recs: dict[int, dict] = {}
-    for i, im in enumerate(images):
-        pre = f"images[{i}]."
-        iid = require(im, "id", int, path, None, pre)
-        recs[iid] = {"image_id": iid, "file_name": require(im, "file_name", str, path, None, pre),
-                     "width": require(im, "width", int, path, None, pre),
-                     "height": require(im, "height", int, path, None, pre), "split": split, "regions": []}
+    recs, anns = read_coco_images(path)
+    for r in recs.values():
+        r["split"], r["regions"] = split, []
     for i, a in enumerate(anns):
         pre = f"annotations[{i}]."
         iid = require(a, "image_id", int, path, None, pre)
@@ -165,12 +158,7 @@ def load_vg_coco_style(path: str | os.PathLike, split: str | None = None,
         box = clip_box_xywh(x, y, w, h, r["width"], r["height"], skips, detail=f"annotation {aid}")
         if box is not None:
             r["regions"].append({"region_id": aid, "phrase": caption, "bbox": box})
-    out = []
-    for r in recs.values():
-        if r["regions"]:
-            out.append(r)
-        else:
-            skips.add("skipped: image without usable regions", detail=f"image {r['image_id']}")
+    out = keep_nonempty(recs.values(), "regions", skips, "skipped: image without usable regions")
     if own:
         skips.report()
     return out

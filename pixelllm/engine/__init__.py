@@ -5,7 +5,7 @@ Light on import: the submodules (which import torch) load on first attribute acc
 """
 from __future__ import annotations
 
-import importlib
+from pixelllm._lazy import lazy_module_getattr
 
 _LAZY = {
     "pixelllm_loss": "pixelllm.engine.losses",
@@ -22,11 +22,6 @@ _LAZY = {
     "init_distributed": "pixelllm.engine.distributed",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'pixelllm.engine' has no attribute {name!r}")
-
+__getattr__ = lazy_module_getattr(__name__, _LAZY)
 
 __all__ = list(_LAZY)

@@ -11,24 +11,19 @@ Importing this package is free: the functions below are loaded from their sub-mo
 """
 from __future__ import annotations
 
-import importlib
+from pixelllm._lazy import lazy_module_getattr
 
 _LAZY = {
-    "caption_metrics": "caption", "meteor_scores": "caption", "Meteor": "caption", "ptb_tokenize": "caption",
-    "point_l1": "trace", "point_l1_per_token": "trace", "point_l1_by_class": "trace",
-    "normalize_points": "trace", "centre_points": "trace", "random_other_narrative": "trace",
-    "box_iou": "boxes", "paired_box_iou": "boxes", "precision_at": "boxes", "boxes_to_original": "boxes",
-    "precision_by_split": "boxes",
-    "mask_iou": "masks", "ciou": "masks", "giou": "masks", "mask_to_box": "masks",
-    "mask_box_precision_at": "masks", "refseg_metrics": "masks",
-    "densecap_map": "densecap", "merge_gt_boxes": "densecap",
+    "caption_metrics": ".caption", "meteor_scores": ".caption", "Meteor": ".caption", "ptb_tokenize": ".caption",
+    "point_l1": ".trace", "point_l1_per_token": ".trace", "point_l1_by_class": ".trace",
+    "normalize_points": ".trace", "centre_points": ".trace", "random_other_narrative": ".trace",
+    "box_iou": ".boxes", "paired_box_iou": ".boxes", "precision_at": ".boxes", "boxes_to_original": ".boxes",
+    "precision_by_split": ".boxes",
+    "mask_iou": ".masks", "ciou": ".masks", "giou": ".masks", "mask_to_box": ".masks",
+    "mask_box_precision_at": ".masks", "refseg_metrics": ".masks",
+    "densecap_map": ".densecap", "merge_gt_boxes": ".densecap",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"pixelllm.eval.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'pixelllm.eval' has no attribute {name!r}")
-
+__getattr__ = lazy_module_getattr(__name__, _LAZY)
 
 __all__ = list(_LAZY)

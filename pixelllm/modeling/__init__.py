@@ -5,7 +5,7 @@ Light on purpose: nothing heavy is imported until an attribute is used
 """
 from __future__ import annotations
 
-import importlib
+from pixelllm._lazy import lazy_module_getattr
 
 _LAZY = {
     "build_pixelllm": "pixelllm.modeling.build",
@@ -23,11 +23,6 @@ _LAZY = {
     "build_sam": "pixelllm.modeling.sam",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'pixelllm.modeling' has no attribute {name!r}")
-
+__getattr__ = lazy_module_getattr(__name__, _LAZY)
 
 __all__ = list(_LAZY)

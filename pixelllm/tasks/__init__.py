@@ -9,18 +9,13 @@ Importing this package is free (no torch): names load from their sub-module on f
 """
 from __future__ import annotations
 
-import importlib
+from pixelllm._lazy import lazy_module_getattr
 
-_LAZY = {name: "referring" for name in (
+_LAZY = {name: ".referring" for name in (
     "finetune_referring", "evaluate_referring", "train_mask_adapter", "evaluate_refseg", "predict_referring",
     "load_referring", "load_refseg", "referring_forward", "predict_boxes", "ReferringSegmenter",
     "refexp_datasets", "check_refexp_records", "build_mask_head", "figure_referring")}
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"pixelllm.tasks.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'pixelllm.tasks' has no attribute {name!r}")
-
+__getattr__ = lazy_module_getattr(__name__, _LAZY)
 
 __all__ = list(_LAZY)

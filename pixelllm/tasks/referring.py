@@ -176,6 +176,23 @@ def _as_split_dict(datasets) -> dict:
     return {s: Subset(base, ix) for s, ix in by.items()}
 
 
+def _eval_batches(datasets, batch_size: int, max_per_split: int | None, device, progress: bool, where: str, desc: str):
+    """Yield ``(split, batch on device, records)`` over the first ``max_per_split`` samples of each split of
+    ``datasets`` (:func:`_as_split_dict`), in order; a split's records are checked (:func:`_require_clean`,
+    named ``where[split]``) before its first batch; one progress bar ``desc split`` per split."""
+    from tqdm.auto import tqdm
+
+    for split, ds in _as_split_dict(datasets).items():
+        base, idx = _base_and_indices(ds)
+        n = len(idx) if max_per_split is None else min(len(idx), max_per_split)
+        _require_clean([base.records[i] for i in idx[:n]], None, f"{where}[{split}]")
+        bar = tqdm(total=n, desc=f"{desc} {split}", disable=not progress, leave=False)
+        for batch, recs in _batches(ds, batch_size, n):
+            yield split, {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}, recs
+            bar.update(len(recs))
+        bar.close()
+
+
 # ------------------------------------------------------------------------------------------ read-out
 def eos_positions(target_ids: torch.Tensor, target_mask: torch.Tensor, eos_id: int = 1) -> torch.Tensor:
     """Index of each row's last target token (B long), which must be EOS (the dataset appends it)."""
@@ -274,8 +291,6 @@ def evaluate_referring(model, datasets, batch_size: int = 32, mode: str = "teach
         ``{split: {"P@0.5", "n"}, ..., "all": {...}}``; with ``return_predictions`` also a list of dicts
         (split, ref_id, sent_id, image_id, expression, ``pred_box`` / ``gt_box`` in original pixels, iou).
     """
-    from tqdm.auto import tqdm
-
     from pixelllm.eval.boxes import boxes_to_original, paired_box_iou, precision_by_split
 
     was = model.training
@@ -283,20 +298,13 @@ def evaluate_referring(model, datasets, batch_size: int = 32, mode: str = "teach
     device = model.device
     preds, gts, splits, rows = [], [], [], []
     try:
-        for split, ds in _as_split_dict(datasets).items():
-            base, idx = _base_and_indices(ds)
-            n = len(idx) if max_per_split is None else min(len(idx), max_per_split)
-            _require_clean([base.records[i] for i in idx[:n]], None, f"evaluate_referring[{split}]")
-            bar = tqdm(total=n, desc=f"refer {split}", disable=not progress, leave=False)
-            for batch, recs in _batches(ds, batch_size, n):
-                batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-                box = predict_boxes(model, batch, mode, tokenizer, prompt).float().cpu()
-                preds.append(boxes_to_original(box, batch["orig_sizes"].cpu(), resized_size=batch["image_sizes"].cpu()))
-                gts.append(_gt_boxes_orig(recs))
-                splits += [split] * len(recs)
-                rows += recs
-                bar.update(len(recs))
-            bar.close()
+        for split, batch, recs in _eval_batches(datasets, batch_size, max_per_split, device, progress,
+                                                "evaluate_referring", "refer"):
+            box = predict_boxes(model, batch, mode, tokenizer, prompt).float().cpu()
+            preds.append(boxes_to_original(box, batch["orig_sizes"].cpu(), resized_size=batch["image_sizes"].cpu()))
+            gts.append(_gt_boxes_orig(recs))
+            splits += [split] * len(recs)
+            rows += recs
     finally:
         model.train(was)
     if not preds:
@@ -429,7 +437,6 @@ def evaluate_refseg(segmenter: ReferringSegmenter, datasets, batch_size: int = 1
     ``return_predictions``: split, ref_id, expression, iou, the RLE of the predicted mask).
     """
     from pycocotools import mask as mask_utils
-    from tqdm.auto import tqdm
 
     from pixelllm.data.coco import decode_segmentation
     from pixelllm.eval.masks import mask_box_precision_at, mask_iou, refseg_metrics
@@ -441,28 +448,21 @@ def evaluate_refseg(segmenter: ReferringSegmenter, datasets, batch_size: int = 1
     device = segmenter.device
     preds, gts, gt_boxes, splits, rows = [], [], [], [], []
     try:
-        for split, ds in _as_split_dict(datasets).items():
-            base, idx = _base_and_indices(ds)
-            n = len(idx) if max_per_split is None else min(len(idx), max_per_split)
-            _require_clean([base.records[i] for i in idx[:n]], None, f"evaluate_refseg[{split}]")
-            bar = tqdm(total=n, desc=f"refseg {split}", disable=not progress, leave=False)
-            for batch, recs in _batches(ds, batch_size, n):
-                batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-                prompt = None
-                if box_source == "gt":
-                    eos = eos_positions(batch["target_ids"], batch["target_mask"])
-                    prompt = batch["points"][torch.arange(len(eos), device=device), eos]       # B×4 resized
-                _, masks, _ = segment_batch(segmenter, batch, prompt_boxes=prompt)
-                for m, r in zip(masks, recs):
-                    preds.append(mask_utils.encode(np.asfortranarray(m.cpu().numpy().astype(np.uint8))))
-                    seg = r.get("segmentation")
-                    g = decode_segmentation(seg, r["height"], r["width"]) if seg else np.zeros((r["height"], r["width"]), np.uint8)
-                    gts.append(mask_utils.encode(np.asfortranarray(g)))
-                gt_boxes.append(_gt_boxes_orig(recs))
-                splits += [split] * len(recs)
-                rows += recs
-                bar.update(len(recs))
-            bar.close()
+        for split, batch, recs in _eval_batches(datasets, batch_size, max_per_split, device, progress,
+                                                "evaluate_refseg", "refseg"):
+            prompt = None
+            if box_source == "gt":
+                eos = eos_positions(batch["target_ids"], batch["target_mask"])
+                prompt = batch["points"][torch.arange(len(eos), device=device), eos]       # B×4 resized
+            _, masks, _ = segment_batch(segmenter, batch, prompt_boxes=prompt)
+            for m, r in zip(masks, recs):
+                preds.append(mask_utils.encode(np.asfortranarray(m.cpu().numpy().astype(np.uint8))))
+                seg = r.get("segmentation")
+                g = decode_segmentation(seg, r["height"], r["width"]) if seg else np.zeros((r["height"], r["width"]), np.uint8)
+                gts.append(mask_utils.encode(np.asfortranarray(g)))
+            gt_boxes.append(_gt_boxes_orig(recs))
+            splits += [split] * len(recs)
+            rows += recs
     finally:
         segmenter.train(was)
     if not preds:
@@ -580,6 +580,25 @@ def fit_within(trainer, time_limit_s: float | None = None, chunk: int = 10) -> N
             return
 
 
+def _val_hook(val, evaluate, metric: str):
+    """Trainer eval hook: ``{"val_<metric>": evaluate(model, {"val": val})["val"][metric]}`` ({} when ``val`` is empty)."""
+
+    def eval_fn(m, step):
+        if len(val) == 0:
+            return {}
+        return {f"val_{metric}": evaluate(m, {"val": val}, progress=False)["val"][metric]}
+
+    return eval_fn
+
+
+def _resume_and_fit(trainer, resume: bool, progress: bool, time_limit_s: float | None):
+    """Resume ``trainer`` from its latest checkpoint (when ``resume``), then :func:`fit_within`; returns it."""
+    if resume and trainer.resume() and progress:
+        print(f"[{trainer.cfg.stage}] resumed from {trainer.last_checkpoint} at step {trainer.step}")
+    fit_within(trainer, time_limit_s)
+    return trainer
+
+
 def _build_initialised(cfg, paths, tokenizer):
     """``build_model`` from ``cfg`` (preset, overrides, the run's SAM / T5), then the trainable weights of
     ``cfg.init_from`` that fit. Unlike ``pixelllm.train.build_model`` a tensor the new model lacks or shapes
@@ -631,18 +650,9 @@ def finetune_referring(config, model=None, tokenizer=None, progress: bool = True
     sets = refexp_datasets(paths.data, tokenizer, model.image_size, ("train", "val"), prompt=prompt,
                            max_target_len=config.max_target_len,
                            max_samples={"train": config.max_samples or None, "val": eval_samples})
-    val = sets["val"]
-
-    def eval_fn(m, step):
-        if len(val) == 0:
-            return {}
-        return {"val_P@0.5": evaluate_referring(m, {"val": val}, progress=False)["val"]["P@0.5"]}
-
+    eval_fn = _val_hook(sets["val"], evaluate_referring, "P@0.5")
     trainer = Trainer(model, config, sets["train"], collate, out_dir=paths.out, eval_fn=eval_fn, progress=progress)
-    if resume and trainer.resume() and progress:
-        print(f"[{config.stage}] resumed from {trainer.last_checkpoint} at step {trainer.step}")
-    fit_within(trainer, time_limit_s)
-    return trainer
+    return _resume_and_fit(trainer, resume, progress, time_limit_s)
 
 
 def load_referring(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -696,19 +706,10 @@ def train_mask_adapter(config, model=None, tokenizer=None, progress: bool = True
                            prompt=config.prompts.get("refer", REFER_PROMPT), return_masks=True,
                            max_target_len=config.max_target_len,
                            max_samples={"train": config.max_samples or None, "val": eval_samples})
-    val = sets["val"]
-
-    def eval_fn(m, step):
-        if len(val) == 0:
-            return {}
-        return {"val_cIoU": evaluate_refseg(m, {"val": val}, progress=False)["val"]["cIoU"]}
-
+    eval_fn = _val_hook(sets["val"], evaluate_refseg, "cIoU")
     trainer = Trainer(seg, config, sets["train"], collate, out_dir=paths.out, eval_fn=eval_fn,
                       loss_fn=refseg_loss, progress=progress)
-    if resume and trainer.resume() and progress:
-        print(f"[{config.stage}] resumed from {trainer.last_checkpoint} at step {trainer.step}")
-    fit_within(trainer, time_limit_s)
-    return trainer
+    return _resume_and_fit(trainer, resume, progress, time_limit_s)
 
 
 def load_refseg(checkpoint: str | os.PathLike, model=None, device: str | torch.device = "cpu"):

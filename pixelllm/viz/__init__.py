@@ -13,7 +13,7 @@ with ``display(fig)`` or as a notebook cell's last expression, save it with :fun
 """
 from __future__ import annotations
 
-import importlib
+from pixelllm._lazy import lazy_module_getattr
 
 _LAZY = {
     # plots.py
@@ -42,11 +42,7 @@ _LAZY = {
     "trace_frames": "pixelllm.viz.animate",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'pixelllm.viz' has no attribute {name!r}")
+__getattr__ = lazy_module_getattr(__name__, _LAZY)
 
 
 def __dir__():

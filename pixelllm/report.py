@@ -134,7 +134,8 @@ def readme_block(s: dict[str, Any]) -> str:
         lines.append(f"| {g['goal']} | {_f(g['value'], nd=3)} | {op} {g['target']:.3g} | {met} |")
     tm = s.get("timings_s")
     if tm:
-        lines += ["", "| notebook (full mode, this machine) | minutes |", "|---|---|"]
+        mode = "SMOKE mode" if s.get("smoke") else "full mode"
+        lines += ["", f"| notebook ({mode}, 2 CPU cores) | minutes |", "|---|---|"]
         lines += [f"| {k} | {v / 60:.1f} |" for k, v in tm.items()]
         lines.append(f"| **total** | **{sum(tm.values()) / 60:.1f}** |")
     return "\n".join(lines)
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     d = results_dir(args.smoke)
     s = collect(d)
+    s["smoke"] = args.smoke
     write_json(d / "summary.json", s)
     atomic_write_bytes(d / "REPORT.md", report_markdown(s).encode())
     curves = plot_all_training_curves(args.smoke)

@@ -35,6 +35,7 @@ reproduce: setup
 	$(PY) -m pixelllm.notebooks --mode full
 	$(PY) bench/trace_overhead.py
 	$(PY) bench/synthetic_speed.py
+	$(PY) bench/visual_reliance.py
 	$(PY) -m pixelllm.report
 
 report: setup

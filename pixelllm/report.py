@@ -108,6 +108,10 @@ def collect(d: Path) -> dict[str, Any]:
     sp = _load(d, "synthetic_speed.json")
     if sp:
         bench["synthetic_10k_seconds"] = _num(sp.get("seconds"))
+    vr = _load(d, "visual_reliance.json")
+    if vr:
+        bench["visual_reliance"] = {k: _num(vr.get(k)) for k in (
+            "ce_real_images", "ce_shuffled_images", "ce_blank_images", "image_gain_nats")}
     if bench:
         s["bench"] = bench
     tm = _load(d, "timings.json")

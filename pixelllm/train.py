@@ -30,8 +30,9 @@ from pixelllm.configs import CONFIGS, TrainConfig, get_config
 #: (full, smoke) knobs used when a prerequisite is missing — the parameters of notebooks 01/02, so the
 #: artifacts are the same whichever notebook makes them first.
 PREREQ = {"n_scenes": (2000, 60), "image_size": 128, "seed": 0, "vocab_size": 1000,
-          "sam_steps": (700, 3), "sam_batch": (16, 4), "sam_lr": 1e-3, "sam_time_limit_s": (300, 30),
-          "t5_steps": (3000, 5), "t5_batch": (64, 8), "t5_lr": 1e-3, "t5_time_limit_s": (180, 20)}
+          "sam_steps": (800, 3), "sam_batch": (16, 4), "sam_lr": 2e-3, "sam_time_limit_s": (300, 30),
+          "t5_steps": (1000, 5), "t5_batch": (32, 8), "t5_lr": 1e-3, "t5_time_limit_s": (180, 20),
+          "t5_caption_fraction": 0.25, "t5_denoise_fraction": 0.5}
 
 
 @dataclass
@@ -90,6 +91,7 @@ def ensure_prerequisites(cfg: TrainConfig, progress: bool = True) -> Paths:
         train_texts, val_texts = t5_corpus(p.data)
         pretrain_tiny_t5(train_texts, val_texts, load_tokenizer(p.tokenizer), p.t5, steps=K.t5_steps,
                          batch_size=K.t5_batch, lr=K.t5_lr, seed=K.seed, time_limit_s=K.t5_time_limit_s,
+                         caption_fraction=K.t5_caption_fraction, denoise_fraction=K.t5_denoise_fraction,
                          eval_every=max(1, K.t5_steps // 6), progress=progress)
 
     found_or_compute(p.data / "stats.json", data)

@@ -348,6 +348,29 @@ def test_span_corruption_examples_use_the_tokenizer_sentinels(tokenizer):
     assert batch["attention_mask"][1].tolist() == [True, True] + [False] * (len(inp) - 2)
 
 
+def test_reconstruction_examples_target_the_whole_text(tokenizer):
+    """denoise_fraction=1: input = "Fill in: " + the span-corrupted text, target = every original token in
+    order + EOS (the decoder must copy what it reads). The mixture follows the fractions."""
+    ex = pt5.SpanCorruptionExamples(tokenizer, denoise_fraction=1.0)
+    ids = ex.tokenize(["a red circle is left of the blue square ."])[0]
+    inp, tgt = ex.example(ids, np.random.default_rng(0))
+    assert inp[: len(ex.denoise_ids)] == ex.denoise_ids and inp[-1] == tokenizer.eos_token_id
+    assert tgt == list(ids) + [tokenizer.eos_token_id]
+    assert tokenizer.convert_tokens_to_ids("<extra_id_0>") in inp          # the input is corrupted
+    assert ex.denoise_ids == tokenizer(pt5.DENOISE_PROMPT, add_special_tokens=False)["input_ids"]
+    mix = pt5.SpanCorruptionExamples(tokenizer, caption_fraction=0.25, denoise_fraction=0.5)
+    rng = np.random.default_rng(1)
+    kinds = []
+    for _ in range(2000):
+        i, _t = mix.example(ids, rng)
+        kinds.append("denoise" if i[: len(mix.denoise_ids)] == mix.denoise_ids else
+                     "caption" if i[: len(mix.prompt_ids)] == mix.prompt_ids else "span")
+    frac = {k: kinds.count(k) / len(kinds) for k in ("caption", "denoise", "span")}
+    assert frac == pytest.approx({"caption": 0.25, "denoise": 0.5, "span": 0.25}, abs=0.04)
+    with pytest.raises(ValueError, match="≤ 1"):
+        pt5.SpanCorruptionExamples(tokenizer, caption_fraction=0.6, denoise_fraction=0.5)
+
+
 def test_t5_save_pretrained_round_trip(tokenizer, tmp_path):
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 

@@ -111,7 +111,10 @@ def collect(d: Path) -> dict[str, Any]:
     vr = _load(d, "visual_reliance.json")
     if vr:
         bench["visual_reliance"] = {k: _num(vr.get(k)) for k in (
-            "ce_real_images", "ce_shuffled_images", "ce_blank_images", "image_gain_nats")}
+            "ce_real_images", "ce_shuffled_images", "ce_blank_images", "image_gain_nats", "this_image_gain_nats")}
+        for words in ("colour_word_ce", "shape_word_ce"):
+            if isinstance(vr.get(words), dict):
+                bench["visual_reliance"][words] = {k: _num(v) for k, v in vr[words].items()}
     if bench:
         s["bench"] = bench
     tm = _load(d, "timings.json")
@@ -141,6 +144,11 @@ def readme_block(s: dict[str, Any]) -> str:
         mode = "SMOKE mode" if s.get("smoke") else "full mode"
         lines += ["", f"| notebook ({mode}, 2 CPU cores) | minutes |", "|---|---|"]
         lines += [f"| {k} | {v / 60:.1f} |" for k, v in tm.items()]
+        core = [v for k, v in tm.items() if k[:2] < "08"]
+        rest = [v for k, v in tm.items() if k[:2] >= "08"]
+        if core and rest:
+            lines.append(f"| core stages 01–07 (goal ≤ 30) | {sum(core) / 60:.1f} |")
+            lines.append(f"| ablations 08 (goal ≤ 20) | {sum(rest) / 60:.1f} |")
         lines.append(f"| **total** | **{sum(tm.values()) / 60:.1f}** |")
     return "\n".join(lines)
 
@@ -227,6 +235,21 @@ def report_markdown(s: dict[str, Any]) -> str:
                 "", f"Free-running LN captions: BLEU-4 {_f(tr['BLEU-4'], 100)}, METEOR {_f(tr['METEOR'], 100)}, "
                 f"ROUGE-L {_f(tr['ROUGE-L'], 100)}, CIDEr-D {_f(tr['CIDEr-D'], 100)}.",
                 "", f"Note: {WHY['trace']}.", ""]
+    vr = s.get("bench", {}).get("visual_reliance")
+    if vr:
+        out += ["## Does the captioner read the image? (`bench/visual_reliance.py`)", "",
+                "Teacher-forced stage-1 caption CE (nats per token) on test images given the real image, another "
+                "test image (shuffled) or a blank one. Colour and shape words are the ones only the image can "
+                "tell (chance ln 6 = 1.79).", "",
+                "| tokens | real image | shuffled | blank |", "|---|---|---|---|",
+                f"| all | {_f(vr.get('ce_real_images'), nd=3)} | {_f(vr.get('ce_shuffled_images'), nd=3)} "
+                f"| {_f(vr.get('ce_blank_images'), nd=3)} |"]
+        for words in ("colour", "shape"):
+            w = vr.get(f"{words}_word_ce") or {}
+            if w:
+                out.append(f"| {words} words | {_f(w.get('real'), nd=3)} | {_f(w.get('shuffled'), nd=3)} "
+                           f"| {_f(w.get('blank'), nd=3)} |")
+        out.append("")
     ab = s.get("ablations")
     if ab:
         out += ablation_markdown(ab)

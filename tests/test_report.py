@@ -44,3 +44,17 @@ def test_update_readme_replaces_only_the_block(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "| g | 0.500 | ≥ 0.4 | yes |" in text
     assert not report.update_readme(s, readme)          # idempotent
+
+
+def test_visual_reliance_and_stage_subtotals_reach_the_report(tmp_path):
+    (tmp_path / "visual_reliance.json").write_text(json.dumps({
+        "ce_real_images": 1.1, "ce_shuffled_images": 1.3, "ce_blank_images": 1.5, "image_gain_nats": 0.4,
+        "this_image_gain_nats": 0.2, "colour_word_ce": {"real": 0.9, "shuffled": 2.0, "blank": 2.5}}))
+    (tmp_path / "timings.json").write_text(json.dumps({"01_data_prep": 60, "07_dense": 120, "08_ablations": 600}))
+    s = report.collect(tmp_path)
+    assert s["bench"]["visual_reliance"]["colour_word_ce"] == {"real": 0.9, "shuffled": 2.0, "blank": 2.5}
+    md = report.report_markdown(s)
+    assert "| all | 1.100 | 1.300 | 1.500 |" in md and "| colour words | 0.900 | 2.000 | 2.500 |" in md
+    block = report.readme_block(s)
+    assert "| core stages 01–07 (goal ≤ 30) | 3.0 |" in block and "| ablations 08 (goal ≤ 20) | 10.0 |" in block
+    assert "| **total** | **13.0** |" in block

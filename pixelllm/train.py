@@ -5,11 +5,12 @@ Data parallel on N processes (gloo on CPU, nccl on GPU; rank 0 logs and checkpoi
     torchrun --nproc_per_node 2 -m pixelllm.train --config pretrain --smoke
 
 What it does, in order (each step is a function the notebooks call too):
-  1. :func:`resolve_paths` — the run folder and its artifacts (data, tokenizer, tiny SAM, tiny T5, checkpoints);
-  2. :func:`ensure_prerequisites` — found → reuse, else build them (synthetic world, tokenizer, SAM / T5
-     pretraining), exactly what notebooks 01/02 do, so any stage can run on its own;
-  3. :func:`build_model` — ``build_pixelllm(preset, sam_checkpoint, t5, tokenizer)``, initialised from the
-     previous stage (``init_from``);
+  1. :func:`resolve_paths` — the run folder and its artifacts (data, tokenizer, tiny SAM, tiny T5, semantic
+     encoder, checkpoints);
+  2. :func:`ensure_prerequisites` — found → reuse, else build them (synthetic world, tokenizer, SAM / T5 /
+     semantic-encoder pretraining), exactly what notebooks 01/02 do, so any stage can run on its own;
+  3. :func:`build_model` — ``build_pixelllm(preset, sam_checkpoint, t5, tokenizer, semantic_checkpoint)``,
+     initialised from the previous stage (``init_from``);
   4. :func:`build_train_dataset` — the task mixture (``tasks={"trace": 2, "caption": 1}``) of the real
      dataset readers, with the config's prompts;
   5. :class:`~pixelllm.engine.trainer.Trainer` — resumes from ``out_dir`` if a checkpoint is there.
@@ -17,6 +18,7 @@ What it does, in order (each step is a function the notebooks call too):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -32,7 +34,8 @@ from pixelllm.configs import CONFIGS, TrainConfig, get_config
 PREREQ = {"n_scenes": (2000, 60), "image_size": 128, "seed": 0, "vocab_size": 1000,
           "sam_steps": (800, 3), "sam_batch": (16, 4), "sam_lr": 2e-3, "sam_time_limit_s": (300, 30),
           "t5_steps": (1000, 5), "t5_batch": (32, 8), "t5_lr": 1e-3, "t5_time_limit_s": (180, 20),
-          "t5_caption_fraction": 0.25, "t5_denoise_fraction": 0.5}
+          "t5_caption_fraction": 0.25, "t5_denoise_fraction": 0.5,
+          "sem_steps": (600, 3), "sem_batch": (64, 8), "sem_lr": 1e-3, "sem_time_limit_s": (180, 20)}
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Paths:
     tokenizer: Path
     sam: Path
     t5: Path
+    semantic: Path       # pretrained semantic ViT (our EVA02 stand-in), safetensors
     out: Path
     checkpoints: Path
 
@@ -56,12 +60,17 @@ def resolve_paths(cfg: TrainConfig) -> Paths:
                  tokenizer=Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else run / "tokenizer",
                  sam=Path(cfg.sam_checkpoint) if cfg.sam_checkpoint else run / "sam_tiny" / "sam_tiny.pth",
                  t5=Path(cfg.t5_dir) if cfg.t5_dir else run / "t5_tiny",
+                 semantic=Path(cfg.model_overrides["semantic_checkpoint"])
+                 if cfg.model_overrides.get("semantic_checkpoint") else run / "semantic_tiny" / "semantic_tiny.safetensors",
                  out=Path(cfg.out_dir) if cfg.out_dir else ck / cfg.stage, checkpoints=ck)
 
 
 def ensure_prerequisites(cfg: TrainConfig, progress: bool = True) -> Paths:
     """found → reuse, else compute: synthetic world, tokenizer, tiny SAM (box→mask pretraining), tiny T5
-    (span corruption). Explicit paths in the config must exist (never silently recomputed elsewhere)."""
+    (span corruption + reconstruction), semantic ViT (per-patch colour/category pretraining, the EVA02
+    stand-in; only for presets without a ``semantic_timm`` model — a timm EVA02 comes with its own
+    weights via ``model_overrides={"semantic_checkpoint": ...}``). Explicit paths in the config must
+    exist (never silently recomputed elsewhere)."""
     from pixelllm.utils import found_or_compute
 
     from pixelllm.utils import knobs
@@ -94,11 +103,31 @@ def ensure_prerequisites(cfg: TrainConfig, progress: bool = True) -> Paths:
                          caption_fraction=K.t5_caption_fraction, denoise_fraction=K.t5_denoise_fraction,
                          eval_every=max(1, K.t5_steps // 6), progress=progress)
 
+    def semantic():
+        from pixelllm.pretrain.semantic import pretrain_semantic_encoder
+        overrides = {"image_size": cfg.image_size} if cfg.image_size else {}
+        pretrain_semantic_encoder(p.data, p.semantic, preset=cfg.preset, steps=K.sem_steps, batch_size=K.sem_batch,
+                                  lr=K.sem_lr, seed=K.seed, time_limit_s=K.sem_time_limit_s, progress=progress,
+                                  **overrides)
+
+    if cfg.model_overrides.get("semantic_checkpoint") and not p.semantic.exists():
+        raise FileNotFoundError(f"model_overrides semantic_checkpoint: {p.semantic} does not exist")
     found_or_compute(p.data / "stats.json", data)
     found_or_compute(p.tokenizer, tokenizer)
     found_or_compute(p.sam, sam)
     found_or_compute(p.t5, t5)
+    if _pretrains_semantic(cfg):
+        found_or_compute(p.semantic, semantic)
     return p
+
+
+def _pretrains_semantic(cfg: TrainConfig) -> bool:
+    """Our semantic-encoder pretraining applies to the presets whose semantic ViT is our small Eva (no timm
+    model name) and whose encoder mode uses it."""
+    from pixelllm.modeling.build import PRESETS
+
+    merged = {**dataclasses.asdict(PRESETS[cfg.preset]), **cfg.model_overrides} if cfg.preset in PRESETS else {}
+    return bool(merged) and not merged.get("semantic_timm") and merged.get("encoder_mode", "both") != "sam_only"
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -129,6 +158,8 @@ def build_model(cfg: TrainConfig, paths: Paths, tokenizer=None, device: str = "c
     kw = dict(cfg.model_overrides)
     if cfg.image_size:
         kw["image_size"] = cfg.image_size
+    if "semantic_checkpoint" not in kw and paths.semantic.is_file() and _pretrains_semantic(cfg):
+        kw["semantic_checkpoint"] = str(paths.semantic)
     model = build_pixelllm(cfg.preset, sam_checkpoint=paths.sam if paths.sam.is_file() else None,
                            t5=paths.t5 if (paths.t5 / "config.json").is_file() else None,
                            tokenizer=tokenizer, **kw)

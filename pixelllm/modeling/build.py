@@ -199,6 +199,8 @@ def build_pixelllm(name: str | PixelLLMConfig = "tiny", sam_checkpoint: str | Pa
         raise KeyError(f"build_pixelllm: unknown preset {name!r}; known: {sorted(PRESETS)}")
     if sam_checkpoint is not None:
         cfg.sam_checkpoint = str(sam_checkpoint)
+    if cfg.semantic_checkpoint is not None:
+        cfg.semantic_checkpoint = str(cfg.semantic_checkpoint)   # config.json holds strings
     if isinstance(t5, (str, Path)):
         cfg.t5 = str(t5)
     elif t5 is None and cfg.t5 is not None:

@@ -11,6 +11,7 @@ input frame**. The trace head scales its output by the S×S frame.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -290,8 +291,10 @@ class PixelLLM(nn.Module):
             raise FileNotFoundError(f"PixelLLM.from_pretrained: {cfg_path} not found")
         cfg = PixelLLMConfig.from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
         t5_src = str(d / T5_DIR) if (d / T5_DIR).is_dir() else cfg.t5
-        model = build_pixelllm(cfg, t5=t5_src, tokenizer=tokenizer)
-        model.config.t5 = cfg.t5  # keep the original reference, not the folder we loaded from
+        # the semantic encoder's weights are in model.safetensors: its pretraining checkpoint is not needed
+        model = build_pixelllm(dataclasses.replace(cfg, semantic_checkpoint=None), t5=t5_src, tokenizer=tokenizer)
+        model.config.t5 = cfg.t5  # keep the original references, not the folder we loaded from
+        model.config.semantic_checkpoint = cfg.semantic_checkpoint
         state = load_file(str(d / WEIGHTS_NAME))
         if (d / FROZEN_SAM_NAME).is_file():
             state.update(load_file(str(d / FROZEN_SAM_NAME)))

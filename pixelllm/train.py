@@ -35,7 +35,7 @@ PREREQ = {"n_scenes": (2000, 60), "image_size": 128, "seed": 0, "vocab_size": 10
           "sam_steps": (800, 3), "sam_batch": (16, 4), "sam_lr": 2e-3, "sam_time_limit_s": (300, 30),
           "t5_steps": (1000, 5), "t5_batch": (32, 8), "t5_lr": 1e-3, "t5_time_limit_s": (180, 20),
           "t5_caption_fraction": 0.25, "t5_denoise_fraction": 0.5,
-          "sem_steps": (600, 3), "sem_batch": (64, 8), "sem_lr": 1e-3, "sem_time_limit_s": (180, 20)}
+          "sem_steps": (800, 3), "sem_batch": (32, 8), "sem_lr": 1e-3, "sem_time_limit_s": (150, 20)}
 
 
 @dataclass

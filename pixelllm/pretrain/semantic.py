@@ -132,7 +132,7 @@ def patch_loss(model: PatchClassifier, images: torch.Tensor, colour: torch.Tenso
 
 
 def pretrain_semantic_encoder(data_root: str | os.PathLike, out_path: str | os.PathLike | None = None,
-                              preset: str = "tiny", steps: int = 600, batch_size: int = 64, lr: float = 1e-3,
+                              preset: str = "tiny", steps: int = 800, batch_size: int = 32, lr: float = 1e-3,
                               weight_decay: float = 0.05, warmup: int = 30, clip: float = 1.0, seed: int = 0,
                               eval_every: int = 100, time_limit_s: float | None = None, progress: bool = True,
                               **overrides: Any) -> dict[str, Any]:

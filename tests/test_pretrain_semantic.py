@@ -74,3 +74,22 @@ def test_missing_scene_file_is_named(tmp_path):
     (tmp_path / "coco" / "instances_train.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     with pytest.raises(FileNotFoundError, match="scenes.json"):
         psem.patch_targets(tmp_path, "train", 128, 16)
+
+
+def test_which_presets_get_the_semantic_pretraining_and_explicit_paths_must_exist(tmp_path):
+    import dataclasses
+
+    from pixelllm.configs import get_config
+    from pixelllm.train import _pretrains_semantic, ensure_prerequisites, resolve_paths
+
+    cfg = get_config("pretrain", smoke=True)
+    assert _pretrains_semantic(cfg)                                                     # tiny: our small Eva
+    assert not _pretrains_semantic(dataclasses.replace(cfg, preset="small"))           # timm EVA02-S
+    assert not _pretrains_semantic(dataclasses.replace(cfg, preset="paper"))
+    assert not _pretrains_semantic(dataclasses.replace(cfg, model_overrides={"encoder_mode": "sam_only"}))
+    assert resolve_paths(cfg).semantic.name == "semantic_tiny.safetensors"
+    missing = tmp_path / "eva02.safetensors"
+    bad = dataclasses.replace(cfg, model_overrides={"semantic_checkpoint": str(missing)})
+    assert resolve_paths(bad).semantic == missing
+    with pytest.raises(FileNotFoundError, match="semantic_checkpoint"):
+        ensure_prerequisites(bad, progress=False)

@@ -102,20 +102,23 @@ def patch_targets(data_root: str | os.PathLike, split: str, image_size: int, pat
 
 
 class PatchClassifier(torch.nn.Module):
-    """The semantic ViT + a 1×1 head: images B×3×S×S in [0, 1] → (colour logits B×(1+C)×g×g, shape logits)."""
+    """The semantic ViT + a 1×1 head: images B×3×S×S in [0, 1] → (colour logits B×(1+C)×g×g, shape logits).
+    The ViT runs through PixelLLM's own :class:`ImageEncoder` ("semantic_only"), so it sees exactly the
+    normalisation and patch-grid read-out it will see inside PixelLLM."""
 
     def __init__(self, vit: torch.nn.Module):
+        from pixelllm.modeling.image_encoder import ImageEncoder
+
         super().__init__()
-        self.vit = vit
+        self.encoder = ImageEncoder(None, vit, mode="semantic_only")
         self.head = torch.nn.Conv2d(vit.embed_dim, len(COLOR_NAMES) + len(SHAPE_NAMES) + 2, 1)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from pixelllm.modeling.image_encoder import CLIP_MEAN, CLIP_STD, normalize_images
+    @property
+    def vit(self) -> torch.nn.Module:
+        return self.encoder.semantic_encoder
 
-        x = normalize_images(images, CLIP_MEAN, CLIP_STD)
-        tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]           # B×g·g×C
-        g = self.vit.patch_embed.grid_size
-        out = self.head(tokens.transpose(1, 2).reshape(len(x), -1, *g))
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.head(self.encoder.semantic_features(images))                          # B×(C+K+2)×g×g
         return out[:, : len(COLOR_NAMES) + 1], out[:, len(COLOR_NAMES) + 1:]
 
 

@@ -20,7 +20,7 @@ Two more example kinds are mixed in (``pretrain_tiny_t5`` defaults: 25 % / 50 %)
   text, target = the rest, so the decoder also learns to *write* the world's sentences;
 * reconstruction (BART-style denoising): input = ``"Fill in: "`` + the span-corrupted text, target = the
   whole original text. This is our stand-in for Flan-T5's instruction tuning: a decoder that must write
-  what its input says. Measured without it (README, "What we measured"): the frozen LM under LoRA never
+  what its input says. Measured without it (README, "What these numbers say"): the frozen LM under LoRA never
   learned to read PixelLLM's visual tokens — caption CE with shuffled images = CE with the right ones, and
   even ground-truth colour *words* fed as its input were not picked up (colour-word CE 1.80, chance 1.79,
   after 150 LoRA steps; 1.07 with reconstruction examples in the pretraining).

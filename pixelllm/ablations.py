@@ -21,13 +21,13 @@ Pipeline of one arm and seed (:func:`run_arm`):
    (:class:`FrozenEncoderView`), so its feature grid is computed once per image and **shared by every arm**
    of the process (same frozen weights → same features);
 3. evaluation, identical for every arm: teacher-forced test CE and ``point_l1`` (normalised L1 to the
-   closest ground-truth trace sample, REFERENCE §2.6) on test narratives; free-running LN captions scored
+   closest ground-truth trace sample, PAPER_NOTES.md §2.6) on test narratives; free-running LN captions scored
    with METEOR / CIDEr-D; for Table 4 arms two downstream fine-tunes from the stage-2 weights — referring
    localization (P@0.5, IoU > 0.5, original pixels) and location-conditioned captioning (METEOR / CIDEr-D).
 
 Results are cached as ``<run>/ablations/<arm>/<seed>.json`` (:func:`arm_result`: found → load, else run);
 :func:`build_report` aggregates seeds (mean ± sample std) per table and derives ``trend_reproduced`` flags
-against the paper's findings (REFERENCE §5).
+against the paper's findings (PAPER_NOTES.md §5).
 """
 from __future__ import annotations
 

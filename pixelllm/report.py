@@ -5,7 +5,7 @@ README's results section.
     python -m pixelllm.report --smoke    # the same from runs/smoke/results (used by the tests)
 
 Every number in the report comes from a JSON file a notebook or benchmark wrote; nothing is typed in
-here except the paper's published numbers (REFERENCE §5) and the quality goals of the issues.
+here except the paper's published numbers (PAPER_NOTES.md §5) and the quality goals of the issues.
 The README's block between ``<!-- results:start -->`` and ``<!-- results:end -->`` is regenerated from
 ``summary.json``; ``tests/test_report.py`` fails if the committed README disagrees with the JSON.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 from pixelllm.utils import atomic_write_bytes, repo_root, results_dir, write_json
 
-# REFERENCE §5: T5-XL row of the official README (percent).
+# PAPER_NOTES.md §5: T5-XL row of the official README (percent).
 PAPER = {
     "refcoco_p05": {"val": 90.3, "testA": 92.3, "testB": 86.8},
     "refcoco_ciou": {"val": 77.2, "testA": 79.2, "testB": 74.0},

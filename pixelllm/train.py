@@ -255,7 +255,7 @@ def teacher_forced_eval(model, dataset, batch_size: int = 32, device: str = "cpu
                         cfg: TrainConfig | None = None) -> dict:
     """Teacher-forced metrics on ``dataset`` (collate batches): the loss terms (``ce``, ``point_l1_px``)
     and, when the batches carry ``trace_samples``, the trace metric ``point_l1`` (normalised, closest
-    ground-truth sample, REFERENCE §2.6) with the image-centre baseline on the same tokens.
+    ground-truth sample, PAPER_NOTES.md §2.6) with the image-centre baseline on the same tokens.
 
     Returns also per-sample lists ``pred`` / ``targets`` (T×4 corners) / ``valid`` (T) / ``samples``
     (T×16×2), all normalised [0, 1], for baselines and plots."""

@@ -1,4 +1,4 @@
-"""The official LN trace → token alignment, on hand-computed cases (REFERENCE §2)."""
+"""The official LN trace → token alignment, on hand-computed cases (PAPER_NOTES.md §2)."""
 import json
 
 import numpy as np

@@ -157,7 +157,7 @@ def test_fresh_lora_equals_base(targets, n_adapted):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_logits_scaling_follows_hf(tie):
-    """REFERENCE §8: d_model^-0.5 before lm_head exactly when HF applies it; hidden = state before it."""
+    """PAPER_NOTES.md §8: d_model^-0.5 before lm_head exactly when HF applies it; hidden = state before it."""
     base = _tiny_t5(tie_word_embeddings=tie)
     assert base.config.scale_decoder_outputs is tie
     lm = LanguageModel(base, mode="frozen")

@@ -1,4 +1,4 @@
-"""Dense object captioning (REFERENCE §3/§4): proposals matched to ground truth at IoU ≥ 0.6 become the
+"""Dense object captioning (PAPER_NOTES.md §3/§4): proposals matched to ground truth at IoU ≥ 0.6 become the
 prompt boxes; detection + caption losses reach the proposer and the captioner's trainable parts (not
 the frozen SAM); ``predict`` returns boxes in original-image pixels; training lowers the loss; the
 DenseCap evaluation plumbing gives a hand-computable mAP with a fake METEOR."""

@@ -1,4 +1,4 @@
-"""Location-conditioned captioning (REFERENCE §3): the ground-truth box is the location prompt, the text
+"""Location-conditioned captioning (PAPER_NOTES.md §3): the ground-truth box is the location prompt, the text
 prompt "an object of", the loss the caption CE only; records with bad boxes are clipped/skipped and
 counted; evaluation captions every distinct box once against all its phrases.
 

@@ -115,7 +115,7 @@ TABLES: dict[str, dict[str, str]] = {
     "point_target": {"center": "target_center", "box": "baseline"},
 }
 
-#: what the paper reports for each table (REFERENCE §5; exact ablation numbers are not available).
+#: what the paper reports for each table (PAPER_NOTES.md §5; exact ablation numbers are not available).
 PAPER_FINDINGS: dict[str, str] = {
     "loc_supervision": "Table 4: dense per-word trace supervision (LN) beats box-only and no localization "
                        "pre-training on referring localization",

@@ -1,4 +1,4 @@
-"""Downstream task 4 — dense object captioning (REFERENCE §3).
+"""Downstream task 4 — dense object captioning (PAPER_NOTES.md §3).
 
 A Simple Feature Pyramid + CenterNet head on PixelLLM's image features proposes boxes; proposals matched
 to ground truth at IoU ≥ 0.6 become prompt boxes for location-conditioned captioning; detection loss and

@@ -1,4 +1,4 @@
-"""Downstream task 3 — location-conditioned captioning (REFERENCE §3).
+"""Downstream task 3 — location-conditioned captioning (PAPER_NOTES.md §3).
 
 Fine-tuned from the LN trace stage (``<run>/checkpoints/ln_trace`` when present, else the pretrained
 parts only). The ground-truth box is the location prompt, the text prompt "an object of"; the targets are

@@ -1,11 +1,11 @@
 """Downstream tasks 1–2 — referring localization (stage ``refcoco``) and referring segmentation
-(stage ``refseg``) on the synthetic RefCOCO (REFERENCE §3).
+(stage ``refseg``) on the synthetic RefCOCO (PAPER_NOTES.md §3).
 
 ``get_config(smoke)`` — referring localization: whole-image prompt box, text prompt "where is <expr>",
 target = the expression + EOS; the decoder state that emits EOS regresses the box (its two points =
 the corners). The trace head reads that state with the ``center_size`` parametrisation and the box gets
 L1 (λ = 0.1, pixels) + GIoU: two raw corners collapsed to zero-area boxes at CPU scale while centre + size
-with L1 + GIoU trained well (REFERENCE §8). The paper's ``corners`` head is one override away::
+with L1 + GIoU trained well (PAPER_NOTES.md §8). The paper's ``corners`` head is one override away::
 
     get_config(overrides=["model_overrides={'head_parametrization': 'corners'}", "giou_weight=0.0"])
 

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from pixelllm.data.errors import SkipCounter
 
-#: Default text prompts (the LM's context after the visual tokens). REFERENCE §1/§3.
+#: Default text prompts (the LM's context after the visual tokens). PAPER_NOTES.md §1/§3.
 DEFAULT_PROMPTS = {
     "caption": "A short image caption:",
     "trace": "A long image caption:",

@@ -1,6 +1,6 @@
 """Localized Narratives (LN): JSON-lines reader and the official trace → token alignment.
 
-The format (REFERENCE §6), one JSON object per line::
+The format (PAPER_NOTES.md §6), one JSON object per line::
 
     {"dataset_id": "mscoco_val2017", "image_id": "137576", "annotator_id": 93,
      "caption": "In this image we can see a dog ...",
@@ -288,7 +288,7 @@ class AlignedTrace:
 
 def align_tokens_to_trace(record: Narrative | dict, tokens: Sequence[str] | int, num_samples: int = NUM_SAMPLES,
                           point_target: str = "box") -> AlignedTrace:
-    """The official LN trace → token alignment (REFERENCE §2, steps 1–5).
+    """The official LN trace → token alignment (PAPER_NOTES.md §2, steps 1–5).
 
     Args:
         record: a :class:`Narrative` or the raw JSON dict of one LN line.

@@ -1,4 +1,4 @@
-"""A deterministic synthetic world written in the REAL dataset formats (REFERENCE §6).
+"""A deterministic synthetic world written in the REAL dataset formats (PAPER_NOTES.md §6).
 
 Each scene is a textured background with 1–6 coloured shapes (vocabulary in :mod:`pixelllm.data.vocab`),
 possibly partly occluding each other. For every scene the generator writes (layout of

@@ -1,6 +1,6 @@
 """Visual Genome region descriptions (dense captioning / location-conditioned captioning).
 
-Raw VG files (REFERENCE §6)::
+Raw VG files (PAPER_NOTES.md §6)::
 
     region_descriptions.json  [{"id": image_id, "regions": [{"region_id", "image_id", "phrase",
                                 "x", "y", "width", "height"}]}]      # x, y top-left pixels, may be < 0

@@ -17,7 +17,7 @@ Both averages can be taken over a *global* count (all micro-batches of one optim
 ranks) instead of this batch's count: pass ``num_tokens`` / ``num_points``. The trainer does this so that
 gradient accumulation and data parallelism give exactly the gradient of one large batch.
 
-Box tasks (referring localization, REFERENCE §8): the two points at the EOS token are the box corners;
+Box tasks (referring localization, PAPER_NOTES.md §8): the two points at the EOS token are the box corners;
 ``giou_weight > 0`` adds a GIoU loss (torchvision) on them, next to the L1.
 """
 from __future__ import annotations

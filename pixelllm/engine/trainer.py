@@ -16,7 +16,7 @@ The model is any ``nn.Module`` whose ``forward`` takes (a subset of) the batch-d
 ``images, boxes, prompt_ids, prompt_mask, target_ids, target_mask, image_sizes`` and returns an object
 (or dict) with ``logits`` B×T×V and ``points`` B×T×4 (pixels of the resized input; may be None).
 If it also offers ``frozen_image_features(images, image_sizes)`` and accepts ``sam_features=``, the
-frozen SAM features are cached per image id (REFERENCE §8: 2× faster steps on CPU).
+frozen SAM features are cached per image id (PAPER_NOTES.md §8: 2× faster steps on CPU).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Evaluators for every task of the paper (REFERENCE §2.6, §3, §4).
+"""Evaluators for every task of the paper (PAPER_NOTES.md §2.6, §3, §4).
 
 * :mod:`pixelllm.eval.caption`  — BLEU / METEOR / ROUGE-L / CIDEr-D with pycocoevalcap's scorers, offline
   (``caption_metrics``, batched ``meteor_scores``, ``Meteor`` process wrapper, ``ptb_tokenize``).

@@ -2,7 +2,7 @@
 
 Boxes are (x0, y0, x1, y1) float. The model predicts in pixels of the *resized* input (longest side S,
 padded bottom/right, ARCHITECTURE "Coordinates"); the metric is computed in pixels of the *original*
-image (REFERENCE §3), so map predictions back with :func:`boxes_to_original` first — the same per-axis
+image (PAPER_NOTES.md §3), so map predictions back with :func:`boxes_to_original` first — the same per-axis
 rescale-and-clip as the official ``rescale_and_convert_boxes_to_xywh`` (scenic pixel_llm evaluators.py).
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def paired_box_iou(boxes1, boxes2) -> torch.Tensor:
 
 
 def precision_at(pred, gt, thr: float = 0.5) -> float:
-    """P@thr for paired boxes: fraction with IoU **strictly greater** than ``thr`` (REFERENCE §3).
+    """P@thr for paired boxes: fraction with IoU **strictly greater** than ``thr`` (PAPER_NOTES.md §3).
 
     Args:
       pred, gt: N×4 (x0, y0, x1, y1), same frame — original-image pixels for reported numbers.

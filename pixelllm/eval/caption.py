@@ -2,7 +2,7 @@
 
 We call pycocoevalcap's scorers directly — ``PTBTokenizer`` (Java), ``Bleu(4)``, ``Meteor`` (Java),
 ``Rouge`` and ``Cider`` — and never ``COCOEvalCap.evaluate()``: that one always builds SPICE, which
-downloads Stanford CoreNLP and fails offline (REFERENCE §4).
+downloads Stanford CoreNLP and fails offline (PAPER_NOTES.md §4).
 
 Facts worth knowing when reading the numbers:
 

@@ -1,7 +1,7 @@
 """DenseCap mAP (Johnson et al. 2016) exactly as the official Python port used by PixelLLM.
 
 Follows ``DensecapEval`` in scenic/projects/pixel_llm/densecap_evaluator.py (itself a port of
-jcjohnson/densecap ``eval/eval_utils.lua``), REFERENCE §4:
+jcjohnson/densecap ``eval/eval_utils.lua``), PAPER_NOTES.md §4:
 
 1. per image, merge ground-truth boxes at IoU ≥ 0.7: repeatedly take the box with the most neighbours
    (itself included; ties → lowest index), replace the group by its mean box carrying all captions as

@@ -1,6 +1,6 @@
 """Mask metrics for referring segmentation: per-mask IoU, cIoU, gIoU, and box P@0.5 from a mask.
 
-REFERENCE §3: cIoU = ΣI / ΣU over the split (large objects weigh more); gIoU = mean of the per-expression
+PAPER_NOTES.md §3: cIoU = ΣI / ΣU over the split (large objects weigh more); gIoU = mean of the per-expression
 IoUs. Masks are binary H×W arrays (numpy or torch, bool / 0-1 ints) **in original-image pixels**, or COCO
 RLE dicts; intersections/areas go through pycocotools' RLE ops (``mask.merge(..., intersect=1)``,
 ``mask.area``), so a split's worth of full-resolution masks never needs to sit in memory decoded.

@@ -1,4 +1,4 @@
-"""Per-word trace metric ``point_l1`` (REFERENCE §2.6) and its baselines.
+"""Per-word trace metric ``point_l1`` (PAPER_NOTES.md §2.6) and its baselines.
 
 ``point_l1``: for every valid token, the L1 distance — in coordinates normalised by the image size —
 from each predicted point to the **closest** of the utterance's ground-truth trace samples, averaged
@@ -11,7 +11,7 @@ over valid tokens. The details follow the official ``PointEvaluator``
 * each predicted point takes its own closest sample (min over the S samples);
 * the two predicted points of a token (the trace head's (x0, y0, x1, y1), i.e. the two corners of the
   utterance's trace box) are averaged: ``token error = mean_p min_g d(p, g)``;
-* tokens are averaged over the valid ones. ``reduction="token"`` (default, REFERENCE §2.6) pools all
+* tokens are averaged over the valid ones. ``reduction="token"`` (default, PAPER_NOTES.md §2.6) pools all
   valid tokens of all samples; ``reduction="sample"`` averages per sample first, then over samples —
   what the official evaluator does per added example.
 
@@ -83,7 +83,7 @@ def point_l1_per_token(pred_points, gt_samples) -> np.ndarray:
 
 
 def point_l1(pred_points, gt_samples, valid, reduction: str = "token") -> float:
-    """Trace metric (REFERENCE §2.6): normalised L1 to the closest GT sample, averaged over valid tokens.
+    """Trace metric (PAPER_NOTES.md §2.6): normalised L1 to the closest GT sample, averaged over valid tokens.
 
     Args:
       pred_points: B×T×4 (two points per token), B×T×2 or B×T×P×2, normalised [0, 1] (x, y).
@@ -154,7 +154,7 @@ def random_other_narrative(targets: Sequence, valid: Sequence | None = None,
 
     Narrative i is paired with σ(i), σ a random derangement (no narrative keeps its own trace). Its token
     j of T_i (relative position j/T_i) takes the donor's valid token whose relative position m/T_d is
-    nearest — the same relative-position rule the LN alignment uses (REFERENCE §2.4). The result keeps
+    nearest — the same relative-position rule the LN alignment uses (PAPER_NOTES.md §2.4). The result keeps
     "where people tend to point while talking", but loses the image.
 
     Args:

@@ -7,7 +7,7 @@ Presets (all numbers in :data:`PRESETS`):
 
 * ``tiny``  — 128 px synthetic world on 2 CPU cores: our tiny SAM (``build_sam("tiny")``), a 4-layer
   EVA02-style ViT (dim 192, patch 16), extractor depth 2 / 32 tokens, T5 d_model 128 with 2+2 layers
-  (REFERENCE §8: fastest and learned no worse), LoRA r 16.
+  (PAPER_NOTES.md §8: fastest and learned no worse), LoRA r 16.
 * ``small`` — one consumer GPU: 256 px, SAM ViT-B encoder, EVA02-S (timm), T5-small-sized LM (v1.1 widths).
 * ``paper`` — SAM ViT-H + EVA02-L (timm ``eva02_large_patch14_clip_224`` at 384 px) + a Flan-T5-XL
   config, LoRA r 32 on q, v. Without checkpoints it builds on the **meta** device (shapes only).

@@ -1,4 +1,4 @@
-"""Dense object captioning proposals: Simple Feature Pyramid + CenterNet head (REFERENCE §3).
+"""Dense object captioning proposals: Simple Feature Pyramid + CenterNet head (PAPER_NOTES.md §3).
 
 PixelLLM's dense captioning proposes boxes from the image features with a ViTDet **Simple Feature
 Pyramid** and a **CenterNet** head; every proposal then goes through location-conditioned captioning.
@@ -275,7 +275,7 @@ def match_proposals(proposals: torch.Tensor, gt_boxes: torch.Tensor,
                     thr: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
     """Match proposals P×4 to ground truth M×4 (both (x0, y0, x1, y1) pixels): each proposal takes the
     ground-truth box of highest IoU (``torchvision.ops.box_iou``) and is kept if that IoU ≥ ``thr``
-    (REFERENCE §3: 0.6). Returns (proposal indices, gt indices), two long tensors of equal length, in
+    (PAPER_NOTES.md §3: 0.6). Returns (proposal indices, gt indices), two long tensors of equal length, in
     proposal order; the matched proposals become prompt boxes captioned with their gt's caption."""
     empty = torch.zeros(0, dtype=torch.long, device=proposals.device)
     if len(proposals) == 0 or len(gt_boxes) == 0:

@@ -1,7 +1,7 @@
 """Image encoder V: frozen SAM ViT + trainable semantic ViT (EVA02), concatenated on channels.
 
 Paper: V = [SAM ViT-H (frozen) ; EVA02 ViT-L (trainable)]. SAM gives precise localisation features
-(pretrained for box → mask), EVA02 the semantics (colour and object names) SAM lacks (REFERENCE §8).
+(pretrained for box → mask), EVA02 the semantics (colour and object names) SAM lacks (PAPER_NOTES.md §8).
 Official release details followed here:
 
 * both encoders see the same S×S input (384 px in the paper); each normalises with its own statistics

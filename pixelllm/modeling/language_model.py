@@ -6,7 +6,7 @@ decodes the caption. Paper: instruction-tuned T5-XL (Flan-T5-XL), frozen, LoRA r
 self-attention layers. Release: LoRA on the encoder self-attention and decoder self- and cross-attention,
 scale 2. B is zero-initialised (peft's default), so a freshly wrapped model equals its base model.
 
-Output scaling (REFERENCE §8). HF T5 multiplies the decoder's final state by d_model^-0.5 before
+Output scaling (PAPER_NOTES.md §8). HF T5 multiplies the decoder's final state by d_model^-0.5 before
 ``lm_head`` when ``config.scale_decoder_outputs`` (original T5, tied embeddings); T5 v1.1 / Flan-T5
 (``tie_word_embeddings=False`` in their config.json) are not scaled and were trained that way. We keep
 HF's choice — it is what the checkpoint was trained with — and :meth:`LanguageModel.logits` reproduces

@@ -1,5 +1,5 @@
 """Referring segmentation head: predicted box → frozen SAM prompt encoder + mask decoder, with the
-release's gated mask adapter (REFERENCE §3).
+release's gated mask adapter (PAPER_NOTES.md §3).
 
 PixelLLM segments a referred object by turning its predicted box (the two points regressed at the EOS
 token) into a SAM box prompt and running SAM's **frozen** prompt encoder and mask decoder on the frozen
@@ -105,7 +105,7 @@ class MaskHead(nn.Module):
         mask_decoder: ``segment_anything.modeling.MaskDecoder`` of the same SAM. Frozen here.
         visual_dim / text_dim: widths of the adapter's context tokens; both None → no adapter (plain SAM).
         adapter_depth / adapter_num_heads / adapter_mlp_dim: the adapter's TwoWayTransformer sizes.
-        multimask_output: True (default, REFERENCE §3): the decoder's 3 masks, best predicted IoU kept at
+        multimask_output: True (default, PAPER_NOTES.md §3): the decoder's 3 masks, best predicted IoU kept at
             inference. The release's ``forward_mask_decode`` passes False (single-mask token); set False
             for that variant.
     Only the adapter (with its gate α) is trainable.

@@ -224,7 +224,7 @@ class PixelLLM(nn.Module):
     def locate(self, images: torch.Tensor, expressions: Sequence[str], tokenizer: Any,
                template: str = "where is {}", max_new_tokens: int = 16,
                image_sizes: torch.Tensor | None = None, sam_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Referring localization (REFERENCE §3): whole-image prompt, text "where is <expr>"; the decoder
+        """Referring localization (PAPER_NOTES.md §3): whole-image prompt, text "where is <expr>"; the decoder
         state that emits EOS regresses the box → B×4 (x0, y0, x1, y1) pixels of the S×S input frame.
         Rows that never emit EOS within ``max_new_tokens`` use their last state (counted in a warning)."""
         prompts = [template.format(e) for e in expressions]

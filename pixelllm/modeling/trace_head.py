@@ -17,10 +17,10 @@ Three variants, all mapping hidden B×T×D → points B×T×4 in pixels of the i
   raw corners, ``(out + 1) / 2 · (w, h)``.
 * :class:`TraceHead` with ``parametrization="center_size"`` — same MLP, output read as a box
   ``(cx, cy, bw, bh) = sigmoid(out)`` → corners. For box regression at the EOS token (referring
-  localization): raw corners collapsed to zero-area boxes in our CPU prototype (REFERENCE §8).
+  localization): raw corners collapsed to zero-area boxes in our CPU prototype (PAPER_NOTES.md §8).
 * :class:`SpatialTraceHead` — ablation: the decoder state attends over the image patch features and
   each point is the attention-weighted mean of patch centres (learned ~1.5× lower per-word error in the
-  CPU prototype, REFERENCE §8). Not in the paper.
+  CPU prototype, PAPER_NOTES.md §8). Not in the paper.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The paper's trainable semantic encoder is EVA02-L, which arrives *pretrained* (masked image modelling +
 CLIP on web data): that is where the colour and object names come from that a box→mask SAM lacks
-(REFERENCE §8, "mask pretraining does not teach colour names"). Our tiny EVA02-style ViT would otherwise
+(PAPER_NOTES.md §8, "mask pretraining does not teach colour names"). Our tiny EVA02-style ViT would otherwise
 start from random weights, so it gets the equivalent head start on the synthetic world's **training**
 split: dense per-patch classification of what covers each patch —
 

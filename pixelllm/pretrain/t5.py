@@ -49,7 +49,7 @@ IGNORE_INDEX = -100  # label value transformers' T5 loss ignores
 
 def tiny_t5_config(vocab_size: int, **overrides: Any) -> T5Config:
     """The tiny T5 of this repo: d_model 128, 2 encoder + 2 decoder layers, 4 heads of 32, d_ff 512,
-    gated-GELU feed-forward like Flan-T5 (T5 v1.1). REFERENCE §8: d128 with 2+2 layers learned as well as
+    gated-GELU feed-forward like Flan-T5 (T5 v1.1). PAPER_NOTES.md §8: d128 with 2+2 layers learned as well as
     d192 with 3+3 and was 1.7× faster. T5 ids: pad 0 (also the decoder start), eos 1.
 
     ``overrides`` replace any ``T5Config`` field (e.g. ``d_model=192, num_layers=3``).
@@ -321,7 +321,7 @@ def pretrain_tiny_t5(train_texts: Sequence[str], val_texts: Sequence[str], token
     """Pretrain :func:`tiny_t5_config` from scratch with span corruption (+ ``caption_fraction`` prefix-LM
     and ``denoise_fraction`` reconstruction examples) and save it with the tokenizer to ``out_dir`` (``save_pretrained``) when given.
 
-    AdamW, linear warm-up + cosine decay, gradient clipping (REFERENCE §8: lr 1e-3, clip 1.0 was stable).
+    AdamW, linear warm-up + cosine decay, gradient clipping (PAPER_NOTES.md §8: lr 1e-3, clip 1.0 was stable).
     ``time_limit_s`` stops early (the schedule still assumes ``steps``). Returns
     ``{"model", "history": [{"step", "loss"}], "val": [{"step", "loss", "token_accuracy"}],
     "final_val": {...}, "steps_done", "seconds"}``.

@@ -1,4 +1,4 @@
-"""Downstream tasks built on a trained PixelLLM (REFERENCE §3).
+"""Downstream tasks built on a trained PixelLLM (PAPER_NOTES.md §3).
 
 * :mod:`pixelllm.tasks.referring` — referring localization (the decoder state that emits EOS regresses
   the box) and referring segmentation (predicted box → frozen SAM decoder + gated mask adapter):

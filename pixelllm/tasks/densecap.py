@@ -1,4 +1,4 @@
-"""Downstream task 4 — dense object captioning (REFERENCE §3, paper Fig. 4 right).
+"""Downstream task 4 — dense object captioning (PAPER_NOTES.md §3, paper Fig. 4 right).
 
 PixelLLM turns into a dense captioner by adding a proposal network on its image features and
 captioning every proposal with location-conditioned captioning::
@@ -12,7 +12,7 @@ trained end to end: L = λ_det · L_CenterNet + λ_cap · CE(captions of the mat
 features F are computed once per image and shared by the proposer and every prompt of that image, so
 the caption loss and the detection loss both reach the trainable image encoder.
 
-Training prompts follow the official recipe (REFERENCE §3: proposals matched to ground truth at
+Training prompts follow the official recipe (PAPER_NOTES.md §3: proposals matched to ground truth at
 IoU ≥ 0.6 become prompt boxes, captioned with their ground truth's phrase). As detectron2's ROI heads
 do by default (``proposal_append_gt``; GRiT, which the release builds on, keeps it), the ground-truth
 boxes are appended to the proposals before matching, so captions are learned from the first step
@@ -170,7 +170,7 @@ class DenseCaptioner(nn.Module):
         proposer: :class:`~pixelllm.modeling.centernet.CenterNetProposer` on those features
             (``in_dim`` = image-encoder channels, ``in_stride`` = S / grid side).
         tokenizer: encodes the prompt, decodes the captions.
-        prompt: the text prompt ("an object of", REFERENCE §3).
+        prompt: the text prompt ("an object of", PAPER_NOTES.md §3).
         match_iou: a proposal becomes a training prompt if its best IoU with ground truth is ≥ this (0.6).
         append_gt: add the ground-truth boxes to the proposals before matching (detectron2 default).
         max_prompts_per_image: cap on captioned prompts per image and step (random subset; 0 = all).
@@ -504,7 +504,7 @@ def load_densecap(cfg, device: str = "cpu"):
 
 
 # ------------------------------------------------------------------------------------- report / figures
-#: Published VG DenseCap mAP (REFERENCE §5, T5-XL row), percent.
+#: Published VG DenseCap mAP (PAPER_NOTES.md §5, T5-XL row), percent.
 PAPER_MAP = 17.5
 
 

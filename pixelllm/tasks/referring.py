@@ -1,4 +1,4 @@
-"""Referring localization and referring segmentation with PixelLLM (REFERENCE §3, paper Fig. 3/4).
+"""Referring localization and referring segmentation with PixelLLM (PAPER_NOTES.md §3, paper Fig. 3/4).
 
 The same model that captions and points at every word does both tasks; nothing about the architecture
 changes, only what is read out:
@@ -11,7 +11,7 @@ changes, only what is read out:
 
   Trained with the paper's loss (CE + λ·L1 at the EOS position, λ = 0.1, pixels) plus an optional GIoU
   term; the head's ``center_size`` parametrisation (sigmoid centre + size) is what trained well at CPU
-  scale (REFERENCE §8), the paper's raw ``corners`` is the other option. Scored by P@0.5 (IoU strictly
+  scale (PAPER_NOTES.md §8), the paper's raw ``corners`` is the other option. Scored by P@0.5 (IoU strictly
   > 0.5) in **original-image pixels**.
 * **Referring segmentation.** b̂ (detached) → SAM's frozen prompt encoder → SAM's frozen mask decoder on
   the frozen SAM image embedding, with the release's gated mask adapter (:class:`MaskHead`) letting the

@@ -1,4 +1,4 @@
-"""Downstream task 3 — location-conditioned captioning (REFERENCE §3).
+"""Downstream task 3 — location-conditioned captioning (PAPER_NOTES.md §3).
 
 PixelLLM captions *a given region*: the ground-truth box b is the location prompt (SAM prompt
 encoder → 2 corner tokens → prompt feature extractor E), the text prompt is "an object of", and the
@@ -33,7 +33,7 @@ from torch import nn
 from pixelllm.data.datasets import DEFAULT_PROMPTS
 from pixelllm.data.errors import SkipCounter
 
-REGION_PROMPT = DEFAULT_PROMPTS["region_caption"]          # "an object of" (REFERENCE §3)
+REGION_PROMPT = DEFAULT_PROMPTS["region_caption"]          # "an object of" (PAPER_NOTES.md §3)
 #: split evaluated per dataset: VG → the DenseCap test split; RefCOCOg → its val split (the paper's column)
 EVAL_SPLITS = {"vg": "test", "refcocog": "val"}
 
@@ -307,7 +307,7 @@ def load_loc_caption(cfg, device: str = "cpu"):
 
 
 # ------------------------------------------------------------------------------------- report / figures
-#: Published numbers (REFERENCE §5, T5-XL row of the official README), percentages.
+#: Published numbers (PAPER_NOTES.md §5, T5-XL row of the official README), percentages.
 PAPER = {"vg": {"METEOR": 20.1, "CIDEr-D": 149.0}, "refcocog": {"METEOR": 15.3, "CIDEr-D": 92.0}}
 
 

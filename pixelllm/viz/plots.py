@@ -286,7 +286,7 @@ def narrative_to_trace(record: Mapping[str, Any]) -> dict[str, Any]:
         "spans": [(i0, i1)]}`` where utterance k was spoken while trace points ``i0 <= i < i1`` were
         recorded (t in [start_time, end_time]); an utterance with no point in its window gets an empty
         span. This is for display only: the training targets use the official interpolation
-        (``pixelllm.data.localized_narratives``, REFERENCE §2).
+        (``pixelllm.data.localized_narratives``, PAPER_NOTES.md §2).
     """
     pts = [(float(p["x"]), float(p["y"]), float(p["t"])) for seg in record.get("traces") or [] for p in seg]
     pts.sort(key=lambda p: p[2])

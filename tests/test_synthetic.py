@@ -62,7 +62,7 @@ def test_shape_masks_areas_and_bbox_parity_with_pycocotools():
         m = S.shape_mask(shape, 30.3, 33.7, r, S_, S_)
         assert 0.25 * (2 * r) ** 2 < m.sum() < (2 * r) ** 2, shape
         rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-        assert S._bbox_of(m) == [float(v) for v in mask_util.toBbox(rle)]
+        assert S.bbox_of(m) == [float(v) for v in mask_util.toBbox(rle)]
         assert mask_util.area(rle) == m.sum()
     star, cross = S.shape_mask("star", 32, 32, r, S_, S_), S.shape_mask("cross", 32, 32, r, S_, S_)
     assert star[13, 32] and not star[20, 20]            # the upper point is in, between points is out
@@ -123,7 +123,7 @@ def test_sample_and_render_scene_are_consistent(size, n):
         assert not (masks.sum(0) > 1).any()                      # visible parts do not overlap
         for o, m in zip(sc.objects, masks):
             full = S.shape_mask(o.shape, o.cx, o.cy, o.radius, size, size)
-            assert m.sum() == o.area and S._bbox_of(m) == o.bbox
+            assert m.sum() == o.area and S.bbox_of(m) == o.bbox
             assert o.area >= S.MIN_VISIBLE_FRACTION * full.sum() - 1e-9
             colour = img[m].astype(float).mean(0)                # the painted colour is the named one
             dists = {c: np.abs(colour - np.array(rgb)).sum() for c, rgb in V.COLORS.items()}

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     sam_features = model.image_encoder.frozen_sam_features(timgs)
 
     def step(cached: bool):
-        out = model(timgs, None, tprompt, None, target, sam_features=sam_features if cached else None)
+        out = model(timgs, None, tprompt, None, target, features=sam_features if cached else None)
         loss = F.cross_entropy(out.logits.flatten(0, 1), target.flatten()) + 0.1 * out.points.mean()
         loss.backward()
         model.zero_grad(set_to_none=True)

@@ -4,10 +4,12 @@
   Full runs write into ``runs/full`` (data, checkpoints), ``figures/`` and ``results/``;
   SMOKE runs write everything under ``runs/smoke`` so that CI never overwrites the committed figures.
 * :func:`knobs` — the one place where SMOKE scales a notebook's parameters.
-* :func:`found_or_compute` — "found → load, else compute" for artifacts shared between notebooks.
+* :func:`found_or_compute` — "found → load, else compute" for artifacts shared between notebooks; an
+  artifact is reused only when the config stored beside it matches the requested one.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -72,16 +74,76 @@ def knobs(smoke: bool, **params: Any) -> SimpleNamespace:
     return SimpleNamespace(**out)
 
 
-def found_or_compute(path: str | os.PathLike, compute: Callable[[], Any], force: bool = False) -> Path:
-    """Return ``path`` if it exists (a file or a non-empty folder), else call ``compute()`` which must
-    create it. ``force=True`` (or ``$FORCE=1``) recomputes."""
+#: config fields that say where or how often things are written, not what is computed: ignored when a
+#: stored artifact's config is compared with the requested one.
+VOLATILE_CONFIG_KEYS = frozenset({
+    "run_dir", "data_dir", "out_dir", "tokenizer_dir", "sam_checkpoint", "t5_dir", "device", "num_workers",
+    "log_interval", "eval_interval", "ckpt_interval", "keep_last", "time_limit_s", "progress",
+    "eval_batch_size", "ddp_find_unused"})
+
+
+class ConfigMismatchError(RuntimeError):
+    """A stored artifact was made by another config than the one requested (strict mode)."""
+
+
+def config_sidecar(path: str | os.PathLike) -> Path:
+    """Where the config that produced artifact ``path`` is stored: ``<path>.config.json`` beside it."""
+    p = Path(path)
+    return p.with_name(p.name + ".config.json")
+
+
+def _config_dict(config: Any) -> dict:
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    elif dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    return json.loads(json.dumps(config, sort_keys=True, default=str))   # tuples → lists, as stored
+
+
+def config_difference(stored: dict, wanted: dict) -> dict:
+    """``{key: (stored, wanted)}`` for every compared key whose value differs (volatile keys ignored)."""
+    keys = (set(stored) | set(wanted)) - VOLATILE_CONFIG_KEYS
+    missing = object()
+    return {k: (stored.get(k, "<absent>"), wanted.get(k, "<absent>")) for k in sorted(keys)
+            if stored.get(k, missing) != wanted.get(k, missing)}
+
+
+def _exists(p: Path) -> bool:
+    return p.is_file() or (p.is_dir() and any(p.iterdir()))
+
+
+def found_or_compute(path: str | os.PathLike, compute: Callable[[], Any], force: bool = False,
+                     config: Any = None, strict: bool | None = None) -> Path:
+    """Return ``path`` if it exists (a file or a non-empty folder) **and was made by ``config``**, else call
+    ``compute()``, which must create it.
+
+    ``config`` (a config dataclass or dict) describes how the artifact is made; it is written beside the
+    artifact (:func:`config_sidecar`) after computing and compared on reuse, ignoring
+    :data:`VOLATILE_CONFIG_KEYS`. An artifact made by another config (or of unknown origin) is recomputed,
+    or, with ``strict=True`` / ``$PIXELLLM_STRICT=1``, :class:`ConfigMismatchError` names the difference.
+    ``force=True`` (or ``$FORCE=1``) always recomputes."""
     p = Path(path)
     force = force or os.environ.get("FORCE", "") not in ("", "0")
-    exists = p.is_file() or (p.is_dir() and any(p.iterdir()))
-    if force or not exists:
+    strict = os.environ.get("PIXELLLM_STRICT", "") not in ("", "0") if strict is None else strict
+    wanted = _config_dict(config) if config is not None else None
+    reuse = _exists(p) and not force
+    if reuse and wanted is not None:
+        side = config_sidecar(p)
+        stored = json.loads(side.read_text()) if side.is_file() else None
+        diff = config_difference(stored, wanted) if stored is not None else {"<config>": ("unknown", "given")}
+        if diff:
+            msg = (f"{p} was made by another config: "
+                   + "; ".join(f"{k}: stored {a!r} vs wanted {b!r}" for k, (a, b) in diff.items()))
+            if strict:
+                raise ConfigMismatchError(msg + " (unset PIXELLLM_STRICT to recompute it)")
+            print(msg + " -> recomputing")
+            reuse = False
+    if not reuse:
         compute()
-        if not (p.is_file() or (p.is_dir() and any(p.iterdir()))):
+        if not _exists(p):
             raise RuntimeError(f"found_or_compute: computing {p} did not create it")
+        if wanted is not None:
+            write_json(config_sidecar(p), wanted)
     return p
 
 

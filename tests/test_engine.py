@@ -39,9 +39,9 @@ class ToyCaptioner(nn.Module):
         return self.frozen(images)                                    # B×d×2×2
 
     def forward(self, images, boxes, prompt_ids, prompt_mask, target_ids, target_mask, image_sizes=None,
-                sam_features=None):
+                features=None):
         self.calls += 1
-        feats = self.frozen_image_features(images) if sam_features is None else sam_features
+        feats = self.frozen_image_features(images) if features is None else features
         g = torch.tanh(self.img(feats.mean((2, 3))))                   # B×d
         dec_in = torch.cat([torch.zeros_like(target_ids[:, :1]), target_ids[:, :-1]], 1)  # shift right
         h, _ = self.rnn(self.drop(self.emb(dec_in)), g[None].contiguous())

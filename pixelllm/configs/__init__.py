@@ -11,15 +11,33 @@ import importlib
 
 from pixelllm.configs.base import TrainConfig, apply_overrides
 
-CONFIGS = ("pretrain", "ln_trace", "refcoco", "loc_caption", "densecap")
+#: every config of record, in the order a full run makes them: name → "module:function". The
+#: prerequisites first (notebooks 01/02), then the stages (notebooks 03–07).
+REGISTRY = {
+    "data": "prerequisites:get_data_config",
+    "tokenizer": "prerequisites:get_tokenizer_config",
+    "sam_tiny": "prerequisites:get_sam_config",
+    "t5_tiny": "prerequisites:get_t5_config",
+    "semantic_tiny": "prerequisites:get_semantic_config",
+    "pretrain": "pretrain:get_config",
+    "ln_trace": "ln_trace:get_config",
+    "refcoco": "refcoco:get_config",
+    "refseg": "refcoco:get_refseg_config",
+    "loc_caption": "loc_caption:get_config",
+    "densecap": "densecap:get_config",
+}
+CONFIGS = tuple(REGISTRY)
+PREREQUISITES = ("data", "tokenizer", "sam_tiny", "t5_tiny", "semantic_tiny")
 
 
-def get_config(name: str, smoke: bool = False, preset: str | None = None, overrides=None) -> TrainConfig:
-    """Build the named experiment config (SMOKE variant when ``smoke``), then apply ``preset`` and
-    ``key=value`` overrides (list of strings or a dict)."""
-    if name not in CONFIGS:
+def get_config(name: str, smoke: bool = False, preset: str | None = None, overrides=None):
+    """Build the named config of record (SMOKE variant when ``smoke``), then apply ``preset`` and
+    ``key=value`` overrides (list of strings or a dict). The numbers are those the notebooks and
+    ``make reproduce`` run: a notebook passes only what it deliberately changes, as overrides."""
+    if name not in REGISTRY:
         raise KeyError(f"unknown config {name!r}; available: {', '.join(CONFIGS)}")
-    cfg = importlib.import_module(f"pixelllm.configs.{name}").get_config(smoke=smoke)
+    module, fn = REGISTRY[name].split(":")
+    cfg = getattr(importlib.import_module(f"pixelllm.configs.{module}"), fn)(smoke=smoke)
     if preset is not None:
         cfg = apply_overrides(cfg, {"preset": preset})
     if overrides:
@@ -27,4 +45,4 @@ def get_config(name: str, smoke: bool = False, preset: str | None = None, overri
     return cfg
 
 
-__all__ = ["TrainConfig", "apply_overrides", "get_config", "CONFIGS"]
+__all__ = ["TrainConfig", "apply_overrides", "get_config", "CONFIGS", "PREREQUISITES", "REGISTRY"]

@@ -53,6 +53,7 @@ class TrainConfig:
     betas: tuple = field(default=(0.9, 0.999), metadata={"help": "AdamW betas"})
     grad_clip: float = field(default=1.0, metadata={"help": "max global grad norm (0 = no clipping)"})
     amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (CPU always runs fp32)"})
+    time_limit_s: float = field(default=0.0, metadata={"help": "safety net: stop with a warning after this many seconds of training (0 = never; the recipe of record runs its fixed step count)"})
     # --- loss ---------------------------------------------------------------------------------------
     lambda_point: float = field(default=0.1, metadata={"help": "λ of the L1 point term, pixels of the resized input (paper 0.1)"})
     label_smoothing: float = field(default=0.1, metadata={"help": "ε, spread as ε/(V−1) on wrong tokens (official)"})
@@ -128,7 +129,7 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
     return value
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str] | dict) -> TrainConfig:
+def apply_overrides(cfg, overrides: list[str] | dict):
     """Return a copy of ``cfg`` with ``["lr=3e-4", "tasks={'trace': 2, 'caption': 1}"]`` (or a dict) applied.
     Values are parsed as Python literals and type-checked against the field; unknown keys raise."""
     if isinstance(overrides, dict):

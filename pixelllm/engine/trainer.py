@@ -12,11 +12,20 @@ One optimizer step =
   5. rank 0: tqdm bar, a JSONL record every ``log_interval`` steps, the eval hook every
      ``eval_interval`` steps, a checkpoint every ``ckpt_interval`` steps and at the end.
 
-The model is any ``nn.Module`` whose ``forward`` takes (a subset of) the batch-dict keys
-``images, boxes, prompt_ids, prompt_mask, target_ids, target_mask, image_sizes`` and returns an object
-(or dict) with ``logits`` B×T×V and ``points`` B×T×4 (pixels of the resized input; may be None).
-If it also offers ``frozen_image_features(images, image_sizes)`` and accepts ``sam_features=``, the
-frozen SAM features are cached per image id (PAPER_NOTES.md §8: 2× faster steps on CPU).
+The model is one of two kinds:
+
+* a **captioner** (PixelLLM): ``forward`` takes (a subset of) the batch-dict keys
+  ``images, boxes, prompt_ids, prompt_mask, target_ids, target_mask, image_sizes`` and returns an object
+  (or dict) with ``logits`` B×T×V and ``points`` B×T×4 (pixels of the resized input; may be None); the
+  loop applies :func:`pixelllm_loss` normalised by the global token / point counts;
+* a **task that computes its own loss** (class attribute ``computes_own_loss = True``: the dense
+  captioner, the referring segmenter, the three pretrainings): ``forward(batch, features=None)`` returns a
+  dict with ``loss`` (the mean over its micro-batch) and any further terms to log.
+
+If the model offers ``frozen_image_features(images, image_sizes)`` and its forward accepts ``features=``,
+the frozen features are cached per image id (PAPER_NOTES.md §8: 2× faster steps on CPU).
+The loop runs ``config.steps`` optimizer steps; ``config.time_limit_s`` (0 = off) is only a safety net
+that stops early with a warning and marks ``final.json`` with ``stopped_early``.
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ import math
 import os
 import random
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -123,12 +133,17 @@ def _forward_arg_names(model: torch.nn.Module) -> Optional[set]:
     return {p.name for p in params}
 
 
-def forward_batch(model: torch.nn.Module, batch: dict, sam_features: Optional[torch.Tensor] = None):
-    """Call ``model`` on the batch-dict keys its forward accepts; returns (logits B×T×V, points B×T×4|None)."""
+def computes_own_loss(model: torch.nn.Module) -> bool:
+    """True for a task model whose ``forward(batch, features=None)`` returns its loss dict."""
+    return bool(getattr(ckpt.unwrap(model), "computes_own_loss", False))
+
+
+def forward_batch(model: torch.nn.Module, batch: dict, features: Optional[torch.Tensor] = None):
+    """Call a captioner on the batch-dict keys its forward accepts; returns (logits B×T×V, points B×T×4|None)."""
     names = _forward_arg_names(model)
     kw = {k: batch[k] for k in FORWARD_KEYS if k in batch and (names is None or k in names)}
-    if sam_features is not None:
-        kw["sam_features"] = sam_features
+    if features is not None:
+        kw["features"] = features
     out = model(**kw)
     if isinstance(out, dict):
         return out["logits"], out.get("points")
@@ -136,23 +151,16 @@ def forward_batch(model: torch.nn.Module, batch: dict, sam_features: Optional[to
 
 
 def frozen_feature_fn(model: torch.nn.Module) -> Optional[Callable]:
-    """``encode(images, image_sizes) -> B×C×h×w`` for the model's frozen image branch, or None when there
-    is none to cache: ``model.frozen_image_features`` if defined, else PixelLLM's
-    ``image_encoder.frozen_sam_features`` when the SAM encoder has no trainable parameter. The model's
-    forward must accept ``sam_features=``."""
+    """``encode(images, image_sizes) -> B×C×h×w`` for the model's frozen image branch
+    (``model.frozen_image_features``), or None when the model has none to cache. The model's forward must
+    accept ``features=``."""
     names = _forward_arg_names(model)
-    if names is not None and "sam_features" not in names:
+    if names is not None and "features" not in names:
         return None
     fn = getattr(model, "frozen_image_features", None)
-    if fn is not None:
-        return fn
-    enc = getattr(model, "image_encoder", None)
-    sam = getattr(enc, "sam_encoder", None)
-    if sam is None or not hasattr(enc, "frozen_sam_features"):
+    if fn is None or not getattr(model, "has_frozen_features", True):
         return None
-    if any(p.requires_grad for p in sam.parameters()):
-        return None                                                    # SAM is being trained: no cache
-    return enc.frozen_sam_features
+    return fn
 
 
 # ----------------------------------------------------------------------------------------- trainer
@@ -220,10 +228,13 @@ class Trainer:
         if cfg.cache_sam_features and not cfg.augment and encode is not None:
             self.cache = FeatureCache(encode)
 
+        self.own_loss = computes_own_loss(model)
+        self.stopped_early = False
         self.step = self.epoch = self.batch_in_epoch = 0
         self.history: list[dict] = []         # one record per optimizer step (all ranks)
         self.last_checkpoint: Optional[Path] = None
         self._t0 = time.time()
+        self._eval_seconds = 0.0
 
     # ------------------------------------------------------------------------------ state / resume
     @property
@@ -288,10 +299,28 @@ class Trainer:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def _over_time_limit(self) -> bool:
+        """The safety net: training time (evaluation excluded) past ``config.time_limit_s`` (0 = never).
+        The decision is broadcast from rank 0 so that all ranks stop at the same step."""
+        limit = getattr(self.cfg, "time_limit_s", 0) or 0
+        if limit <= 0:
+            return False
+        over = torch.tensor([float(time.time() - self._t0 - self._eval_seconds > limit)], device=self.device)
+        if self.dist.enabled:
+            torch.distributed.broadcast(over, src=0)
+        return bool(over.item())
+
     def evaluate(self) -> dict:
         """Run the eval hook on rank 0 (eval mode, no grad); returns its metrics (empty on other ranks)."""
         if self.eval_fn is None or not self.dist.is_main:
             return {}
+        t0 = time.time()
+        try:
+            return self._evaluate()
+        finally:
+            self._eval_seconds += time.time() - t0
+
+    def _evaluate(self) -> dict:
         self.model.eval()
         try:
             with torch.no_grad(), self._autocast():
@@ -319,10 +348,11 @@ class Trainer:
             micro = [next(batches) for _ in range(cfg.accum_steps)]
             # global normalisers (tokens / points of the whole step on all ranks), ÷ world because DDP
             # averages the ranks' gradients
-            counts = torch.tensor([sum(count_targets(b, point_tasks)[i] for b in micro) for i in (0, 1)],
-                                  dtype=torch.float64, device=self.device)
-            dist_utils.all_reduce_sum(counts)
-            n_tok, n_pt = (counts / world).tolist()
+            if not self.own_loss:
+                counts = torch.tensor([sum(count_targets(b, point_tasks)[i] for b in micro) for i in (0, 1)],
+                                      dtype=torch.float64, device=self.device)
+                dist_utils.all_reduce_sum(counts)
+                n_tok, n_pt = (counts / world).tolist()
             terms: dict[str, float] = {}
             for i, b in enumerate(micro):
                 b = to_device(b, self.device)
@@ -330,15 +360,21 @@ class Trainer:
                 sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.net.no_sync()
                 with sync:
                     feats = self.cache(b) if self.cache is not None else None
-                    with self._autocast():
-                        logits, points = forward_batch(self.net, b, feats)
-                    out = self.loss_fn(logits, points, b, lambda_point=cfg.lambda_point,
-                                       label_smoothing=cfg.label_smoothing, giou_weight=cfg.giou_weight,
-                                       num_tokens=n_tok, num_points=n_pt)
+                    if self.own_loss:
+                        with self._autocast():
+                            out = self.net(b) if feats is None else self.net(b, features=feats)
+                        # the task's loss is a mean over its micro-batch: average the micro-batches
+                        out = {k: v / cfg.accum_steps for k, v in out.items() if not k.startswith("n_")}
+                    else:
+                        with self._autocast():
+                            logits, points = forward_batch(self.net, b, feats)
+                        out = self.loss_fn(logits, points, b, lambda_point=cfg.lambda_point,
+                                           label_smoothing=cfg.label_smoothing, giou_weight=cfg.giou_weight,
+                                           num_tokens=n_tok, num_points=n_pt)
                     out["loss"].backward()
                 for k, v in out.items():
                     if not k.startswith("n_"):
-                        terms[k] = terms.get(k, 0.0) + float(v.detach())
+                        terms[k] = terms.get(k, 0.0) + float(torch.as_tensor(v).detach())
             names = sorted(terms)
             vals = torch.tensor([terms[k] for k in names], dtype=torch.float64, device=self.device)
             vals = (dist_utils.all_reduce_sum(vals) / world).tolist()  # global-batch averages
@@ -375,15 +411,23 @@ class Trainer:
                 window, t_last, step_at_last = [], time.time(), self.step
             if cfg.eval_interval > 0 and self.step % cfg.eval_interval == 0 and self.step < cfg.steps:
                 self.evaluate()
-            if (cfg.ckpt_interval > 0 and self.step % cfg.ckpt_interval == 0) or self.step == cfg.steps:
+            over = self._over_time_limit()
+            if (cfg.ckpt_interval > 0 and self.step % cfg.ckpt_interval == 0) or self.step == cfg.steps or over:
                 self.save(metrics=rec)
+            if over:
+                self.stopped_early = True
+                msg = (f"{cfg.stage}: time_limit_s={cfg.time_limit_s:g} reached after {self.step}/{cfg.steps} steps; "
+                       "stopped early, so the results are NOT those of the recipe (which runs a fixed step count)")
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                self._log({"step": self.step, "event": "time_limit", "message": msg})
+                break
         bar.close()
-        if self.step == cfg.steps:
+        if self.step == cfg.steps or self.stopped_early:
             final = self.evaluate() if self.eval_fn is not None else {}
             if self.dist.is_main and self.out_dir is not None:
                 write_json(self.out_dir / "final.json", {
                     "step": self.step, "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
                     "train": self.history[-1] if self.history else {},
                     "eval": {k: float(v) for k, v in final.items() if isinstance(v, (int, float))},
-                    "config": self.cfg.to_dict()})
+                    "stopped_early": self.stopped_early, "config": self.cfg.to_dict()})
         return self.history

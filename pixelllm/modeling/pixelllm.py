@@ -85,20 +85,55 @@ class PixelLLM(nn.Module):
         return next(self.prompt_extractor.parameters()).device
 
     # --- encoding ----------------------------------------------------------------------------------------
-    def encode_images(self, images: torch.Tensor, image_sizes: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(frozen SAM grid B×C_sam×h×w or None, trainable semantic grid B×C_sem×g×g or None).
-        The first one can be cached by the engine and passed back as ``sam_features``."""
-        return self.image_encoder.encode(images, image_sizes)
+    def train(self, mode: bool = True) -> "PixelLLM":
+        super().train(mode)
+        if not self.image_encoder_trainable:
+            self.image_encoder.eval()                      # wholly frozen: no dropout / drop-path
+        return self
+
+    @property
+    def image_encoder_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.image_encoder.parameters())
+
+    @property
+    def has_frozen_features(self) -> bool:
+        """Whether part of V(I) is frozen, so that :meth:`frozen_image_features` can be cached."""
+        return self.image_encoder.sam_encoder is not None or not self.image_encoder_trainable
+
+    @torch.no_grad()
+    def frozen_image_features(self, images: torch.Tensor, image_sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """The frozen, cacheable part of V(I), to pass back as ``features=``: the whole grid B×C×H×W when
+        the image encoder has no trainable parameter (ablations, location-conditioned captioning), else the
+        frozen SAM grid B×C_sam×h×w (the semantic ViT trains)."""
+        if not self.image_encoder_trainable:
+            return self.image_encoder(images, image_sizes)
+        return self.image_encoder.frozen_sam_features(images, image_sizes)
+
+    def image_features(self, images: torch.Tensor, image_sizes: torch.Tensor | None = None,
+                       features: torch.Tensor | None = None) -> torch.Tensor:
+        """V(I): the feature grid B×C×H×W covering the S×S frame; ``features`` = the output of
+        :meth:`frozen_image_features` for these images (e.g. cached), which skips the frozen part."""
+        if features is not None and not self.image_encoder_trainable:
+            if features.shape[1] != self.image_encoder.out_channels:
+                raise ValueError(f"PixelLLM: cached features have {features.shape[1]} channels, the frozen image "
+                                 f"encoder outputs {self.image_encoder.out_channels}")
+            return features
+        return self.image_encoder(images, image_sizes, features)
+
+    def prompt_tokens(self, grid: torch.Tensor, boxes: torch.Tensor | None, image_sizes: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """f_l = E(P(b), grid): B×N×D visual tokens for one box per row of ``grid`` (B×C×H×W). ``boxes``
+        B×4 pixels of the input frame; None = whole image (0, 0, w, h) from ``image_sizes`` (or the frame)."""
+        prompt = self.prompt_encoder(boxes, batch_size=grid.shape[0], image_sizes=image_sizes)  # B×2×P
+        return self.prompt_extractor(grid, prompt)
 
     def visual_tokens(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
-                      image_sizes: torch.Tensor | None = None, sam_features: torch.Tensor | None = None
+                      image_sizes: torch.Tensor | None = None, features: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """→ (f_l B×N×D visual tokens, image feature grid B×C×H×W). ``boxes`` B×4 pixels of the input
-        frame; None = whole image (0, 0, w, h) from ``image_sizes`` (or the full frame)."""
-        features = self.image_encoder(images, image_sizes, sam_features)               # B×C×H×W
-        prompt = self.prompt_encoder(boxes, batch_size=images.shape[0], image_sizes=image_sizes)  # B×2×P
-        return self.prompt_extractor(features, prompt), features
+        """→ (f_l B×N×D visual tokens, image feature grid B×C×H×W): :meth:`image_features` then
+        :meth:`prompt_tokens`."""
+        grid = self.image_features(images, image_sizes, features)
+        return self.prompt_tokens(grid, boxes, image_sizes), grid
 
     def encoder_inputs(self, visual: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor | None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,18 +148,18 @@ class PixelLLM(nn.Module):
     # --- training forward --------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None, prompt_ids: torch.Tensor,
                 prompt_mask: torch.Tensor | None, target_ids: torch.Tensor, target_mask: torch.Tensor | None = None,
-                image_sizes: torch.Tensor | None = None, sam_features: torch.Tensor | None = None) -> PixelLLMOutput:
+                image_sizes: torch.Tensor | None = None, features: torch.Tensor | None = None) -> PixelLLMOutput:
         """Teacher forcing: decoder inputs = shift_right(target_ids) (start token <pad>).
 
         images B×3×S×S [0, 1]; boxes B×4 pixels or None; prompt_ids/mask B×P; target_ids/mask B×T
         (pad 0, EOS at the end; ``target_mask`` is used by the loss, not here); image_sizes B×2 (h, w);
-        sam_features B×C×h×w cached frozen SAM features (optional).
+        features: :meth:`frozen_image_features` of these images (optional, e.g. cached per image).
         """
-        visual, features = self.visual_tokens(images, boxes, image_sizes, sam_features)
+        visual, grid = self.visual_tokens(images, boxes, image_sizes, features)
         embeds, mask = self.encoder_inputs(visual, prompt_ids, prompt_mask)
         decoder_input_ids = self.language_model.shift_right(target_ids)                # B×T
         logits, hidden = self.language_model(embeds, mask, decoder_input_ids)
-        points = self.trace_head(hidden, self.frame_hw, features)                      # B×T×4 pixels
+        points = self.trace_head(hidden, self.frame_hw, grid)                          # B×T×4 pixels
         return PixelLLMOutput(logits=logits, points=points, hidden=hidden)
 
     # --- inference -----------------------------------------------------------------------------------------
@@ -159,7 +194,7 @@ class PixelLLM(nn.Module):
     def generate(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
                  prompt: str | Sequence[str] = "A long image caption:", tokenizer: Any = None,
                  num_beams: int = 1, max_new_tokens: int = 32, image_sizes: torch.Tensor | None = None,
-                 sam_features: torch.Tensor | None = None, with_trace: bool = True,
+                 features: torch.Tensor | None = None, with_trace: bool = True,
                  prompt_ids: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
                  **generate_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Greedy (num_beams=1) or beam search with HF ``generate`` (KV cache); ``generate_kwargs`` go to
@@ -174,7 +209,7 @@ class PixelLLM(nn.Module):
             b = images.shape[0]
             if prompt_ids is None:
                 prompt_ids, prompt_mask = self._tokenize_prompts(prompt, b, tokenizer)
-            visual, features = self.visual_tokens(images, boxes, image_sizes, sam_features)
+            visual, grid = self.visual_tokens(images, boxes, image_sizes, features)
             embeds, mask = self.encoder_inputs(visual, prompt_ids, prompt_mask)
             lm = self.language_model
             gen = lm.generate(embeds, mask, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
@@ -186,7 +221,7 @@ class PixelLLM(nn.Module):
             if not with_trace:
                 return tokens, None, None
             hidden = self.gather_generated_states(gen, num_beams)
-            points = self.trace_head(hidden, self.frame_hw, features)
+            points = self.trace_head(hidden, self.frame_hw, grid)
             return tokens, hidden, points
         finally:
             self.train(was_training)
@@ -202,7 +237,7 @@ class PixelLLM(nn.Module):
     def caption(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
                 prompt: str | Sequence[str] = "A long image caption:", tokenizer: Any = None,
                 num_beams: int = 1, max_new_tokens: int = 32, image_sizes: torch.Tensor | None = None,
-                sam_features: torch.Tensor | None = None) -> list[dict[str, Any]]:
+                features: torch.Tensor | None = None) -> list[dict[str, Any]]:
         """Caption each image (optionally inside a box prompt) and localise every word.
 
         Returns one dict per image: ``text`` (decoded, special tokens skipped), ``tokens`` (list[str]),
@@ -210,7 +245,7 @@ class PixelLLM(nn.Module):
         frame) — T tokens up to, not including, EOS.
         """
         tokens, _hidden, points = self.generate(images, boxes, prompt, tokenizer, num_beams, max_new_tokens,
-                                                image_sizes, sam_features)
+                                                image_sizes, features)
         out = []
         for row, pts, n in zip(tokens.tolist(), points.cpu(), self._lengths(tokens).tolist()):
             ids = row[:n]
@@ -223,13 +258,13 @@ class PixelLLM(nn.Module):
     @torch.no_grad()
     def locate(self, images: torch.Tensor, expressions: Sequence[str], tokenizer: Any,
                template: str = "where is {}", max_new_tokens: int = 16,
-               image_sizes: torch.Tensor | None = None, sam_features: torch.Tensor | None = None) -> torch.Tensor:
+               image_sizes: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
         """Referring localization (PAPER_NOTES.md §3): whole-image prompt, text "where is <expr>"; the decoder
         state that emits EOS regresses the box → B×4 (x0, y0, x1, y1) pixels of the S×S input frame.
         Rows that never emit EOS within ``max_new_tokens`` use their last state (counted in a warning)."""
         prompts = [template.format(e) for e in expressions]
         tokens, _hidden, points = self.generate(images, None, prompts, tokenizer, 1, max_new_tokens,
-                                                image_sizes, sam_features)
+                                                image_sizes, features)
         first = self._lengths(tokens)
         missing = int((first >= tokens.shape[1]).sum())
         if missing:

@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     res = {"n_scenes": args.n_scenes, "seconds": round(seconds, 2), "workers": stats["timing"]["workers"],
-           # The machine is shared: CPU seconds (this process + its workers) / workers is what the wall
-           # time would be on otherwise idle cores; the load average says how contended the run was.
+           # When other processes share the cores, CPU seconds (this process + its workers) / workers is what
+           # the wall time would be on otherwise idle cores; the load average says how contended the run was.
            "cpu_seconds": round(cpu, 2), "render_seconds": stats["timing"]["render_seconds"],
            "image_size": args.image_size, "cpu_count": os.cpu_count(),
            "load_average_1min": round(os.getloadavg()[0], 2)}

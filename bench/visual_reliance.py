@@ -2,7 +2,7 @@
 (a) the real images, (b) blank (all-zero) images, (c) the images shuffled across the batch.
 
 If (a) ≈ (c) the language model has learned the caption prior and ignores what is in *this* image — the
-diagnosis behind the missed grounding goals in README.md. The CE is also reported on the colour and shape
+diagnosis behind the missed grounding targets in README.md. The CE is also reported on the colour and shape
 words alone (the words only the image can tell; chance = ln 6 = 1.79 for both). Writes
 ``results/visual_reliance.json``.
 

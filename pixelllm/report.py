@@ -5,7 +5,8 @@ README's results section.
     python -m pixelllm.report --smoke    # the same from runs/smoke/results (used by the tests)
 
 Every number in the report comes from a JSON file a notebook or benchmark wrote; nothing is typed in
-here except the paper's published numbers (PAPER_NOTES.md §5) and the quality goals of the issues.
+here except the paper's published numbers (PAPER_NOTES.md §5) and the quality targets at this scale
+(``GOALS``).
 The README's block between ``<!-- results:start -->`` and ``<!-- results:end -->`` is regenerated from
 ``summary.json``; ``tests/test_report.py`` fails if the committed README disagrees with the JSON.
 """
@@ -39,7 +40,7 @@ WHY = {
     "trace": "the paper reports no LN point error; baselines computed on the same tokens are the reference",
 }
 
-# Quality goals stated in the issues (value must be ≥ goal unless "max").
+# Quality targets for the tiny preset on the synthetic world (value must be ≥ goal unless "max").
 GOALS = [
     ("SAM mask IoU (held-out, box prompt)", ("pretrained", "sam_mask_iou"), 0.85, "min"),
     ("LN point_l1", ("trace", "point_l1"), 0.06, "max"),

@@ -38,7 +38,7 @@ def test_environment_yml_mirrors_pyproject():
     assert "python=3.11" in env["dependencies"]
 
 
-def test_torch_is_capped_at_the_local_release():
+def test_torch_is_capped_at_the_tested_release():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert "torch>=2.1,<=2.14.1" in deps and "torchvision>=0.16,<=0.29.1" in deps
 

@@ -166,7 +166,9 @@ def ensure_stage1(cfg: AblationConfig, progress: bool = False) -> Path:
     notebook 03's config (and the run's prerequisites through ``ensure_prerequisites``). Returns the file."""
     from pixelllm.configs import get_config
     from pixelllm.engine.checkpoint import latest_checkpoint
-    from pixelllm.train import ensure_prerequisites, resolve_paths, run_training
+    from pixelllm.pretrain.prerequisites import ensure_prerequisites
+    from pixelllm.engine.paths import resolve_paths
+    from pixelllm.tasks.captioning import run_training
     from pixelllm.utils import found_or_compute
 
     pre = get_config("pretrain", smoke=cfg.smoke, overrides={"run_dir": cfg.run_dir, "data_dir": cfg.data_dir,
@@ -203,7 +205,7 @@ def ensure_large_t5(cfg: AblationConfig, paths, progress: bool = False) -> Path:
 
 def arm_paths(cfg: AblationConfig):
     """``pixelllm.train.resolve_paths`` with the arm's LM folder (``<run>/t5_large`` for ``lm_size="large"``)."""
-    from pixelllm.train import resolve_paths
+    from pixelllm.engine.paths import resolve_paths
 
     paths = resolve_paths(cfg)
     if cfg.lm_size == "large":
@@ -215,7 +217,7 @@ def build_arm_model(cfg: AblationConfig, paths, tokenizer, stage1: Path | None) 
     """``build_model`` (seeded by ``cfg.seed``, the run's frozen SAM and the arm's T5), then the stage-1
     weights that fit (:func:`load_matching`; the LM's are skipped when ``cfg.init_lm`` is False)."""
     from pixelllm.engine.checkpoint import load_checkpoint
-    from pixelllm.train import build_model
+    from pixelllm.engine.builder import build_model
 
     model = build_model(dataclasses.replace(cfg, init_from=""), paths, tokenizer)
     info = {"loaded": 0, "skipped": [], "from": None}
@@ -245,7 +247,8 @@ def evaluate_stage2(model: nn.Module, cfg: AblationConfig, paths, tokenizer, met
     from torch.utils.data import Subset
 
     from pixelllm.eval.caption import caption_metrics
-    from pixelllm.train import generate_captions, task_dataset, teacher_forced_eval
+    from pixelllm.engine.evaluate import generate_captions, teacher_forced_eval
+    from pixelllm.engine.datasets import task_dataset
 
     test = task_dataset("trace", "test", cfg, paths, tokenizer, model.image_size, return_trace_samples=True,
                         point_target=cfg.point_target)
@@ -268,7 +271,7 @@ def downstream_referring(state: Mapping[str, torch.Tensor], cfg: AblationConfig,
     P@0.5 on the first ``cfg.refer_eval`` val expressions."""
     from pixelllm.configs.refcoco import get_config as refcoco_config
     from pixelllm.tasks.referring import evaluate_referring, refexp_datasets
-    from pixelllm.train import build_model
+    from pixelllm.engine.builder import build_model
 
     base = refcoco_config(cfg.smoke)
     rcfg = dataclasses.replace(base, steps=cfg.refer_steps, batch_size=cfg.downstream_batch, seed=cfg.seed,
@@ -293,7 +296,7 @@ def downstream_loc_caption(state: Mapping[str, torch.Tensor], cfg: AblationConfi
     of the first ``cfg.loccap_eval`` VG test regions."""
     from pixelllm.configs.loc_caption import get_config as loccap_config
     from pixelllm.tasks import region_caption as rc
-    from pixelllm.train import build_model
+    from pixelllm.engine.builder import build_model
 
     base = loccap_config(cfg.smoke)
     lcfg = dataclasses.replace(base, steps=cfg.loccap_steps, batch_size=cfg.downstream_batch, seed=cfg.seed,
@@ -320,7 +323,7 @@ def run_arm(cfg: AblationConfig, meteor=None, progress: bool = False) -> dict:
     from torch.utils.data import Subset
 
     from pixelllm.data.tokenizer import load_tokenizer
-    from pixelllm.train import task_dataset
+    from pixelllm.engine.datasets import task_dataset
 
     t0 = time.time()
     stage1 = ensure_stage1(cfg, progress)
@@ -359,7 +362,7 @@ def _jsonable(obj: Any) -> Any:
 
 def result_path(cfg: AblationConfig) -> Path:
     """``<run>/ablations/<arm>/<seed>.json``."""
-    from pixelllm.train import resolve_paths
+    from pixelllm.engine.paths import resolve_paths
 
     return resolve_paths(cfg).run / "ablations" / cfg.arm / f"{cfg.seed}.json"
 

@@ -233,7 +233,7 @@ def test_config_overrides_and_json_roundtrip():
 
 
 def test_mixture_dataset_ratio_and_determinism():
-    from pixelllm.train import MixtureDataset
+    from pixelllm.engine.datasets import MixtureDataset
 
     trace, caption = list(range(10)), [f"c{i}" for i in range(7)]
     mix = MixtureDataset({"trace": trace, "caption": caption}, {"trace": 2.0, "caption": 1.0}, seed=0)
@@ -248,13 +248,16 @@ def test_mixture_dataset_ratio_and_determinism():
 
 
 def test_cli_print_config_and_init_resolution(tmp_path, capsys):
-    from pixelllm.train import main, resolve_init, resolve_paths
+    from pixelllm.engine.builder import resolve_inits
+    from pixelllm.engine.paths import resolve_paths
+    from pixelllm.train import main
 
     assert main(["--config", "ln_trace", "--smoke", "--print-config", "lr=0.002"]) == 0
     assert "lr                   = 0.002" in capsys.readouterr().out
     cfg = get_config("ln_trace", overrides=[f"run_dir={tmp_path}"])
+    assert resolve_inits(cfg, resolve_paths(cfg)) == []
     with pytest.raises(FileNotFoundError, match="train that stage first"):
-        resolve_init(cfg, resolve_paths(cfg))
+        resolve_inits(cfg, resolve_paths(cfg), required=True)
     tr = make_trainer(toy_config(steps=1, ckpt_interval=1), out_dir=tmp_path / "checkpoints" / "pretrain")
     tr.fit()
-    assert resolve_init(cfg, resolve_paths(cfg)).name == "ckpt_0000001.pt"
+    assert [p.name for p in resolve_inits(cfg, resolve_paths(cfg))] == ["ckpt_0000001.pt"]

@@ -80,13 +80,14 @@ def test_which_presets_get_the_semantic_pretraining_and_explicit_paths_must_exis
     import dataclasses
 
     from pixelllm.configs import get_config
-    from pixelllm.train import _pretrains_semantic, ensure_prerequisites, resolve_paths
+    from pixelllm.engine.paths import pretrains_semantic, resolve_paths
+    from pixelllm.pretrain.prerequisites import ensure_prerequisites
 
     cfg = get_config("pretrain", smoke=True)
-    assert _pretrains_semantic(cfg)                                                     # tiny: our small Eva
-    assert not _pretrains_semantic(dataclasses.replace(cfg, preset="small"))           # timm EVA02-S
-    assert not _pretrains_semantic(dataclasses.replace(cfg, preset="paper"))
-    assert not _pretrains_semantic(dataclasses.replace(cfg, model_overrides={"encoder_mode": "sam_only"}))
+    assert pretrains_semantic(cfg)                                                     # tiny: our small Eva
+    assert not pretrains_semantic(dataclasses.replace(cfg, preset="small"))           # timm EVA02-S
+    assert not pretrains_semantic(dataclasses.replace(cfg, preset="paper"))
+    assert not pretrains_semantic(dataclasses.replace(cfg, model_overrides={"encoder_mode": "sam_only"}))
     assert resolve_paths(cfg).semantic.name == "semantic_tiny.safetensors"
     missing = tmp_path / "eva02.safetensors"
     bad = dataclasses.replace(cfg, model_overrides={"semantic_checkpoint": str(missing)})

@@ -43,7 +43,8 @@ def _cfg(root, **kw):
 
 @pytest.fixture(scope="module")
 def model(world):
-    from pixelllm.train import build_model, resolve_paths
+    from pixelllm.engine.builder import build_model
+    from pixelllm.engine.paths import resolve_paths
 
     root, tok = world
     cfg = _cfg(root)
@@ -323,7 +324,7 @@ def test_init_from_a_checkpoint_with_another_head(world, finetuned, capsys):
     """Starting a spatial-head run from an MLP-head checkpoint: the head is left out (reported), every other
     trainable tensor is loaded."""
     from pixelllm.engine.checkpoint import load_checkpoint
-    from pixelllm.train import resolve_paths
+    from pixelllm.engine.paths import resolve_paths
 
     root, tok = world
     cfg = _cfg(root, init_from=str(finetuned.out_dir), model_overrides={**SMALL, "head": "spatial"})

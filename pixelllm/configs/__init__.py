@@ -45,4 +45,28 @@ def get_config(name: str, smoke: bool = False, preset: str | None = None, overri
     return cfg
 
 
-__all__ = ["TrainConfig", "apply_overrides", "get_config", "CONFIGS", "PREREQUISITES", "REGISTRY"]
+def config_from_dict(d: dict):
+    """A stored config (e.g. from a checkpoint) back as its class: the registry config of the same
+    ``stage`` when its fields cover the stored ones, else the first config class that does (ablation arms,
+    renamed stages), else :class:`TrainConfig` (unknown keys raise)."""
+    import dataclasses
+
+    from pixelllm.configs import ablations, densecap, loc_caption, prerequisites
+
+    classes = [TrainConfig, loc_caption.LocCaptionConfig, densecap.DenseCapConfig, ablations.AblationConfig,
+               prerequisites.SamPretrainConfig, prerequisites.T5PretrainConfig, prerequisites.SemanticPretrainConfig]
+    if d.get("stage") in REGISTRY:
+        classes.insert(0, type(get_config(d["stage"])))
+    for cls in classes:
+        if set(d) <= {f.name for f in dataclasses.fields(cls)}:
+            return cls.from_dict(d)
+    return TrainConfig.from_dict(d)
+
+
+def config_from_json(s: str):
+    import json
+
+    return config_from_dict(json.loads(s))
+
+
+__all__ = ["config_from_dict", "config_from_json", "TrainConfig", "apply_overrides", "get_config", "CONFIGS", "PREREQUISITES", "REGISTRY"]

@@ -51,7 +51,7 @@ from pixelllm.engine import checkpoint as ckpt
 from pixelllm.engine import distributed as dist_utils
 from pixelllm.engine.distributed import DistInfo
 from pixelllm.engine.losses import POINT_TASKS, count_targets, pixelllm_loss
-from pixelllm.utils import write_json
+from pixelllm.utils import ConfigMismatchError, config_difference, write_json
 
 FORWARD_KEYS = ("images", "boxes", "prompt_ids", "prompt_mask", "target_ids", "target_mask", "image_sizes")
 
@@ -259,6 +259,14 @@ class Trainer:
         if path is None or ckpt.latest_checkpoint(path) is None:
             return False
         state = ckpt.load_checkpoint(path, map_location=self.device)
+        stored = json.loads(state.get("config") or "{}")
+        diff = {k: v for k, v in config_difference(stored, json.loads(self.cfg.to_json())).items()
+                if k not in ("steps", "stage")} if stored else {}
+        if diff:
+            raise ConfigMismatchError(
+                f"resume: {state['path']} was trained with another config ("
+                + "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
+                + "); use another out_dir or start without resuming")
         ckpt.load_trainable_state_dict(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -476,7 +476,7 @@ def build_densecap_model(cfg, paths, tokenizer, device: str = "cpu") -> DenseCap
 def run_densecap_training(cfg, progress: bool = True) -> DenseCaptioner:
     """Prerequisites found or computed, model built, trained into ``<run>/checkpoints/<stage>``."""
     from pixelllm.data.tokenizer import load_tokenizer
-    from pixelllm.train import ensure_prerequisites
+    from pixelllm.pretrain.prerequisites import ensure_prerequisites
 
     paths = ensure_prerequisites(cfg, progress=progress)
     tok = load_tokenizer(paths.tokenizer)
@@ -493,7 +493,7 @@ def load_densecap(cfg, device: str = "cpu"):
     weights of ``<run>/checkpoints/<stage>`` (latest) on top."""
     from pixelllm.data.tokenizer import load_tokenizer
     from pixelllm.engine import checkpoint as ckpt
-    from pixelllm.train import resolve_paths
+    from pixelllm.engine.paths import resolve_paths
 
     paths = resolve_paths(cfg)
     tok = load_tokenizer(paths.tokenizer)

@@ -546,7 +546,7 @@ def predict_referring(model, images: torch.Tensor, expressions: Sequence[str], t
 # ---------------------------------------------------------------------------------------- training
 def _paths_and_init(cfg, progress: bool):
     from pixelllm.engine.checkpoint import latest_checkpoint
-    from pixelllm.train import ensure_prerequisites
+    from pixelllm.pretrain.prerequisites import ensure_prerequisites
 
     paths = ensure_prerequisites(cfg, progress=progress)
     if cfg.init_from and not Path(cfg.init_from).exists() and latest_checkpoint(paths.checkpoints / cfg.init_from) is None:
@@ -605,9 +605,10 @@ def _build_initialised(cfg, paths, tokenizer):
     differently (e.g. an MLP trace head when this run uses the spatial head) is left out and reported
     instead of raising, so a referring run can start from an LN trace stage with another head."""
     from pixelllm.engine.checkpoint import load_checkpoint, load_trainable_state_dict
-    from pixelllm.train import build_model, resolve_init
+    from pixelllm.engine.builder import build_model, resolve_inits
 
-    init = resolve_init(cfg, paths)
+    inits = resolve_inits(cfg, paths)
+    init = inits[0] if inits else None
     model = build_model(dataclasses.replace(cfg, init_from=""), paths, tokenizer)
     if init is not None:
         state = load_checkpoint(init)
@@ -637,7 +638,7 @@ def finetune_referring(config, model=None, tokenizer=None, progress: bool = True
     from pixelllm.data.datasets import collate
     from pixelllm.data.tokenizer import load_tokenizer
     from pixelllm.engine.trainer import Trainer
-    from pixelllm.train import resolve_paths
+    from pixelllm.engine.paths import resolve_paths
 
     if model is None:
         config, paths = _paths_and_init(config, progress)
@@ -661,7 +662,8 @@ def load_referring(checkpoint: str | os.PathLike, device: str | torch.device = "
     from pixelllm.configs.base import TrainConfig
     from pixelllm.data.tokenizer import load_tokenizer
     from pixelllm.engine.checkpoint import load_checkpoint, load_trainable_state_dict
-    from pixelllm.train import build_model, resolve_paths
+    from pixelllm.engine.builder import build_model
+    from pixelllm.engine.paths import resolve_paths
 
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_json(state["config"])
@@ -688,7 +690,7 @@ def train_mask_adapter(config, model=None, tokenizer=None, progress: bool = True
     from pixelllm.data.datasets import collate
     from pixelllm.engine.checkpoint import latest_checkpoint
     from pixelllm.engine.trainer import Trainer
-    from pixelllm.train import resolve_paths
+    from pixelllm.engine.paths import resolve_paths
 
     paths = resolve_paths(config)
     if model is None:
@@ -718,7 +720,7 @@ def load_refseg(checkpoint: str | os.PathLike, model=None, device: str | torch.d
     from pixelllm.configs.base import TrainConfig
     from pixelllm.data.tokenizer import load_tokenizer
     from pixelllm.engine.checkpoint import load_checkpoint, load_trainable_state_dict
-    from pixelllm.train import resolve_paths
+    from pixelllm.engine.paths import resolve_paths
 
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_json(state["config"])

@@ -194,7 +194,7 @@ def build_task_model(cfg, paths, tokenizer, device: str = "cpu", extra: Sequence
     output folder). Loading in this order rebuilds a fine-tuned model exactly even when the fine-tuning
     froze parts that an earlier stage trained (their weights come from that earlier checkpoint)."""
     from pixelllm.engine.checkpoint import load_checkpoint, load_trainable_state_dict
-    from pixelllm.train import build_model
+    from pixelllm.engine.builder import build_model
 
     inits = resolve_inits(cfg, paths) + [str(x) for x in extra]
     if not resolve_inits(cfg, paths):
@@ -251,7 +251,7 @@ def loc_caption_train_dataset(cfg, paths, tokenizer, image_size: int):
     train split (``max_samples`` caps each), mixed by :class:`pixelllm.train.MixtureDataset`."""
     from torch.utils.data import Subset
 
-    from pixelllm.train import MixtureDataset
+    from pixelllm.engine.datasets import MixtureDataset
 
     parts = {}
     for name in cfg.datasets:
@@ -281,7 +281,7 @@ def train_loc_caption(cfg, progress: bool = True, resume: bool = True):
     from pixelllm.data.datasets import collate
     from pixelllm.data.tokenizer import load_tokenizer
     from pixelllm.engine.trainer import Trainer
-    from pixelllm.train import ensure_prerequisites
+    from pixelllm.pretrain.prerequisites import ensure_prerequisites
 
     paths = ensure_prerequisites(cfg, progress=progress)
     tok = load_tokenizer(paths.tokenizer)
@@ -299,7 +299,7 @@ def load_loc_caption(cfg, device: str = "cpu"):
     """(model, tokenizer, paths): the ``init_from`` checkpoints, then the fine-tuned weights of
     ``<run>/checkpoints/<stage>`` (latest) on top."""
     from pixelllm.data.tokenizer import load_tokenizer
-    from pixelllm.train import resolve_paths
+    from pixelllm.engine.paths import resolve_paths
 
     paths = resolve_paths(cfg)
     tok = load_tokenizer(paths.tokenizer)

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from pixelllm.configs import TrainConfig, apply_overrides, get_config
 from pixelllm.engine.checkpoint import latest_checkpoint, load_checkpoint
@@ -261,3 +262,110 @@ def test_cli_print_config_and_init_resolution(tmp_path, capsys):
     tr = make_trainer(toy_config(steps=1, ckpt_interval=1), out_dir=tmp_path / "checkpoints" / "pretrain")
     tr.fit()
     assert [p.name for p in resolve_inits(cfg, resolve_paths(cfg))] == ["ckpt_0000001.pt"]
+
+
+# ------------------------------------------------------------------ tasks that compute their own loss
+class ToyOwnLossTask(nn.Module):
+    """A task with ``computes_own_loss``: the captioner above plus its own mean CE, as the dense captioner,
+    the referring segmenter and the pretrainings do."""
+
+    computes_own_loss = True
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.net = ToyCaptioner(dropout=dropout)
+
+    def forward(self, batch, features=None):
+        out = self.net(batch["images"], None, None, None, batch["target_ids"], batch["target_mask"])
+        logits = out["logits"]
+        ce = F.cross_entropy(logits.transpose(1, 2), batch["target_ids"], reduction="none")   # B×T
+        m = batch["target_mask"].float()
+        ce = ((ce * m).sum(1) / m.sum(1)).mean()                         # mean of per-sample means
+        return {"loss": ce, "ce": ce.detach(), "n_items": torch.tensor(len(logits))}
+
+
+def make_own_loss_trainer(cfg, out_dir=None, dropout=0.0):
+    torch.manual_seed(0)
+    return Trainer(ToyOwnLossTask(dropout), cfg, ToyDataset(24), toy_collate, out_dir=out_dir, progress=False)
+
+
+def test_own_loss_task_learns_and_accumulation_averages_micro_batches():
+    tr = make_own_loss_trainer(toy_config(steps=12, lr=3e-2))
+    tr.fit()
+    assert tr.history[-1]["loss"] < tr.history[0]["loss"]
+    assert "n_items" not in tr.history[0] and tr.history[0]["ce"] == pytest.approx(tr.history[0]["loss"])
+    # accumulation of 2 micro-batches of 2 = one batch of 4 when the task's loss is a mean over samples
+    big = make_own_loss_trainer(toy_config(steps=3, batch_size=4))
+    big.fit()
+    acc = make_own_loss_trainer(toy_config(steps=3, batch_size=2, accum_steps=2))
+    acc.fit()
+    for (k, a), b in zip(params_of(big).items(), params_of(acc).values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_own_loss_task_resume_is_exact(tmp_path):
+    full = make_own_loss_trainer(toy_config(steps=6, ckpt_interval=3), out_dir=tmp_path / "a", dropout=0.3)
+    full.fit()
+    first = make_own_loss_trainer(toy_config(steps=6, ckpt_interval=3), out_dir=tmp_path / "b", dropout=0.3)
+    first.fit(until=3)
+    again = make_own_loss_trainer(toy_config(steps=6, ckpt_interval=3), out_dir=tmp_path / "b", dropout=0.3)
+    assert again.resume() and again.step == 3
+    again.fit()
+    for (k, a), b in zip(params_of(full).items(), params_of(again).values()):
+        assert torch.equal(a, b), k
+
+
+def test_time_limit_is_a_warned_safety_net(tmp_path, monkeypatch):
+    import pixelllm.engine.trainer as trainer_mod
+
+    clock = iter(range(0, 10_000, 10))                      # every time.time() call advances 10 s
+    monkeypatch.setattr(trainer_mod.time, "time", lambda: float(next(clock)))
+    tr = make_trainer(toy_config(steps=50, time_limit_s=100.0), out_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match="NOT those of the recipe"):
+        tr.fit()
+    assert 0 < tr.step < 50 and tr.stopped_early
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["stopped_early"] is True and final["step"] == tr.step
+    assert (tmp_path / f"ckpt_{tr.step:07d}.pt").is_file()
+    # without a limit the same config runs every step
+    tr = make_trainer(toy_config(steps=5))
+    tr.fit()
+    assert tr.step == 5 and not tr.stopped_early
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    from pixelllm.utils import ConfigMismatchError
+
+    make_trainer(toy_config(steps=2, ckpt_interval=1), out_dir=tmp_path).fit()
+    longer = make_trainer(toy_config(steps=4, ckpt_interval=1), out_dir=tmp_path)
+    assert longer.resume() and longer.step == 2                      # more steps: same recipe, continued
+    other = make_trainer(toy_config(steps=4, lr=0.5, ckpt_interval=1), out_dir=tmp_path)
+    with pytest.raises(ConfigMismatchError, match="lr"):
+        other.resume()
+
+
+def test_found_or_compute_reuses_only_a_matching_config(tmp_path, monkeypatch):
+    from pixelllm.utils import ConfigMismatchError, config_sidecar, found_or_compute
+
+    monkeypatch.delenv("FORCE", raising=False)
+    monkeypatch.delenv("PIXELLLM_STRICT", raising=False)
+    calls = []
+    art = tmp_path / "artifact.txt"
+
+    def compute():
+        calls.append(1)
+        art.write_text(str(len(calls)))
+
+    a = toy_config(steps=3)
+    found_or_compute(art, compute, config=a)
+    assert json.loads(config_sidecar(art).read_text())["steps"] == 3
+    found_or_compute(art, compute, config=toy_config(steps=3, log_interval=7))   # volatile key: reused
+    assert len(calls) == 1
+    with pytest.raises(ConfigMismatchError, match="steps: stored 3 vs wanted 5"):
+        found_or_compute(art, compute, config=toy_config(steps=5), strict=True)
+    assert len(calls) == 1 and art.read_text() == "1"                 # strict: nothing recomputed
+    found_or_compute(art, compute, config=toy_config(steps=5))         # default: recomputed
+    assert len(calls) == 2 and json.loads(config_sidecar(art).read_text())["steps"] == 5
+    config_sidecar(art).unlink()                                       # unknown origin: recomputed
+    found_or_compute(art, compute, config=toy_config(steps=5))
+    assert len(calls) == 3

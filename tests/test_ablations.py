@@ -12,6 +12,7 @@ import torch
 
 from pixelllm import ablations as A
 from pixelllm.configs import ablations as C
+from conftest import make_test_model
 
 torch.set_num_threads(1)
 
@@ -107,16 +108,13 @@ def test_supervision_views_change_only_the_training_targets():
 
 
 # ----------------------------------------------------------------------------- frozen-encoder view
-SMALL = dict(semantic_depth=1, semantic_embed_dim=64, semantic_num_heads=2, extractor_dim=64, extractor_heads=2,
-             extractor_mlp_dim=128, num_queries=8, t5_config=dict(d_model=64, d_kv=16, num_heads=4, d_ff=128),
-             lora_rank=4, head_hidden_dim=32, vocab_size=50)
 
 
 def test_frozen_encoder_view_matches_pixelllm_forward_and_shares_weights():
     from pixelllm.modeling.build import build_pixelllm
 
     torch.manual_seed(0)
-    model = build_pixelllm("tiny", **SMALL).eval()
+    model = make_test_model(seed=None, vocab_size=50)
     with torch.no_grad():                                      # make LoRA B non-zero so the LM path is exercised
         for n, p in model.named_parameters():
             if "lora_B" in n:

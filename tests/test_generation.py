@@ -8,10 +8,8 @@ import torch
 
 from pixelllm.data.tokenizer import train_tokenizer
 from pixelllm.modeling.build import build_pixelllm
+from conftest import make_test_model
 
-SMALL = dict(semantic_depth=1, semantic_embed_dim=64, semantic_num_heads=2, extractor_dim=64, extractor_heads=2,
-             extractor_mlp_dim=128, num_queries=8, t5_config=dict(d_model=64, d_kv=16, num_heads=4, d_ff=128),
-             lora_rank=4, head_hidden_dim=32)
 WORDS = ("a red blue green small large circle square triangle left of right above below the image shows "
          "where is long caption and").split()
 
@@ -25,7 +23,7 @@ def tok(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(tok):
     torch.manual_seed(0)
-    m = build_pixelllm("tiny", tokenizer=tok, **SMALL).eval()
+    m = make_test_model(seed=None, tokenizer=tok)
     with torch.no_grad():  # non-zero LoRA B so the adapters take part in the comparison
         for n, p in m.language_model.named_parameters():
             if "lora_B" in n:

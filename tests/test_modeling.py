@@ -14,16 +14,13 @@ from pixelllm.modeling.language_model import LanguageModel
 from pixelllm.modeling.prompt_encoder import BoxPromptEncoder
 from pixelllm.modeling.sam import build_sam
 from pixelllm.modeling.trace_head import SpatialTraceHead, TraceHead
+from conftest import make_test_model
 
 # Small widths everywhere (big_vision `_make_test_model(**overrides)` style); tiny SAM as is.
-SMALL = dict(semantic_depth=1, semantic_embed_dim=64, semantic_num_heads=2, extractor_dim=64, extractor_heads=2,
-             extractor_mlp_dim=128, num_queries=8, t5_config=dict(d_model=64, d_kv=16, num_heads=4, d_ff=128),
-             lora_rank=4, head_hidden_dim=32, vocab_size=300)
 
 
 def make_model(**overrides):
-    torch.manual_seed(0)
-    return build_pixelllm("tiny", **{**SMALL, **overrides}).eval()
+    return make_test_model(**{"vocab_size": 300, **overrides})
 
 
 def make_batch(b=2, s=128, p=5, t=7, seed=1):

@@ -10,10 +10,8 @@ import torch
 from pixelllm.modeling.build import build_pixelllm
 from pixelllm.modeling.pixelllm import PixelLLM
 from pixelllm.modeling.sam import build_sam
+from conftest import make_test_model
 
-SMALL = dict(semantic_depth=1, semantic_embed_dim=64, semantic_num_heads=2, extractor_dim=64, extractor_heads=2,
-             extractor_mlp_dim=128, num_queries=8, t5_config=dict(d_model=64, d_kv=16, num_heads=4, d_ff=128),
-             lora_rank=4, head_hidden_dim=32, vocab_size=300)
 
 
 def _perturb(model):
@@ -37,7 +35,7 @@ def _outputs(model):
 @pytest.mark.parametrize("overrides", [{}, {"lm_mode": "full", "head": "spatial"}])
 def test_round_trip_random_init_bases(tmp_path, overrides):
     torch.manual_seed(0)
-    model = build_pixelllm("tiny", **SMALL, **overrides)
+    model = make_test_model(seed=None, eval=False, **{"vocab_size": 300, **overrides})
     _perturb(model)
     before = _outputs(model)
     model.save_pretrained(tmp_path / "ckpt")
@@ -62,7 +60,7 @@ def test_frozen_bases_referenced_not_duplicated(tmp_path):
     t5_dir = tmp_path / "t5_tiny"
     T5ForConditionalGeneration(tiny_t5_config(300, d_model=64, d_kv=16, num_heads=4, d_ff=128)).save_pretrained(t5_dir)
 
-    model = build_pixelllm("tiny", sam_checkpoint=sam_path, t5=t5_dir, **SMALL)
+    model = make_test_model(seed=None, eval=False, sam_checkpoint=sam_path, t5=t5_dir, vocab_size=300)
     _perturb(model)
     before = _outputs(model)
     out = model.save_pretrained(tmp_path / "ckpt")

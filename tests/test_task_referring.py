@@ -14,12 +14,10 @@ from pixelllm.configs.base import apply_overrides
 from pixelllm.configs.refcoco import get_config, get_refseg_config
 from pixelllm.data.datasets import collate
 from pixelllm.tasks import referring as R
+from conftest import small_model_overrides
 
 torch.set_num_threads(1)
 
-SMALL = dict(semantic_depth=1, semantic_embed_dim=64, semantic_num_heads=2, extractor_dim=64, extractor_heads=2,
-             extractor_mlp_dim=128, num_queries=8, t5_config=dict(d_model=64, d_kv=16, num_heads=4, d_ff=128),
-             lora_rank=4, head_hidden_dim=32, head_parametrization="center_size")
 ADAPTER = {"adapter_depth": 1, "adapter_num_heads": 2, "adapter_mlp_dim": 32}
 
 
@@ -36,7 +34,7 @@ def world(tmp_path_factory):
 
 def _cfg(root, **kw):
     base = {"run_dir": str(root), "data_dir": str(root / "data"), "tokenizer_dir": str(root / "tokenizer"),
-            "init_from": "", "model_overrides": dict(SMALL), "steps": 12, "batch_size": 4, "max_samples": 8,
+            "init_from": "", "model_overrides": small_model_overrides(head_parametrization="center_size"), "steps": 12, "batch_size": 4, "max_samples": 8,
             "lr": 3e-3, "warmup_steps": 1, "log_interval": 1, "ckpt_interval": 100}
     return apply_overrides(get_config(smoke=True), {**base, **kw})
 
@@ -327,7 +325,7 @@ def test_init_from_a_checkpoint_with_another_head(world, finetuned, capsys):
     from pixelllm.engine.paths import resolve_paths
 
     root, tok = world
-    cfg = _cfg(root, init_from=str(finetuned.out_dir), model_overrides={**SMALL, "head": "spatial"})
+    cfg = _cfg(root, init_from=str(finetuned.out_dir), model_overrides=small_model_overrides(head_parametrization="center_size", head="spatial"))
     m = R._build_initialised(cfg, resolve_paths(cfg), tok)
     assert "left out: ['trace_head." in capsys.readouterr().out
     state = load_checkpoint(finetuned.out_dir)["model"]

@@ -12,13 +12,11 @@ import torch
 from pixelllm.data.datasets import collate
 from pixelllm.data.errors import SkipCounter
 from pixelllm.tasks import region_caption as rc
+from conftest import make_test_model
 
 torch.set_num_threads(1)
 
 # Small widths (big_vision `_make_test_model(**overrides)` style), as tests/test_modeling.py.
-SMALL = dict(semantic_depth=1, semantic_embed_dim=64, semantic_num_heads=2, extractor_dim=64, extractor_heads=2,
-             extractor_mlp_dim=128, num_queries=8, t5_config=dict(d_model=64, d_kv=16, num_heads=4, d_ff=128),
-             lora_rank=4, head_hidden_dim=32)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +39,7 @@ def make_model(tok, seed: int = 0):
     from pixelllm.modeling.build import build_pixelllm
 
     torch.manual_seed(seed)
-    return build_pixelllm("tiny", tokenizer=tok, **SMALL)
+    return make_test_model(seed=None, eval=False, tokenizer=tok)
 
 
 @pytest.fixture(scope="module")

@@ -230,11 +230,12 @@ def referring_forward(model, batch: Mapping[str, Any], sam_features: torch.Tenso
     images, sizes = batch["images"], batch.get("image_sizes")
     if sam_features is None and model.image_encoder.sam_encoder is not None:
         sam_features = model.image_encoder.frozen_sam_features(images, sizes)         # B×C×h×w, no grad
-    visual, features = model.visual_tokens(images, batch.get("boxes"), sizes, sam_features)  # B×N×D, B×C'×H×W
+    grid = model.image_encoder(images, sizes, sam_features)                          # B×C'×H×W
+    visual = model.prompt_tokens(grid, batch.get("boxes"), sizes)                    # B×N×D
     embeds, mask = model.encoder_inputs(visual, batch["prompt_ids"], batch.get("prompt_mask"))
     decoder_input_ids = model.language_model.shift_right(batch["target_ids"])        # B×T
     logits, hidden = model.language_model(embeds, mask, decoder_input_ids)           # B×T×V, B×T×D
-    points = model.trace_head(hidden, model.frame_hw, features)                      # B×T×4 pixels
+    points = model.trace_head(hidden, model.frame_hw, grid)                          # B×T×4 pixels
     eos = eos_positions(batch["target_ids"], batch["target_mask"], model.language_model.eos_token_id)
     box = points[torch.arange(len(eos), device=points.device), eos]                  # B×4
     return ReferringOutput(logits, points, hidden, visual, sam_features, eos, box)
@@ -254,7 +255,9 @@ def predict_boxes(model, batch: Mapping[str, Any], mode: str = "teacher_forced",
             raise ValueError("predict_boxes(mode='generate') needs a tokenizer and batch['meta'] expressions")
         exprs = [m["expression"] for m in batch["meta"]]
         return model.locate(batch["images"], exprs, tokenizer, template=prompt.replace("{expr}", "{}"),
-                            image_sizes=batch.get("image_sizes"), sam_features=sam_features)
+                            image_sizes=batch.get("image_sizes"),
+                            features=model.image_encoder(batch["images"], batch.get("image_sizes"), sam_features)
+                            if sam_features is not None and not model.image_encoder_trainable else sam_features)
     raise ValueError(f"predict_boxes: mode must be 'teacher_forced' or 'generate', got {mode!r}")
 
 

@@ -14,7 +14,7 @@ from matplotlib import colors as mcolors  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from pixelllm.viz import plots as P  # noqa: E402
+from pixelllm import viz as P  # noqa: E402
 
 TAB10 = np.asarray([mcolors.to_rgba(c) for c in matplotlib.colormaps["tab10"].colors])
 

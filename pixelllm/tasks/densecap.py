@@ -515,7 +515,7 @@ def figure_dense_captions(detections: Sequence[dict], dataset: DenseCapDataset, 
     (original pixels); drawn on the original image."""
     from PIL import Image
 
-    from pixelllm.viz.plots import draw_boxes, grid_figure, show_scene
+    from pixelllm.viz.scene import draw_boxes, grid_figure, show_scene
 
     recs = {str(r["image_id"]): r for r in dataset.records}
     items = list(detections[:n])
@@ -544,7 +544,7 @@ def figure_matching(captioner: DenseCaptioner, sample: dict, match_iou: float | 
     from matplotlib.figure import Figure
 
     from pixelllm.modeling.centernet import decode_detections, match_proposals
-    from pixelllm.viz.plots import draw_boxes, show_scene
+    from pixelllm.viz.scene import draw_boxes, show_scene
 
     thr = captioner.match_iou if match_iou is None else match_iou
     with torch.no_grad():

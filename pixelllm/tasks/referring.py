@@ -770,7 +770,7 @@ def figure_referring(examples: Sequence[Mapping[str, Any]], ncols: int = 4, pane
 
     import matplotlib.pyplot as plt
 
-    from pixelllm.viz.plots import draw_boxes, show_scene
+    from pixelllm.viz.scene import draw_boxes, show_scene
 
     n = len(examples)
     ncols = max(1, min(ncols, n))

@@ -335,7 +335,7 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 def figure_region_captions(results: Sequence[dict], dataset, n: int = 6, ncols: int = 3, title: str = ""):
     """One panel per (image, box): the scene, the prompt box, the generated caption (bold) and the first
     reference (grey). Returns a matplotlib Figure (boxes drawn in pixels of the resized input)."""
-    from pixelllm.viz.plots import draw_boxes, grid_figure, show_scene
+    from pixelllm.viz.scene import draw_boxes, grid_figure, show_scene
 
     items = list(results[:n])
     if not items:

@@ -3,7 +3,9 @@ word<->trace viewer (ipywidgets), GIF export and training curves.
 
 One module per job: ``inputs`` (arrays, colours, tokens), ``scene`` (image + boxes + masks, grids),
 ``trace`` (narrative traces, per-word points, the word<->trace figures), ``curves`` (training curves,
-metric tables), ``output`` (PNG bytes, saving), ``viewer`` (ipywidgets), ``animate`` (GIF).
+metric tables), ``output`` (PNG bytes, saving), ``tasks`` (the tasks' result figures, drawn from arrays the
+task modules compute), ``viewer`` (ipywidgets), ``animate`` (GIF). Nothing here imports model code
+(``pixelllm.tasks``, ``pixelllm.engine``).
 
 Importing ``pixelllm.viz`` is light: matplotlib, PIL and ipywidgets are imported only when a function
 is first used (``pixelllm.viz.figure_word_trace`` imports ``pixelllm.viz.trace`` on first access).
@@ -43,6 +45,12 @@ _LAZY = {
     # output.py: PNG bytes, saving
     "figure_to_png": "pixelllm.viz.output",
     "save_figure": "pixelllm.viz.output",
+    # tasks.py: figures of the tasks' results (drawing only; the task modules compute what is drawn)
+    "figure_box_prompt_masks": "pixelllm.viz.tasks",
+    "figure_referring": "pixelllm.viz.tasks",
+    "figure_region_captions": "pixelllm.viz.tasks",
+    "figure_dense_captions": "pixelllm.viz.tasks",
+    "figure_matching": "pixelllm.viz.tasks",
     # viewer.py
     "TraceViewer": "pixelllm.viz.viewer",
     # animate.py

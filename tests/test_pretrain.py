@@ -302,6 +302,23 @@ def test_train_tiny_sam_writes_a_loadable_checkpoint(world, tmp_path):
     assert ev["mask_iou"] == pytest.approx(r["eval"]["mask_iou"], abs=1e-6)
 
 
+def test_box_prompt_masks_are_in_the_original_frame(world):
+    torch.manual_seed(0)
+    sam = build_sam("tiny", image_size=64, **SMALL).eval()   # 128-px images: boxes and masks are scaled back
+    ds = psam.SamInstances(world, "val", image_size=64)
+    ex = psam.box_prompt_masks(sam, world, "val", n=5)
+    assert len(ex) == len(ds) == 2
+    for e, (img_id, _, anns) in zip(ex, ds.items):
+        assert e["image_id"] == img_id and e["image"].shape == (128, 128, 3) and e["image"].dtype == np.float32
+        assert e["masks"].shape == (len(anns), 128, 128) and e["masks"].dtype == bool
+        xyxy = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+        np.testing.assert_allclose(e["boxes"], xyxy, atol=1e-3)
+        assert 0.0 <= e["iou"] <= 1.0
+    from pixelllm.viz import figure_box_prompt_masks
+
+    assert len(figure_box_prompt_masks(ex, cols=3).axes) == 2
+
+
 # --------------------------------------------------------------------------------------------------
 # tiny T5
 # --------------------------------------------------------------------------------------------------

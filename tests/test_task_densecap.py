@@ -91,6 +91,25 @@ def test_proposals_matched_at_0_6_become_the_prompt_boxes(tok, train_set, monkey
     assert int(losses["n_prompts"]) == 3
 
 
+def test_matching_example_flags_the_proposals_matched_to_ground_truth(tok, train_set, monkeypatch):
+    cap = make_captioner(tok).eval()
+    s = train_set[0]
+    gt = s["gt_boxes"].reshape(-1, 4)
+    props = torch.cat([gt[:1], torch.tensor([[0.0, 0.0, 1.0, 1.0]])])   # a copy of gt 0 (IoU 1) and a speck
+    monkeypatch.setattr("pixelllm.modeling.centernet.decode_detections",
+                        lambda out, *a, **k: [{"boxes": props, "scores": torch.ones(2), "labels": torch.zeros(2)}])
+    ex = dc.matching_example(cap, s)
+    assert set(ex) == {"image", "gt_boxes", "proposals", "matched", "match_iou"} and ex["match_iou"] == cap.match_iou
+    h, w = s["image_sizes"].tolist()
+    assert ex["image"].shape == (h, w, 3)
+    assert ex["matched"].tolist() == [True, False]
+    assert torch.equal(torch.as_tensor(ex["proposals"]), props) and torch.equal(torch.as_tensor(ex["gt_boxes"]), s["gt_boxes"])
+    assert dc.matching_example(cap, s, match_iou=1.01)["matched"].tolist() == [False, False]
+    from pixelllm.viz import figure_matching
+
+    assert figure_matching(**ex).axes[0].get_title().startswith("1/2 proposals")
+
+
 def test_losses_backprop_into_the_proposer_and_the_trainable_captioner(tok, train_set):
     cap = make_captioner(tok).train()
     losses = cap(dc.densecap_collate([train_set[0], train_set[1]]))

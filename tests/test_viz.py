@@ -14,7 +14,7 @@ from matplotlib import colors as mcolors  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from pixelllm.viz import plots as P  # noqa: E402
+from pixelllm import viz as P  # noqa: E402
 
 TAB10 = np.asarray([mcolors.to_rgba(c) for c in matplotlib.colormaps["tab10"].colors])
 
@@ -266,6 +266,97 @@ def test_metric_table_and_save_figure(tmp_path):
     assert cells[(1, 0)] == "0.500" and cells[(1, 1)] == "–" and cells[(2, 0)] == "0.903"
     out = P.save_figure(ax.figure, tmp_path / "sub" / "t.png", dpi=50)
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------------------------- task figures
+def _rects(ax):
+    return [p for p in ax.patches if isinstance(p, Rectangle)]
+
+
+def test_figure_box_prompt_masks_overlay_boxes_and_titles():
+    from pixelllm.viz.tasks import SAM_MASK_COLOURS
+
+    img = np.full((20, 30, 3), 0.5, np.float32)
+    masks = np.zeros((2, 20, 30), bool)
+    masks[0, 2:5, 3:6] = True
+    masks[1, 10:12, 20:25] = True
+    ex = {"image": img, "masks": masks, "boxes": np.array([[3.0, 2.0, 6.0, 5.0], [20.0, 10.0, 25.0, 12.0]]),
+          "image_id": 7, "iou": 0.8}
+    fig = P.figure_box_prompt_masks([ex, ex, ex, ex], cols=3, title="t")
+    assert len(fig.axes) == 4 and fig._suptitle.get_text() == "t"
+    ax = fig.axes[0]
+    assert ax.get_title() == "image 7: IoU 0.80"
+    shown = ax.images[0].get_array()
+    np.testing.assert_allclose(shown[3, 4], 0.45 * 0.5 + 0.55 * SAM_MASK_COLOURS[0], rtol=1e-6)
+    np.testing.assert_allclose(shown[0, 0], [0.5, 0.5, 0.5])
+    assert [tuple(np.round(r.get_bbox().bounds, 3)) for r in _rects(ax)] == [(3, 2, 3, 3), (20, 10, 5, 2)]
+    assert ex["image"][3, 4, 0] == 0.5  # the caller's image is not painted over
+
+
+def test_figure_referring_grid_boxes_and_titles():
+    ex = {"image": _img(30, 40), "expression": "the red cube on the left of the blue ball", "iou": 0.5,
+          "gt_box": [1.0, 2.0, 11.0, 12.0], "pred_box": [3.0, 4.0, 13.0, 14.0], "mask": np.ones((30, 40), bool)}
+    fig = P.figure_referring([ex, {**ex, "mask": None}, ex], ncols=2)
+    assert len(fig.axes) == 4 and not fig.axes[3].axison
+    ax = fig.axes[0]
+    gt, pred = _rects(ax)
+    assert gt.get_bbox().bounds == (1.0, 2.0, 10.0, 10.0) and gt.get_linestyle() == "--"
+    assert pred.get_bbox().bounds == (3.0, 4.0, 10.0, 10.0)
+    assert "(IoU 0.50)" in ax.get_title() and "\n" in ax.get_title()  # wrapped at 28 characters
+    assert len([i for i in fig.axes[1].images if i.get_gid() == "masks"]) == 0
+
+
+def test_figure_matching_colours_matched_proposals():
+    props = np.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 5.0, 5.0]])
+    fig = P.figure_matching(_img(40, 40), np.array([[0.0, 0.0, 10.0, 10.0]]), props, np.array([True, False, True]),
+                            0.6)
+    ax = fig.axes[0]
+    assert ax.get_title() == "2/3 proposals with IoU ≥ 0.6 → prompts"
+    green = [r for r in _rects(ax) if np.allclose(r.get_edgecolor(), (0.1, 0.8, 0.2, 1.0))]
+    red = [r for r in _rects(ax) if np.allclose(r.get_edgecolor(), (0.9, 0.1, 0.1, 0.8))]
+    assert sorted(r.get_bbox().bounds for r in green) == [(0.0, 0.0, 5.0, 5.0), (0.0, 0.0, 10.0, 10.0)]
+    assert [r.get_bbox().bounds for r in red] == [(20.0, 20.0, 10.0, 10.0)]
+
+
+def test_figure_region_captions_panels():
+    import torch
+
+    sample = {"images": torch.rand(3, 32, 32), "image_sizes": torch.tensor([24, 32])}
+    res = [{"index": 0, "box_input": [2.0, 3.0, 12.0, 13.0], "text": "a red cube", "references": ["red cube"]},
+           {"index": 0, "box_input": [1.0, 1.0, 5.0, 5.0], "text": "", "references": ["ball"]}]
+    fig = P.figure_region_captions(res, [sample], n=5, ncols=3, title="t")
+    assert len(fig.axes) == 2 and fig._suptitle.get_text() == "t"
+    assert fig.axes[0].get_title() == "a red cube\nref: red cube" and fig.axes[1].get_title().startswith("(empty)")
+    assert fig.axes[0].images[0].get_array().shape[:2] == (24, 32)  # padding cropped
+    with pytest.raises(ValueError, match="no results"):
+        P.figure_region_captions([], [sample])
+
+
+def test_figure_dense_captions_top_boxes_over_ground_truth(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    Image.fromarray(_img(30, 40)).save(tmp_path / "a.png")
+    ds = SimpleNamespace(image_root=tmp_path, records=[
+        {"image_id": 5, "file_name": "a.png", "regions": [{"bbox": [1.0, 2.0, 10.0, 5.0]}]}])
+    det = {"image_id": "5", "boxes": [[0.0, 0.0, 8.0, 8.0], [2.0, 2.0, 9.0, 9.0], [3.0, 3.0, 4.0, 4.0]],
+           "scores": [0.9, 0.5, 0.01], "captions": ["red cube", "", "ball"]}
+    fig = P.figure_dense_captions([det], ds, top=5, min_score=0.1)
+    ax = fig.axes[0]
+    assert [r.get_bbox().bounds for r in _rects(ax)] == [(1.0, 2.0, 10.0, 5.0), (0.0, 0.0, 8.0, 8.0),
+                                                         (2.0, 2.0, 7.0, 7.0)]
+    assert [t.get_text() for t in ax.texts] == ["red cube 0.90", "(empty) 0.50"]
+    assert ax.get_title() == "image 5"
+
+
+def test_viz_imports_no_model_code():
+    code = ("import sys, importlib\n"
+            "for m in ('inputs', 'scene', 'trace', 'curves', 'output', 'tasks', 'viewer', 'animate'):\n"
+            "    importlib.import_module('pixelllm.viz.' + m)\n"
+            "bad = [m for m in sys.modules if m.startswith(('pixelllm.tasks', 'pixelllm.engine', 'pixelllm.modeling'))]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 # ---------------------------------------------------------------------------------------------- viewer

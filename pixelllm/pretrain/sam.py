@@ -441,20 +441,14 @@ def train_tiny_sam(data_root: str | os.PathLike, out_path: str | os.PathLike | N
 
 
 @torch.no_grad()
-def plot_box_prompt_masks(sam: Sam, data_root: str | os.PathLike, split: str = "test", n: int = 6,
-                          cols: int = 3):
-    """A ``matplotlib.figure.Figure`` of ``n`` held-out scenes: each ground-truth box (dashed) used as the
-    prompt and the predicted mask (coloured overlay, original image frame); titles give the image's
-    mean mask IoU."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
+def box_prompt_masks(sam: Sam, data_root: str | os.PathLike, split: str = "test", n: int = 6) -> list[dict[str, Any]]:
+    """SAM's masks for the ground-truth boxes of the first ``n`` scenes of ``split``, in the original image
+    frame: one dict per scene with ``image`` H×W×3 float32 in [0, 1], ``masks`` K×H×W bool (one per box
+    prompt), ``boxes`` K×4 (x0, y0, x1, y1, original pixels), ``image_id`` and ``iou`` (mean mask IoU).
+    :func:`pixelllm.viz.figure_box_prompt_masks` draws them."""
     ds = SamInstances(data_root, split, sam.image_encoder.img_size)
-    n = min(n, len(ds))
-    rows = (n + cols - 1) // cols
-    fig = Figure(figsize=(3 * cols, 3.1 * rows))
-    colours = np.array([[1, 0.1, 0.1], [0.1, 0.5, 1], [1, 0.8, 0], [0.2, 0.9, 0.3], [0.9, 0.2, 0.9], [0, 0.9, 0.9]])
-    for k in range(n):
+    out = []
+    for k in range(min(n, len(ds))):
         it = ds[k]
         emb = embed_images(sam, [it["image"]])
         logits, _ = predict_masks(sam, emb, boxes=it["boxes"], multimask=False)
@@ -462,17 +456,7 @@ def plot_box_prompt_masks(sam: Sam, data_root: str | os.PathLike, split: str = "
         iou = mask_iou(masks, it["orig_masks"])
         H, W = it["original_size"]
         img = np.array(Image.open(ds.items[k][1]).convert("RGB"), dtype=np.float32) / 255  # original frame
-        overlay = img.copy()
-        for j, m in enumerate(masks.numpy()):
-            overlay[m] = 0.45 * overlay[m] + 0.55 * colours[j % len(colours)]
-        ax = fig.add_subplot(rows, cols, k + 1)
-        ax.imshow(overlay)
         scale = np.array([W, H, W, H]) / np.array([it["input_size"][1], it["input_size"][0]] * 2)
-        for j, b in enumerate(it["boxes"].numpy() * scale):  # resized frame -> original pixels
-            ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ls="--", lw=1.2,
-                                   ec=colours[j % len(colours)]))
-        ax.set_title(f"image {it['image_id']}: IoU {iou.mean():.2f}", fontsize=9)
-        ax.axis("off")
-    fig.suptitle(f"tiny SAM, box prompts on held-out '{split}' scenes", fontsize=10)
-    fig.tight_layout()
-    return fig
+        out.append({"image": img, "masks": masks.numpy(), "boxes": it["boxes"].numpy() * scale,  # resized -> original
+                    "image_id": it["image_id"], "iou": float(iou.mean())})
+    return out

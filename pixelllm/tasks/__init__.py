@@ -14,7 +14,7 @@ from pixelllm._lazy import lazy_module_getattr
 _LAZY = {name: ".referring" for name in (
     "finetune_referring", "evaluate_referring", "train_mask_adapter", "evaluate_refseg", "predict_referring",
     "load_referring", "load_refseg", "referring_forward", "predict_boxes", "ReferringSegmenter",
-    "refexp_datasets", "check_refexp_records", "build_mask_head", "figure_referring")}
+    "refexp_datasets", "check_refexp_records", "build_mask_head")}
 
 __getattr__ = lazy_module_getattr(__name__, _LAZY)
 

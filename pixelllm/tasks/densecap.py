@@ -508,63 +508,25 @@ def load_densecap(cfg, device: str = "cpu"):
 PAPER_MAP = 17.5
 
 
-def figure_dense_captions(detections: Sequence[dict], dataset: DenseCapDataset, n: int = 4, top: int = 5,
-                          ncols: int = 2, min_score: float = 0.0):
-    """Dense captions on test scenes: the ``top`` highest-scoring boxes (≥ ``min_score``) with their captions
-    (solid) over the ground-truth boxes (dashed grey). ``detections`` as :func:`predict_dataset` returns them
-    (original pixels); drawn on the original image."""
-    from PIL import Image
-
-    from pixelllm.viz.plots import draw_boxes, grid_figure, show_scene
-
-    recs = {str(r["image_id"]): r for r in dataset.records}
-    items = list(detections[:n])
-    if not items:
-        raise ValueError("figure_dense_captions: no detections to draw")
-
-    def draw(ax, d):
-        r = recs[d["image_id"]]
-        with Image.open(dataset.image_root / r["file_name"]) as im:
-            show_scene(ax, im.convert("RGB"))
-        draw_boxes(ax, [xywh_to_xyxy(g["bbox"]) for g in r["regions"]], colors=[(0.6, 0.6, 0.6, 1.0)] * len(r["regions"]),
-                   linestyle="--", linewidth=1.0)
-        keep = [j for j, s in enumerate(d["scores"]) if s >= min_score][:top]
-        draw_boxes(ax, [d["boxes"][j] for j in keep],
-                   labels=[f"{d['captions'][j] or '(empty)'} {d['scores'][j]:.2f}" for j in keep], fontsize=7)
-        ax.set_title(f"image {d['image_id']}", fontsize=9)
-        ax.set_xticks([]), ax.set_yticks([])
-
-    return grid_figure(items, ncols=ncols, draw=draw, panel_size=3.6)
-
-
-def figure_matching(captioner: DenseCaptioner, sample: dict, match_iou: float | None = None):
-    """How training prompts are chosen on one :class:`DenseCapDataset` sample: ground truth (dashed grey),
-    the decoded proposals that match a ground-truth box at IoU ≥ ``match_iou`` (green, the prompt boxes)
-    and those that do not (red, no caption loss). Pixels of the resized input."""
-    from matplotlib.figure import Figure
-
+@torch.no_grad()
+def matching_example(captioner: DenseCaptioner, sample: dict, match_iou: float | None = None) -> dict[str, Any]:
+    """How training prompts are chosen on one :class:`DenseCapDataset` sample: the decoded proposals and which
+    of them match a ground-truth box at IoU ≥ ``match_iou`` (default the captioner's). Returns the keyword
+    arguments of :func:`pixelllm.viz.figure_matching`: ``image`` h×w×3 (resized input, padding cropped),
+    ``gt_boxes`` M×4, ``proposals`` P×4 (pixels of the resized input), ``matched`` P bool, ``match_iou``."""
     from pixelllm.modeling.centernet import decode_detections, match_proposals
-    from pixelllm.viz.plots import draw_boxes, show_scene
 
     thr = captioner.match_iou if match_iou is None else match_iou
-    with torch.no_grad():
-        images = sample["images"][None].to(next(captioner.parameters()).device)
-        sizes = sample["image_sizes"][None].to(images.device)
-        feats = captioner.pixelllm.image_encoder(images, sizes)
-        dets = decode_detections(captioner.proposer(feats), captioner.proposer.stride, k=captioner.train_topk,
-                                 nms_iou=captioner.nms_iou, score_thr=captioner.score_thr,
-                                 max_det=captioner.train_topk, image_sizes=sizes)[0]
+    images = sample["images"][None].to(next(captioner.parameters()).device)
+    sizes = sample["image_sizes"][None].to(images.device)
+    feats = captioner.pixelllm.image_encoder(images, sizes)
+    dets = decode_detections(captioner.proposer(feats), captioner.proposer.stride, k=captioner.train_topk,
+                             nms_iou=captioner.nms_iou, score_thr=captioner.score_thr,
+                             max_det=captioner.train_topk, image_sizes=sizes)[0]
     props, gt = dets["boxes"].cpu(), sample["gt_boxes"]
     keep, _ = match_proposals(props, gt, thr)
     matched = torch.zeros(len(props), dtype=torch.bool)
     matched[keep] = True
-    fig = Figure(figsize=(4.2, 4.4), dpi=100, layout="constrained")
-    ax = fig.subplots()
     h, w = sample["image_sizes"].tolist()
-    show_scene(ax, sample["images"][:, :h, :w].permute(1, 2, 0).numpy())
-    draw_boxes(ax, gt, colors=[(0.7, 0.7, 0.7, 1.0)] * len(gt), linestyle="--", linewidth=1.5)
-    draw_boxes(ax, props[~matched], colors=[(0.9, 0.1, 0.1, 0.8)] * int((~matched).sum()), linewidth=1.0)
-    draw_boxes(ax, props[matched], colors=[(0.1, 0.8, 0.2, 1.0)] * int(matched.sum()), linewidth=2.0)
-    ax.set_title(f"{int(matched.sum())}/{len(props)} proposals with IoU ≥ {thr} → prompts", fontsize=9)
-    ax.set_xticks([]), ax.set_yticks([])
-    return fig
+    return {"image": sample["images"][:, :h, :w].permute(1, 2, 0).numpy(), "gt_boxes": gt.numpy(),
+            "proposals": props.numpy(), "matched": matched.numpy(), "match_iou": thr}

@@ -766,29 +766,3 @@ def qualitative_examples(segmenter: ReferringSegmenter, dataset, indices: Sequen
             ex["gt_mask"] = batch["masks"][k, :h, :w].cpu().numpy()
         out.append(ex)
     return out
-
-
-def figure_referring(examples: Sequence[Mapping[str, Any]], ncols: int = 4, panel: float = 2.6):
-    """Grid of qualitative results: the image, the predicted mask (overlay), the ground-truth box (green,
-    dashed) and the predicted box (red), titled with the expression and the box IoU. → matplotlib Figure."""
-    import textwrap
-
-    import matplotlib.pyplot as plt
-
-    from pixelllm.viz.plots import draw_boxes, show_scene
-
-    n = len(examples)
-    ncols = max(1, min(ncols, n))
-    nrows = max(1, math.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols, (panel + 0.5) * nrows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    for ax, ex in zip(axes.flat, examples):
-        show_scene(ax, ex["image"], masks=ex["mask"][None] if ex.get("mask") is not None else None,
-                   colors=["tab:red"])
-        draw_boxes(ax, np.asarray(ex["gt_box"])[None], colors=["tab:green"], linestyle="--")
-        draw_boxes(ax, np.asarray(ex["pred_box"])[None], colors=["tab:red"])
-        ax.set_title("\n".join(textwrap.wrap(f"{ex['expression']} (IoU {ex.get('iou', float('nan')):.2f})", 28)),
-                     fontsize=8)
-    fig.tight_layout()
-    return fig

@@ -330,26 +330,3 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(columns)]
     line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))   # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(x) for x in cells])
-
-
-def figure_region_captions(results: Sequence[dict], dataset, n: int = 6, ncols: int = 3, title: str = ""):
-    """One panel per (image, box): the scene, the prompt box, the generated caption (bold) and the first
-    reference (grey). Returns a matplotlib Figure (boxes drawn in pixels of the resized input)."""
-    from pixelllm.viz.plots import draw_boxes, grid_figure, show_scene
-
-    items = list(results[:n])
-    if not items:
-        raise ValueError("figure_region_captions: no results to draw")
-
-    def draw(ax, r):
-        s = dataset[r["index"]]
-        h, w = s["image_sizes"].tolist()
-        show_scene(ax, s["images"][:, :h, :w].permute(1, 2, 0).numpy())
-        draw_boxes(ax, [r["box_input"]], colors=[(1.0, 0.1, 0.1, 1.0)])
-        ax.set_title(f"{r['text'] or '(empty)'}\nref: {r['references'][0]}", fontsize=8)
-        ax.set_xticks([]), ax.set_yticks([])
-
-    fig = grid_figure(items, ncols=ncols, draw=draw, panel_size=2.6)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig

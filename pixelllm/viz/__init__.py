@@ -1,8 +1,14 @@
 """Visualisation: scene plots, the paper's word<->trace figure (Fig. 1 / Fig. 5), an interactive
 word<->trace viewer (ipywidgets), GIF export and training curves.
 
+One module per job: ``inputs`` (arrays, colours, tokens), ``scene`` (image + boxes + masks, grids),
+``trace`` (narrative traces, per-word points, the word<->trace figures), ``curves`` (training curves,
+metric tables), ``output`` (PNG bytes, saving), ``tasks`` (the tasks' result figures, drawn from arrays the
+task modules compute), ``viewer`` (ipywidgets), ``animate`` (GIF). Nothing here imports model code
+(``pixelllm.tasks``, ``pixelllm.engine``).
+
 Importing ``pixelllm.viz`` is light: matplotlib, PIL and ipywidgets are imported only when a function
-is first used (``pixelllm.viz.figure_word_trace`` imports ``pixelllm.viz.plots`` on first access).
+is first used (``pixelllm.viz.figure_word_trace`` imports ``pixelllm.viz.trace`` on first access).
 
 Inputs are plain arrays (numpy, or torch tensors which are converted): images H×W×3 uint8 or float
 in [0, 1]; boxes (x0, y0, x1, y1) in pixels; masks bool N×H×W; per-word points W×2 (x, y) or W×4
@@ -16,25 +22,35 @@ from __future__ import annotations
 from pixelllm._lazy import lazy_module_getattr
 
 _LAZY = {
-    # plots.py
-    "word_colors": "pixelllm.viz.plots",
-    "clean_tokens": "pixelllm.viz.plots",
-    "as_rgb": "pixelllm.viz.plots",
-    "show_scene": "pixelllm.viz.plots",
-    "draw_boxes": "pixelllm.viz.plots",
-    "overlay_masks": "pixelllm.viz.plots",
-    "narrative_to_trace": "pixelllm.viz.plots",
-    "plot_narrative_trace": "pixelllm.viz.plots",
-    "plot_word_points": "pixelllm.viz.plots",
-    "caption_colored": "pixelllm.viz.plots",
-    "figure_word_trace": "pixelllm.viz.plots",
-    "figure_word_step": "pixelllm.viz.plots",
-    "grid_figure": "pixelllm.viz.plots",
-    "plot_curves": "pixelllm.viz.plots",
-    "read_jsonl_records": "pixelllm.viz.plots",
-    "plot_metric_table": "pixelllm.viz.plots",
-    "figure_to_png": "pixelllm.viz.plots",
-    "save_figure": "pixelllm.viz.plots",
+    # inputs.py: arrays, colours, tokens
+    "word_colors": "pixelllm.viz.inputs",
+    "clean_tokens": "pixelllm.viz.inputs",
+    "as_rgb": "pixelllm.viz.inputs",
+    # scene.py: image + boxes + masks, grids
+    "show_scene": "pixelllm.viz.scene",
+    "draw_boxes": "pixelllm.viz.scene",
+    "overlay_masks": "pixelllm.viz.scene",
+    "grid_figure": "pixelllm.viz.scene",
+    # trace.py: narrative traces, per-word points, the word<->trace figures
+    "narrative_to_trace": "pixelllm.viz.trace",
+    "plot_narrative_trace": "pixelllm.viz.trace",
+    "plot_word_points": "pixelllm.viz.trace",
+    "caption_colored": "pixelllm.viz.trace",
+    "figure_word_trace": "pixelllm.viz.trace",
+    "figure_word_step": "pixelllm.viz.trace",
+    # curves.py: training curves, metric tables
+    "plot_curves": "pixelllm.viz.curves",
+    "read_jsonl_records": "pixelllm.viz.curves",
+    "plot_metric_table": "pixelllm.viz.curves",
+    # output.py: PNG bytes, saving
+    "figure_to_png": "pixelllm.viz.output",
+    "save_figure": "pixelllm.viz.output",
+    # tasks.py: figures of the tasks' results (drawing only; the task modules compute what is drawn)
+    "figure_box_prompt_masks": "pixelllm.viz.tasks",
+    "figure_referring": "pixelllm.viz.tasks",
+    "figure_region_captions": "pixelllm.viz.tasks",
+    "figure_dense_captions": "pixelllm.viz.tasks",
+    "figure_matching": "pixelllm.viz.tasks",
     # viewer.py
     "TraceViewer": "pixelllm.viz.viewer",
     # animate.py

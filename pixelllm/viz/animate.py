@@ -1,6 +1,6 @@
 """GIF export: a caption being "traced", one frame per generated word.
 
-Frame ``i`` is :func:`pixelllm.viz.plots.figure_word_step` at step ``i`` (earlier words' points faded,
+Frame ``i`` is :func:`pixelllm.viz.trace.figure_word_step` at step ``i`` (earlier words' points faded,
 word ``i`` highlighted, later words of the caption grey). All frames of one caption have the same size.
 """
 from __future__ import annotations
@@ -9,7 +9,8 @@ import io
 from pathlib import Path
 from typing import Any, Sequence
 
-from pixelllm.viz.plots import figure_to_png, figure_word_step
+from pixelllm.viz.output import figure_to_png
+from pixelllm.viz.trace import figure_word_step
 
 
 def trace_frames(

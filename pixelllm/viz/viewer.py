@@ -15,7 +15,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pixelllm.viz.plots import _as_points, clean_tokens, figure_to_png, figure_word_step
+from pixelllm.viz.inputs import as_points, clean_tokens
+from pixelllm.viz.output import figure_to_png
+from pixelllm.viz.trace import figure_word_step
 
 _REQUIRED = ("image", "words", "pred_points")
 
@@ -58,9 +60,9 @@ class TraceViewer:
             n = len(it["words"])
             if n == 0:
                 raise ValueError(f"items[{i}]['words']: empty caption")
-            _as_points(it["pred_points"], n, f"items[{i}]['pred_points']")
+            as_points(it["pred_points"], n, f"items[{i}]['pred_points']")
             if it.get("gt_points") is not None:
-                _as_points(it["gt_points"], n, f"items[{i}]['gt_points']")
+                as_points(it["gt_points"], n, f"items[{i}]['gt_points']")
         self.items = list(items)
         self.normalized, self.gt_normalized = normalized, gt_normalized
         self.fade, self.panel_size, self.dpi = fade, panel_size, dpi
@@ -101,7 +103,7 @@ class TraceViewer:
         """Figure for image ``image_idx`` with words ``0..word_idx`` shown and ``word_idx`` highlighted.
 
         The current word's predicted point(s) are the ``gid="word_points:current"`` scatter (pixels of
-        the image), its ground truth (if known) ``"gt_point:current"``; see ``plots.figure_word_step``.
+        the image), its ground truth (if known) ``"gt_point:current"``; see ``trace.figure_word_step``.
         """
         it = self.items[image_idx]
         return figure_word_step(

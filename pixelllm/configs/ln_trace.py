@@ -21,17 +21,18 @@ def get_config(smoke: bool = False) -> TrainConfig:
         image_size=0,           # 0 = the preset's input size
         max_target_len=64,
         batch_size=32,
-        steps=350,
+        steps=600,
         lr=1e-3,
-        warmup_steps=35,
+        warmup_steps=60,
         weight_decay=0.0,
         grad_clip=1.0,
         lambda_point=0.1,
         label_smoothing=0.1,
         log_interval=10,
-        ckpt_interval=175,
+        eval_interval=150,      # teacher-forced val point_l1 four times during the run
+        ckpt_interval=200,
         keep_last=2,
     )
     if smoke:
-        cfg = cfg.smoke_variant(ckpt_interval=2)
+        cfg = cfg.smoke_variant(ckpt_interval=2, eval_interval=1)
     return cfg

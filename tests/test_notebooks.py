@@ -69,6 +69,6 @@ def test_notebook_shows_each_figure_once_as_an_image(nb):
     """In the copy executed above: every cell that builds a figure carries an ``image/png`` output, no output
     is a bare ``<Figure size ...>`` text, and no cell shows the same image twice."""
     if nb.name not in EXECUTED:
-        pytest.skip("runs on the copy executed by test_notebook_runs_in_smoke_mode in the same session")
+        pytest.skip("checks the copy executed by test_notebook_runs_in_smoke_mode in the same pytest run")
     problems = figure_display_problems(json.loads(EXECUTED[nb.name].read_text()))
     assert not problems, f"{nb.name}:\n" + "\n".join(problems)

@@ -513,12 +513,14 @@ def format_table(report: Mapping[str, Any], table: str, metrics: Sequence[str] |
 
 
 def figure_table(report: Mapping[str, Any], table: str, metrics: Sequence[str] | None = None, title: str = ""):
-    """Bar chart per metric: mean over seeds, error bar = std, each seed as a dot. Returns the figure."""
-    import matplotlib.pyplot as plt
+    """Bar chart per metric: mean over seeds, error bar = std, each seed as a dot. Returns a
+    ``matplotlib.figure.Figure`` (not registered with pyplot)."""
+    from matplotlib.figure import Figure
 
     rows = report.get(table, {})
     metrics = [m for m in (metrics or TABLE_METRICS.get(table, ())) if any(m in v for v in rows.values())]
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(3.2 * max(1, len(metrics)), 3.2), squeeze=False)
+    fig = Figure(figsize=(3.2 * max(1, len(metrics)), 3.2))
+    axes = fig.subplots(1, max(1, len(metrics)), squeeze=False)
     names = list(rows)
     x = np.arange(len(names))
     for ax, m in zip(axes[0], metrics):

@@ -201,8 +201,7 @@ def test_figure_has_one_bar_per_row_with_error_bars():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["none", "box", "dense"]
     assert [round(p.get_height(), 4) for p in ax.patches] == [0.25, 0.425, 0.61]
-    import matplotlib.pyplot as plt
-    plt.close(fig)
+    assert fig.canvas.manager is None                                    # not a pyplot figure: nothing to close
 
 
 # ------------------------------------------------------------------------------------------ cache

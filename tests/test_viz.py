@@ -268,6 +268,42 @@ def test_metric_table_and_save_figure(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
+# ---------------------------------------------------------------------------------------------- inline display
+def _kernel_stub():
+    from types import SimpleNamespace
+
+    from IPython.core.formatters import DisplayFormatter
+
+    return SimpleNamespace(kernel=object(), display_formatter=DisplayFormatter())
+
+
+def test_show_figures_inline_registers_png_once_and_leaves_the_figure_alone():
+    import base64
+
+    fig = P.figure_word_trace(_img(32, 32), ["▁a", "▁cube"], np.array([[3.0, 4.0], [10.0, 12.0]]))
+    assert P.show_figures_inline() is False  # not in a kernel: nothing to do
+    shell = _kernel_stub()
+    data, _ = shell.display_formatter.format(fig)
+    assert set(data) == {"text/plain"} and data["text/plain"].startswith("<Figure size")  # the reported symptom
+    before = P.figure_to_png(fig)
+    assert P.show_figures_inline(shell) is True
+    data, _ = shell.display_formatter.format(fig)
+    assert base64.b64decode(data["image/png"])[:4] == b"\x89PNG"
+    assert P.figure_to_png(fig) == before  # displaying does not change what is saved
+    png = shell.display_formatter.formatters["image/png"]
+    printer = png.lookup_by_type(Figure)
+    assert P.show_figures_inline(shell) is True and png.lookup_by_type(Figure) is printer  # registered once
+
+
+def test_show_figures_inline_keeps_a_format_chosen_before():
+    shell = _kernel_stub()
+    svg = shell.display_formatter.formatters["image/svg+xml"]
+    svg.for_type(Figure, lambda fig: "<svg/>")
+    assert P.show_figures_inline(shell) is True
+    data, _ = shell.display_formatter.format(Figure(figsize=(1, 1)))
+    assert "image/png" not in data and data["image/svg+xml"] == "<svg/>"
+
+
 # ---------------------------------------------------------------------------------------------- task figures
 def _rects(ax):
     return [p for p in ax.patches if isinstance(p, Rectangle)]

@@ -14,10 +14,14 @@ Inputs are plain arrays (numpy, or torch tensors which are converted): images H�
 in [0, 1]; boxes (x0, y0, x1, y1) in pixels; masks bool N×H×W; per-word points W×2 (x, y) or W×4
 (two points = box corners x0, y0, x1, y1) in pixels unless a ``normalized=True`` flag says [0, 1].
 Every function returns a ``matplotlib.figure.Figure`` or the ``Axes`` it drew on and never calls
-``plt.show()``; figures are built without pyplot (Agg-safe, no global figure registry): display one
-with ``display(fig)`` or as a notebook cell's last expression, save it with :func:`save_figure`.
+``plt.show()``; figures are built without pyplot (Agg-safe, no global figure registry). In a notebook,
+build the figure, save it with :func:`save_figure`, and end the cell with ``fig`` (``display(fig)`` inside a
+loop): importing this package in a Jupyter kernel registers the image formatter for ``Figure``
+(:func:`pixelllm.viz.output.show_figures_inline`), so the figure is shown once, as a PNG.
 """
 from __future__ import annotations
+
+import sys
 
 from pixelllm._lazy import lazy_module_getattr
 
@@ -45,6 +49,7 @@ _LAZY = {
     # output.py: PNG bytes, saving
     "figure_to_png": "pixelllm.viz.output",
     "save_figure": "pixelllm.viz.output",
+    "show_figures_inline": "pixelllm.viz.output",
     # tasks.py: figures of the tasks' results (drawing only; the task modules compute what is drawn)
     "figure_box_prompt_masks": "pixelllm.viz.tasks",
     "figure_referring": "pixelllm.viz.tasks",
@@ -59,6 +64,11 @@ _LAZY = {
 }
 
 __getattr__ = lazy_module_getattr(__name__, _LAZY)
+
+if "IPython" in sys.modules:  # in a Jupyter kernel: show Figures as images (nothing is imported otherwise)
+    from pixelllm.viz.output import show_figures_inline
+
+    show_figures_inline()
 
 
 def __dir__():

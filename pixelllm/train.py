@@ -29,14 +29,6 @@ from typing import Any, Callable, Optional
 from pixelllm.configs import CONFIGS, TrainConfig, get_config
 
 # -------------------------------------------------------------------------------------- paths / prereqs
-#: (full, smoke) knobs used when a prerequisite is missing — the parameters of notebooks 01/02, so the
-#: artifacts are the same whichever notebook makes them first.
-PREREQ = {"n_scenes": (2000, 60), "image_size": 128, "seed": 0, "vocab_size": 1000,
-          "sam_steps": (800, 3), "sam_batch": (16, 4), "sam_lr": 2e-3, "sam_time_limit_s": (300, 30),
-          "t5_steps": (1000, 5), "t5_batch": (32, 8), "t5_lr": 1e-3, "t5_time_limit_s": (180, 20),
-          "t5_caption_fraction": 0.25, "t5_denoise_fraction": 0.5,
-          "sem_steps": (800, 3), "sem_batch": (32, 8), "sem_lr": 1e-3, "sem_time_limit_s": (150, 20)}
-
 
 @dataclass
 class Paths:
@@ -70,54 +62,53 @@ def ensure_prerequisites(cfg: TrainConfig, progress: bool = True) -> Paths:
     (span corruption + reconstruction), semantic ViT (per-patch colour/category pretraining, the EVA02
     stand-in; only for presets without a ``semantic_timm`` model — a timm EVA02 comes with its own
     weights via ``model_overrides={"semantic_checkpoint": ...}``). Explicit paths in the config must
-    exist (never silently recomputed elsewhere)."""
+    exist (never silently recomputed elsewhere). The numbers are the prerequisite configs
+    (``get_config("data" | "tokenizer" | "sam_tiny" | "t5_tiny" | "semantic_tiny", smoke=cfg.smoke)``), those
+    of notebooks 01/02, so the artifacts are the same whichever makes them first; a pretrained part is
+    reused only when the config stored beside it matches."""
     from pixelllm.utils import found_or_compute
 
-    from pixelllm.utils import knobs
-
     p = resolve_paths(cfg)
-    K = knobs(cfg.smoke, **PREREQ)
+    data_cfg, tok_cfg = get_config("data", smoke=cfg.smoke), get_config("tokenizer", smoke=cfg.smoke)
+    sam_cfg, t5_cfg = get_config("sam_tiny", smoke=cfg.smoke), get_config("t5_tiny", smoke=cfg.smoke)
+    sem_cfg = get_config("semantic_tiny", smoke=cfg.smoke, overrides={"preset": cfg.preset, "image_size": cfg.image_size})
     for field, path in (("data_dir", p.data), ("tokenizer_dir", p.tokenizer), ("sam_checkpoint", p.sam), ("t5_dir", p.t5)):
         if getattr(cfg, field) and not path.exists():
             raise FileNotFoundError(f"config field {field}={getattr(cfg, field)!r}: {path} does not exist")
 
     def data():
         from pixelllm.data.synthetic import generate
-        generate(p.data, n_scenes=K.n_scenes, image_size=K.image_size, seed=K.seed, progress=progress)
+        generate(p.data, n_scenes=data_cfg.n_scenes, image_size=data_cfg.image_size, seed=data_cfg.seed,
+                 progress=progress)
 
     def tokenizer():
         from pixelllm.data.tokenizer import corpus_texts, train_tokenizer
-        train_tokenizer(corpus_texts(p.data), p.tokenizer, vocab_size=K.vocab_size)
+        train_tokenizer(corpus_texts(p.data), p.tokenizer, vocab_size=tok_cfg.vocab_size)
 
     def sam():
         from pixelllm.pretrain.sam import train_tiny_sam
-        train_tiny_sam(p.data, p.sam, steps=K.sam_steps, batch_size=K.sam_batch, lr=K.sam_lr, seed=K.seed,
-                       time_limit_s=K.sam_time_limit_s, progress=progress)
+        train_tiny_sam(sam_cfg, p.data, p.sam, progress=progress)
 
     def t5():
         from pixelllm.data.tokenizer import load_tokenizer
         from pixelllm.pretrain.t5 import pretrain_tiny_t5, t5_corpus
         train_texts, val_texts = t5_corpus(p.data)
-        pretrain_tiny_t5(train_texts, val_texts, load_tokenizer(p.tokenizer), p.t5, steps=K.t5_steps,
-                         batch_size=K.t5_batch, lr=K.t5_lr, seed=K.seed, time_limit_s=K.t5_time_limit_s,
-                         caption_fraction=K.t5_caption_fraction, denoise_fraction=K.t5_denoise_fraction,
-                         eval_every=max(1, K.t5_steps // 6), progress=progress)
+        pretrain_tiny_t5(t5_cfg, train_texts, val_texts, load_tokenizer(p.tokenizer), p.t5, progress=progress)
 
     def semantic():
         from pixelllm.pretrain.semantic import pretrain_semantic_encoder
-        overrides = {"image_size": cfg.image_size} if cfg.image_size else {}
-        pretrain_semantic_encoder(p.data, p.semantic, preset=cfg.preset, steps=K.sem_steps, batch_size=K.sem_batch,
-                                  lr=K.sem_lr, seed=K.seed, time_limit_s=K.sem_time_limit_s, progress=progress,
-                                  **overrides)
+        pretrain_semantic_encoder(sem_cfg, p.data, p.semantic, progress=progress)
 
     if cfg.model_overrides.get("semantic_checkpoint") and not p.semantic.exists():
         raise FileNotFoundError(f"model_overrides semantic_checkpoint: {p.semantic} does not exist")
     found_or_compute(p.data / "stats.json", data)
     found_or_compute(p.tokenizer, tokenizer)
-    found_or_compute(p.sam, sam)
-    found_or_compute(p.t5, t5)
-    if _pretrains_semantic(cfg):
-        found_or_compute(p.semantic, semantic)
+    if not cfg.sam_checkpoint:                       # an explicit checkpoint is used as it is
+        found_or_compute(p.sam, sam, config=sam_cfg)
+    if not cfg.t5_dir:
+        found_or_compute(p.t5, t5, config=t5_cfg)
+    if _pretrains_semantic(cfg) and not cfg.model_overrides.get("semantic_checkpoint"):
+        found_or_compute(p.semantic, semantic, config=sem_cfg)
     return p
 
 

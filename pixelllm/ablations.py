@@ -181,26 +181,12 @@ def ensure_stage1(cfg: AblationConfig, progress: bool = False) -> Path:
 
 
 def ensure_large_t5(cfg: AblationConfig, paths, progress: bool = False) -> Path:
-    """The larger LM (:data:`LARGE_T5`) pretrained **the same way** as the run's tiny T5 (same corpus,
-    objective mixture, steps, batch, lr, seed: ``pixelllm.train.PREREQ``) under the wall-clock cap
-    ``cfg.large_t5_time_limit_s`` → ``<run>/t5_large``. Found → reuse."""
-    from pixelllm.data.tokenizer import load_tokenizer
-    from pixelllm.pretrain.t5 import pretrain_tiny_t5, t5_corpus
-    from pixelllm.train import PREREQ
-    from pixelllm.utils import found_or_compute, knobs
+    """The larger LM (:data:`LARGE_T5`) pretrained **the same way** as the run's tiny T5: the ``t5_tiny``
+    config (same corpus, objective mixture, steps, batch, lr, seed) with ``t5_overrides=LARGE_T5``
+    → ``<run>/t5_large``. Found (made by that config) → reuse."""
+    from pixelllm.pretrain.prerequisites import ensure_t5
 
-    out = paths.run / "t5_large"
-    K = knobs(cfg.smoke, **PREREQ)
-
-    def compute():
-        train_texts, val_texts = t5_corpus(paths.data)
-        pretrain_tiny_t5(train_texts, val_texts, load_tokenizer(paths.tokenizer), out, steps=K.t5_steps,
-                         batch_size=K.t5_batch, lr=K.t5_lr, seed=K.seed, time_limit_s=cfg.large_t5_time_limit_s,
-                         caption_fraction=K.t5_caption_fraction, denoise_fraction=K.t5_denoise_fraction,
-                         eval_every=max(1, K.t5_steps // 6), config_overrides=dict(LARGE_T5), progress=progress)
-
-    found_or_compute(out / "config.json", compute)
-    return out
+    return ensure_t5(cfg, progress, out=paths.run / "t5_large", t5_overrides=LARGE_T5)
 
 
 def arm_paths(cfg: AblationConfig):

@@ -1,5 +1,6 @@
 """Our pretrained parts: the SAM builder (parity with segment-anything), tiny SAM training / checkpoint
-round trip, and the tiny T5 (span corruption, save_pretrained round trip, training)."""
+round trip, and the tiny T5 (span corruption, save_pretrained round trip, training); both pretrainings run
+through the Trainer and resume exactly."""
 import json
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import torch
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from pixelllm.configs import get_config
 from pixelllm.modeling.sam import SAM_CONFIGS, build_sam
 from pixelllm.pretrain import sam as psam
 from pixelllm.pretrain import t5 as pt5
+from pixelllm.pretrain.common import checkpoint_dir
 
 torch.set_num_threads(1)
 
@@ -276,7 +279,7 @@ def test_sam_steps_reduce_the_loss(world):
     torch.manual_seed(0)
     sam = build_sam("tiny", **SMALL).train()
     ds = psam.SamInstances(world, "train")
-    batch = [ds[i] for i in range(4)]
+    batch = psam.collate_sam([ds[i] for i in range(4)])
     opt = torch.optim.AdamW(sam.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(0)
     losses = []
@@ -289,15 +292,23 @@ def test_sam_steps_reduce_the_loss(world):
     assert losses[-1] < 0.7 * losses[0]
 
 
+def sam_config(**changes):
+    """The SMOKE ``sam_tiny`` config with the narrow SAM of these tests."""
+    return get_config("sam_tiny", smoke=True, overrides={"sam_overrides": dict(SMALL), **changes})
+
+
 def test_train_tiny_sam_writes_a_loadable_checkpoint(world, tmp_path):
     out = tmp_path / "sam_tiny" / "sam_tiny.pth"
-    r = psam.train_tiny_sam(world, out, steps=3, batch_size=4, warmup=1, point_prob=0.5, progress=False, **SMALL)
-    assert r["steps_done"] == 3 and len(r["history"]) == 3
-    assert set(r["history"][0]) == {"step", "loss", "focal", "dice", "iou_mse"}
+    r = psam.train_tiny_sam(sam_config(steps=3, batch_size=4, point_prob=0.5), world, out, progress=False)
+    assert r["steps_done"] == 3 and len(r["history"]) == 3 and r["resumed_at"] is None
+    assert [h["step"] for h in r["history"]] == [1, 2, 3]
+    assert set(r["history"][0]) == {"step", "loss", "focal", "dice", "iou_mse", "lr", "grad_norm"}
     assert 0.0 <= r["eval"]["mask_iou"] <= 1.0 and r["eval"]["n_images"] == 2
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["preset"] == "tiny" and meta["eval"] == r["eval"]
-    loaded = build_sam("tiny", checkpoint=out, **SMALL)
+    assert meta["preset"] == "tiny" and meta["eval"] == r["eval"] and meta["steps_done"] == 3
+    assert meta["config"]["steps"] == 3 and meta["sec_per_step"] > 0
+    assert (out.parent / "sam_tiny_checkpoints" / "final.json").is_file()
+    loaded = build_sam(meta["preset"], checkpoint=out, **meta["overrides"])
     ev = psam.evaluate_sam(loaded, world, "val")
     assert ev["mask_iou"] == pytest.approx(r["eval"]["mask_iou"], abs=1e-6)
 
@@ -317,6 +328,30 @@ def test_box_prompt_masks_are_in_the_original_frame(world):
     from pixelllm.viz import figure_box_prompt_masks
 
     assert len(figure_box_prompt_masks(ex, cols=3).axes) == 2
+
+
+def test_sam_pretraining_resumes_exactly(world, tmp_path):
+    """4 steps in one go = 2 steps, a restart (new task + Trainer, resumed from the checkpoint beside the
+    artifact), then 2 more: identical weights, losses and val curve (prompt sampling draws from the global
+    RNG, which the checkpoint restores; 3 batches per epoch, so the restart is mid-epoch)."""
+    cfg = sam_config(steps=4, batch_size=2, point_prob=0.5, ckpt_interval=2, eval_interval=2, eval_images=2)
+    full = psam.train_tiny_sam(cfg, world, tmp_path / "a" / "sam.pth", progress=False)
+    out = tmp_path / "b" / "sam.pth"
+    psam.sam_trainer(cfg, world, checkpoint_dir(out, cfg), progress=False).fit(until=2)
+    again = psam.train_tiny_sam(cfg, world, out, progress=False)
+    assert again["resumed_at"] == 2 and again["steps_done"] == 4
+    a, b = full["sam"].state_dict(), again["sam"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss"] for h in again["history"]] == [h["loss"] for h in full["history"]]
+    assert again["val_curve"] == full["val_curve"] and [v["step"] for v in full["val_curve"]] == [2, 4]
+
+
+def test_sam_checkpoint_of_another_config_is_not_resumed(world, tmp_path):
+    out = tmp_path / "sam.pth"
+    cfg = sam_config(steps=2, batch_size=2, ckpt_interval=1)
+    psam.sam_trainer(cfg, world, checkpoint_dir(out, cfg), progress=False).fit(until=1)
+    r = psam.train_tiny_sam(sam_config(steps=2, batch_size=2, ckpt_interval=1, lr=1e-3), world, out, progress=False)
+    assert r["resumed_at"] is None and [h["step"] for h in r["history"]] == [1, 2]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,8 +442,10 @@ def test_t5_save_pretrained_round_trip(tokenizer, tmp_path):
 
 
 def test_pretrain_tiny_t5_learns(tokenizer, tmp_path):
-    r = pt5.pretrain_tiny_t5(sentences(200), sentences(20, seed=1), tokenizer, tmp_path / "t5", steps=60,
-                             batch_size=16, warmup=5, eval_every=30, progress=False)
+    cfg = get_config("t5_tiny", smoke=True, overrides=dict(steps=60, batch_size=16, warmup_steps=5,
+                                                           eval_interval=30, n_val=20))
+    r = pt5.pretrain_tiny_t5(cfg, sentences(200), sentences(20, seed=1), tokenizer, tmp_path / "t5", progress=False)
+    assert r["steps_done"] == 60 and len(r["history"]) == 60
     first = np.mean([h["loss"] for h in r["history"][:5]])
     last = np.mean([h["loss"] for h in r["history"][-5:]])
     assert last < 0.5 * first
@@ -418,6 +455,28 @@ def test_pretrain_tiny_t5_learns(tokenizer, tmp_path):
     assert len(ex) == 2 and "<extra_id_0>" in ex[0]["input"]
     model, tok = pt5.load_t5(tmp_path / "t5")
     assert model.config.d_model == 128 and len(tok) == len(tokenizer)
+    meta = json.loads((tmp_path / "t5" / "pretrain.json").read_text())
+    assert meta["steps_done"] == 60 and meta["final_val"] == r["final_val"] and meta["train"]["steps"] == 60
+
+
+def test_t5_pretraining_resumes_exactly(tokenizer, tmp_path):
+    """4 steps in one go = 2 steps, a restart from the checkpoint beside the folder, then 2 more: identical
+    weights and losses (the span-corruption noise is seeded from the global RNG; 2 batches per epoch, so the
+    restart is at an epoch boundary)."""
+    cfg = get_config("t5_tiny", smoke=True, overrides=dict(
+        steps=4, batch_size=4, ckpt_interval=2, eval_interval=2, n_val=4,
+        t5_overrides=dict(d_model=32, d_kv=8, d_ff=64, num_heads=4)))
+    texts, val = sentences(10), sentences(4, seed=1)
+    full = pt5.pretrain_tiny_t5(cfg, texts, val, tokenizer, tmp_path / "a" / "t5", progress=False)
+    out = tmp_path / "b" / "t5"
+    pt5.t5_trainer(cfg, texts, tokenizer, val, checkpoint_dir(out, cfg), progress=False).fit(until=2)
+    again = pt5.pretrain_tiny_t5(cfg, texts, val, tokenizer, out, progress=False)
+    assert again["resumed_at"] == 2 and again["steps_done"] == 4
+    assert (tmp_path / "b" / "t5_checkpoints").is_dir() and not (out / "final.json").exists()
+    a, b = full["model"].state_dict(), again["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss"] for h in again["history"]] == [h["loss"] for h in full["history"]]
+    assert [v["step"] for v in again["val"]] == [2, 4] and again["final_val"] == full["final_val"]
 
 
 def test_sam_checkpoint_from_another_input_size_loads_with_resized_position_tables(tmp_path):

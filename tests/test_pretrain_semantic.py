@@ -1,12 +1,15 @@
-"""Semantic-encoder pretraining (our EVA02 stand-in): per-patch colour / category targets and training."""
+"""Semantic-encoder pretraining (our EVA02 stand-in): per-patch colour / category targets, training through
+the Trainer, exact resume."""
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from pixelllm.configs import get_config
 from pixelllm.data.vocab import COLORS, SHAPES
 from pixelllm.pretrain import semantic as psem
+from pixelllm.pretrain.common import checkpoint_dir
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +50,16 @@ def test_pretraining_learns_and_the_checkpoint_loads_into_pixelllm(world, tmp_pa
 
     torch.set_num_threads(1)
     out = tmp_path / "semantic_tiny.safetensors"
-    r = psem.pretrain_semantic_encoder(world, out, steps=40, batch_size=16, lr=2e-3, warmup=5, eval_every=20,
-                                       progress=False)
+    cfg = get_config("semantic_tiny", smoke=True, overrides=dict(steps=40, batch_size=16, lr=2e-3, warmup_steps=5,
+                                                                 eval_interval=20))
+    r = psem.pretrain_semantic_encoder(cfg, world, out, progress=False)
     first = np.mean([h["loss"] for h in r["history"][:5]])
     last = np.mean([h["loss"] for h in r["history"][-5:]])
     assert last < 0.75 * first
     assert [v["step"] for v in r["val"]] == [20, 40]
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["steps_done"] == 40 and "colour" in meta["objective"]
+    assert meta["steps_done"] == 40 and "colour" in meta["objective"] and len(meta["history"]) == 40
+    assert meta["val"] == r["val"] and meta["config"]["lr"] == 2e-3
     model = build_pixelllm("tiny", semantic_checkpoint=out)
     for (k, a), (_, b) in zip(model.image_encoder.semantic_encoder.state_dict().items(), r["vit"].state_dict().items()):
         assert torch.equal(a, b), k
@@ -67,6 +72,23 @@ def test_pretraining_learns_and_the_checkpoint_loads_into_pixelllm(world, tmp_pa
     assert again.config.semantic_checkpoint == str(out)
     w = "image_encoder.semantic_encoder.patch_embed.proj.weight"
     assert torch.equal(again.state_dict()[w], model.state_dict()[w])
+
+
+def test_semantic_pretraining_resumes_exactly(world, tmp_path):
+    """4 steps in one go = 2 steps, a restart from the checkpoint beside the artifact, then 2 more:
+    identical weights and losses (the flips draw from the global RNG, which the checkpoint restores)."""
+    torch.set_num_threads(1)
+    cfg = get_config("semantic_tiny", smoke=True, overrides=dict(
+        steps=4, batch_size=8, ckpt_interval=2, eval_interval=2, model_overrides={"semantic_depth": 2}))
+    full = psem.pretrain_semantic_encoder(cfg, world, tmp_path / "a" / "sem.safetensors", progress=False)
+    out = tmp_path / "b" / "sem.safetensors"
+    psem.semantic_trainer(cfg, world, checkpoint_dir(out, cfg), progress=False).fit(until=2)
+    again = psem.pretrain_semantic_encoder(cfg, world, out, progress=False)
+    assert again["resumed_at"] == 2 and again["steps_done"] == 4
+    a, b = full["vit"].state_dict(), again["vit"].state_dict()
+    assert len(a) > 0 and all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss"] for h in again["history"]] == [h["loss"] for h in full["history"]]
+    assert again["val"] == full["val"] and [v["step"] for v in full["val"]] == [2, 4]
 
 
 def test_missing_scene_file_is_named(tmp_path):

@@ -7,7 +7,7 @@ Presets (all numbers in :data:`PRESETS`):
 
 * ``tiny``  — 128 px synthetic world on 2 CPU cores: our tiny SAM (``build_sam("tiny")``), a 4-layer
   EVA02-style ViT (dim 192, patch 16), extractor depth 2 / 32 tokens, T5 d_model 128 with 2+2 layers
-  (PAPER_NOTES.md §8: fastest and learned no worse), LoRA r 16.
+  (PAPER_NOTES.md §8: fastest and learned no worse; :func:`tiny_t5_config`), LoRA r 16.
 * ``small`` — one consumer GPU: 256 px, SAM ViT-B encoder, EVA02-S (timm), T5-small-sized LM (v1.1 widths).
 * ``paper`` — SAM ViT-H + EVA02-L (timm ``eva02_large_patch14_clip_224`` at 384 px) + a Flan-T5-XL
   config, LoRA r 32 on q, v. Without checkpoints it builds on the **meta** device (shapes only).
@@ -59,7 +59,8 @@ class PixelLLMConfig:
     num_queries: int = 32                      # paper 32 learnable tokens
     # --- language model L ---------------------------------------------------------------------------------
     t5: str | None = None                      # T5ForConditionalGeneration.from_pretrained(dir or name)
-    t5_config: dict[str, Any] = field(default_factory=dict)  # random init: T5Config kwargs (tiny: overrides)
+    t5_config: dict[str, Any] = field(default_factory=dict)  # random init: T5Config kwargs over tiny_t5_config's
+                                                             # (with vocab_size: the complete T5Config)
     vocab_size: int = 300                      # random-init vocab when no tokenizer is given
     lm_mode: str = "lora"                      # "frozen" | "lora" | "full"
     lora_rank: int = 16                        # paper 32
@@ -84,8 +85,18 @@ class PixelLLMConfig:
         return cls(**d)
 
 
+#: How every randomly initialised T5 here is built besides its widths: T5 v1.1 / Flan-T5 conventions
+#: (gated-GELU feed-forward, relative position buckets), no dropout, T5 ids pad 0 (also the decoder start)
+#: and eos 1.
+T5_CONVENTIONS: dict[str, Any] = dict(
+    feed_forward_proj="gated-gelu", dropout_rate=0.0, relative_attention_num_buckets=32,
+    relative_attention_max_distance=128, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
 PRESETS: dict[str, PixelLLMConfig] = {
-    "tiny": PixelLLMConfig(),
+    # the tiny T5: d_model 128, 2 encoder + 2 decoder layers, 4 heads of 32, d_ff 512 (PAPER_NOTES.md §8:
+    # d128 with 2+2 layers learned as well as d192 with 3+3 and was 1.7× faster)
+    "tiny": PixelLLMConfig(
+        t5_config=dict(d_model=128, d_kv=32, d_ff=512, num_layers=2, num_decoder_layers=2, num_heads=4)),
     "small": PixelLLMConfig(
         name="small", image_size=256, sam="vit_b", semantic_timm="eva02_small_patch14_224",
         semantic_embed_dim=384, semantic_depth=12, semantic_num_heads=6, semantic_patch_size=14,
@@ -105,9 +116,19 @@ PRESETS: dict[str, PixelLLMConfig] = {
 }
 
 
-def _build_semantic(cfg: PixelLLMConfig) -> torch.nn.Module:
+def tiny_t5_config(vocab_size: int, **overrides: Any):
+    """The ``T5Config`` of the tiny preset's language model: :data:`T5_CONVENTIONS` + the widths of
+    ``PRESETS["tiny"].t5_config`` + ``vocab_size``; ``overrides`` replace any ``T5Config`` field (e.g.
+    ``d_model=192, num_layers=3``: the other from-scratch presets give their widths this way)."""
+    from transformers import T5Config
+
+    return T5Config(**{**T5_CONVENTIONS, **PRESETS["tiny"].t5_config, "vocab_size": vocab_size, **overrides})
+
+
+def build_semantic_encoder(cfg: PixelLLMConfig) -> torch.nn.Module:
     """The trainable semantic ViT: timm ``create_model(cfg.semantic_timm, img_size=S)`` (EVA02 family, no
-    download) or a small timm ``Eva`` with EVA02's block design (SwiGLU MLP, 2-D RoPE).
+    download) or a small timm ``Eva`` with EVA02's block design (SwiGLU MLP, 2-D RoPE); the weights of
+    ``cfg.semantic_checkpoint`` (safetensors or torch state_dict) when set, else random.
 
     ``global_pool="token"`` puts the final LayerNorm on every token in ``forward_features`` (with "avg"
     timm moves it into an ``fc_norm`` after pooling, which we never run: unused parameters)."""
@@ -165,8 +186,6 @@ def _build_t5(cfg: PixelLLMConfig, t5: Any, tokenizer: Any, meta: bool) -> Any:
     if cfg.name == "paper" or "vocab_size" in kw:
         config = T5Config(**kw)
     else:
-        from ..pretrain.t5 import tiny_t5_config
-
         vocab = len(tokenizer) if tokenizer is not None else cfg.vocab_size
         config = tiny_t5_config(vocab, **kw)
     model = T5ForConditionalGeneration(config)
@@ -214,7 +233,7 @@ def build_pixelllm(name: str | PixelLLMConfig = "tiny", sam_checkpoint: str | Pa
     ctx = torch.device("meta") if meta else contextlib.nullcontext()
     with ctx:
         sam = build_sam(cfg.sam, checkpoint=cfg.sam_checkpoint, image_size=cfg.image_size)
-        semantic = _build_semantic(cfg) if cfg.encoder_mode != "sam_only" else None
+        semantic = build_semantic_encoder(cfg) if cfg.encoder_mode != "sam_only" else None
         image_encoder = ImageEncoder(sam.image_encoder if cfg.encoder_mode != "semantic_only" else None,
                                      semantic, out_size=cfg.out_size, mode=cfg.encoder_mode,
                                      image_size=cfg.image_size)

@@ -14,6 +14,7 @@ it. The trace head always reads the state **after the final norm and before any 
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -135,3 +136,10 @@ class LanguageModel(nn.Module):
                 continue
             out[k.replace(".base_layer.", ".")] = v
         return out
+
+
+def load_t5(local_dir: str | os.PathLike):
+    """(model, tokenizer) from a ``save_pretrained`` folder — the very calls that load Flan-T5."""
+    from transformers import AutoTokenizer
+
+    return T5ForConditionalGeneration.from_pretrained(local_dir), AutoTokenizer.from_pretrained(local_dir)

@@ -54,11 +54,7 @@ def ensure_sam(cfg, progress: bool = True) -> Path:
 
     sc = prerequisite_config("sam_tiny", cfg)
     p = resolve_paths(cfg)
-    found_or_compute(p.sam, lambda: train_tiny_sam(  # TODO(one loop): cfg-first signature
-        p.data, p.sam, steps=sc.steps, batch_size=sc.batch_size, lr=sc.lr, seed=sc.seed, weight_decay=sc.weight_decay,
-        warmup=sc.warmup_steps, clip=sc.grad_clip, prompts_per_image=sc.prompts_per_image, point_prob=sc.point_prob,
-        box_jitter=sc.box_jitter, eval_every=sc.eval_interval, eval_images=sc.eval_images, progress=progress),
-        config=sc)
+    found_or_compute(p.sam, lambda: train_tiny_sam(sc, p.data, p.sam, progress=progress), config=sc)
     return p.sam
 
 
@@ -76,12 +72,7 @@ def ensure_t5(cfg, progress: bool = True, out: Path | None = None, t5_overrides:
 
     def compute():
         train_texts, val_texts = t5_corpus(p.data)
-        pretrain_tiny_t5(train_texts, val_texts, load_tokenizer(p.tokenizer), out, steps=tc.steps,  # TODO
-                         batch_size=tc.batch_size, lr=tc.lr, seed=tc.seed, weight_decay=tc.weight_decay,
-                         warmup=tc.warmup_steps, clip=tc.grad_clip, caption_fraction=tc.caption_fraction,
-                         denoise_fraction=tc.denoise_fraction, max_tokens=tc.max_tokens, n_val=tc.n_val,
-                         eval_every=tc.eval_interval or tc.steps, config_overrides=tc.t5_overrides or None,
-                         progress=progress)
+        pretrain_tiny_t5(tc, train_texts, val_texts, load_tokenizer(p.tokenizer), out, progress=progress)
 
     found_or_compute(out, compute, config=tc)
     return out
@@ -95,11 +86,8 @@ def ensure_semantic(cfg, progress: bool = True) -> Path:
     sc = prerequisite_config("semantic_tiny", cfg)
     sc = apply_overrides(sc, {"preset": cfg.preset, "image_size": getattr(cfg, "image_size", 0) or 0})
     p = resolve_paths(cfg)
-    kw = {"image_size": sc.image_size} if sc.image_size else {}
-    found_or_compute(p.semantic, lambda: pretrain_semantic_encoder(  # TODO(one loop): cfg-first signature
-        p.data, p.semantic, preset=sc.preset, steps=sc.steps, batch_size=sc.batch_size, lr=sc.lr,
-        weight_decay=sc.weight_decay, warmup=sc.warmup_steps, clip=sc.grad_clip, seed=sc.seed,
-        eval_every=sc.eval_interval or sc.steps, progress=progress, **kw), config=sc)
+    found_or_compute(p.semantic, lambda: pretrain_semantic_encoder(sc, p.data, p.semantic, progress=progress),
+                     config=sc)
     return p.semantic
 
 

@@ -9,7 +9,10 @@ split: dense per-patch classification of what covers each patch —
 * the object **colour** (6 + background) and the object **category** (6 shapes + background),
 * soft targets: the fraction of the patch each class covers (instance masks from
   ``coco/instances_train.json``, colours from ``scenes.json``), soft cross-entropy per patch,
-* a 1×1 linear head on the patch tokens (thrown away afterwards), horizontal flips, AdamW + cosine.
+* a 1×1 linear head on the patch tokens (thrown away afterwards), horizontal flips, AdamW + cosine —
+  the repo's one loop (:class:`pixelllm.engine.trainer.Trainer`) on :class:`PatchClassifier`, with the
+  numbers of :func:`pixelllm.configs.prerequisites.get_semantic_config`; the flips draw from the global
+  torch RNG, which the Trainer checkpoints (exact resume).
 
 The output is a plain ``state_dict`` of the ViT in safetensors, loaded by
 ``build_pixelllm(..., semantic_checkpoint=path)`` exactly as a converted EVA02 checkpoint would be.
@@ -20,9 +23,9 @@ Measured (2,000-scene world, 1 core, batch 64): colour accuracy 0.93 after 50 st
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from pixelllm.data.errors import DataFormatError, SkipCounter
 from pixelllm.data.vocab import COLORS, SHAPES
-from pixelllm.utils import atomic_write_bytes, write_json
+from pixelllm.pretrain.common import TimedEval, checkpoint_dir, resume_and_fit, run_records
+from pixelllm.utils import atomic_write_bytes, seed_everything, write_json
 
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)   # class k+1; 0 = background
 SHAPE_NAMES: tuple[str, ...] = SHAPES
@@ -101,10 +104,30 @@ def patch_targets(data_root: str | os.PathLike, split: str, image_size: int, pat
             "shape": soft(shapes, len(SHAPE_NAMES) + 1)}
 
 
+class PatchTargets(torch.utils.data.Dataset):
+    """Map-style view of :func:`patch_targets`: item i = ``{"images": uint8 3×S×S, "colour", "shape"}``;
+    ``torch.utils.data.default_collate`` stacks items into the batch dict."""
+
+    def __init__(self, targets: dict[str, torch.Tensor]):
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.targets["images"])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.targets.items()}
+
+
 class PatchClassifier(torch.nn.Module):
-    """The semantic ViT + a 1×1 head: images B×3×S×S in [0, 1] → (colour logits B×(1+C)×g×g, shape logits).
-    The ViT runs through PixelLLM's own :class:`ImageEncoder` ("semantic_only"), so it sees exactly the
-    normalisation and patch-grid read-out it will see inside PixelLLM."""
+    """The semantic ViT + a 1×1 head: images B×3×S×S in [0, 1] → (colour logits B×(1+C)×g×g, shape logits)
+    (:meth:`logits`). The ViT runs through PixelLLM's own :class:`ImageEncoder` ("semantic_only"), so it sees
+    exactly the normalisation and patch-grid read-out it will see inside PixelLLM.
+
+    A task for the Trainer (``computes_own_loss``): ``forward(batch)`` with ``batch = {"images": uint8,
+    "colour", "shape"}`` returns :func:`patch_loss`'s dict; in training mode the whole batch is flipped
+    horizontally (targets too) with probability 1/2, drawn from the global torch RNG."""
+
+    computes_own_loss = True
 
     def __init__(self, vit: torch.nn.Module):
         from pixelllm.modeling.image_encoder import ImageEncoder
@@ -117,95 +140,99 @@ class PatchClassifier(torch.nn.Module):
     def vit(self) -> torch.nn.Module:
         return self.encoder.semantic_encoder
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.head(self.encoder.semantic_features(images))                          # B×(C+K+2)×g×g
         return out[:, : len(COLOR_NAMES) + 1], out[:, len(COLOR_NAMES) + 1:]
 
+    def forward(self, batch: dict[str, torch.Tensor], features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        x, yc, ys = batch["images"], batch["colour"], batch["shape"]
+        if self.training and torch.rand(1).item() < 0.5:                  # horizontal flip (targets too)
+            x, yc, ys = x.flip(-1), yc.flip(-1), ys.flip(-1)
+        return patch_loss(self, x, yc, ys)
+
 
 def patch_loss(model: PatchClassifier, images: torch.Tensor, colour: torch.Tensor, shape: torch.Tensor
-               ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Soft CE (colour + shape, mean over patches) and the foreground-patch accuracies."""
-    pc, ps = model(images.float() / 255)
+               ) -> dict[str, torch.Tensor]:
+    """``{"loss": soft CE (colour + shape, mean over patches), "colour_acc", "shape_acc"}``: the accuracies
+    over the foreground patches (background fraction < 0.5; 0 when the batch has none)."""
+    pc, ps = model.logits(images.float() / 255)
+    pc, ps = pc.float(), ps.float()
     loss = -(colour * pc.log_softmax(1)).sum(1).mean() - (shape * ps.log_softmax(1)).sum(1).mean()
     fg = colour[:, 0] < 0.5                                                              # patches mostly object
     with torch.no_grad():
-        acc_c = (pc.argmax(1) == colour.argmax(1))[fg].float().mean().item() if fg.any() else float("nan")
-        acc_s = (ps.argmax(1) == shape.argmax(1))[fg].float().mean().item() if fg.any() else float("nan")
-    return loss, {"loss": loss.item(), "colour_acc": acc_c, "shape_acc": acc_s}
+        n_fg = fg.sum().clamp(min=1)
+        acc_c = (pc.argmax(1) == colour.argmax(1))[fg].sum() / n_fg
+        acc_s = (ps.argmax(1) == shape.argmax(1))[fg].sum() / n_fg
+    return {"loss": loss, "colour_acc": acc_c, "shape_acc": acc_s}
 
 
-def pretrain_semantic_encoder(data_root: str | os.PathLike, out_path: str | os.PathLike | None = None,
-                              preset: str = "tiny", steps: int = 800, batch_size: int = 32, lr: float = 1e-3,
-                              weight_decay: float = 0.05, warmup: int = 30, clip: float = 1.0, seed: int = 0,
-                              eval_every: int = 100, time_limit_s: float | None = None, progress: bool = True,
-                              **overrides: Any) -> dict[str, Any]:
-    """Train ``build_pixelllm(preset)``'s semantic ViT (random init) on per-patch colour/category targets
-    of ``<data_root>``'s train split; save its ``state_dict`` (safetensors, atomic) to ``out_path`` and
-    ``<stem>.json`` beside it (config, history, val accuracies).
+def semantic_trainer(cfg, data_root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                     progress: bool = True):
+    """The Trainer of the semantic-encoder pretraining: ``build_semantic_encoder`` of
+    ``build_pixelllm(cfg.preset, **cfg.model_overrides)``'s config (``cfg.image_size`` > 0 replaces the
+    preset's; random init seeded by ``cfg.seed``) + a 1×1 head (:class:`PatchClassifier`) on the per-patch
+    targets of ``<data_root>``'s train split (the first ``cfg.max_samples`` images when > 0). Its eval hook (a
+    :class:`~pixelllm.pretrain.common.TimedEval`) scores the val split when there is one. Checkpoints go to
+    ``out_dir`` (None: none)."""
+    from torch.utils.data import default_collate
 
-    ``time_limit_s`` stops early (evaluation time not counted). Returns ``{"vit", "history",
-    "val": [{"step", "loss", "colour_acc", "shape_acc"}], "steps_done", "seconds"}``.
+    from pixelllm.engine.trainer import Trainer
+    from pixelllm.modeling.build import PRESETS, build_semantic_encoder
+
+    arch = dataclasses.replace(PRESETS[cfg.preset], **_model_overrides(cfg), semantic_checkpoint=None)
+    seed_everything(cfg.seed)
+    model = PatchClassifier(build_semantic_encoder(arch))
+    patch = arch.image_size // (arch.image_size // arch.semantic_patch_size)    # the ViT's grid
+    train = patch_targets(data_root, "train", arch.image_size, patch)
+    if cfg.max_samples:
+        train = {k: v[: cfg.max_samples] for k, v in train.items()}
+    has_val = (Path(data_root) / "coco" / "instances_val.json").is_file()
+    val = patch_targets(data_root, "val", arch.image_size, patch) if has_val else None
+
+    def evaluate(m: PatchClassifier, step: int) -> dict[str, float]:
+        dev = next(m.parameters()).device
+        parts = [patch_loss(m, *(val[k][i: i + 256].to(dev) for k in ("images", "colour", "shape")))
+                 for i in range(0, len(val["images"]), 256)]
+        return {k: float(np.mean([float(p[k]) for p in parts])) for k in parts[0]}
+
+    hook = TimedEval(evaluate) if val is not None else None
+    return Trainer(model, cfg, PatchTargets(train), default_collate, out_dir=out_dir, eval_fn=hook, progress=progress)
+
+
+def _model_overrides(cfg) -> dict[str, Any]:
+    """``PixelLLMConfig`` overrides of a :class:`~pixelllm.configs.prerequisites.SemanticPretrainConfig`."""
+    return {**cfg.model_overrides, **({"image_size": cfg.image_size} if cfg.image_size else {})}
+
+
+def pretrain_semantic_encoder(cfg, data_root: str | os.PathLike, out_path: str | os.PathLike | None = None,
+                              progress: bool = True) -> dict[str, Any]:
+    """Train the semantic ViT (random init) on per-patch colour/category targets with the config ``cfg``
+    (:class:`~pixelllm.configs.prerequisites.SemanticPretrainConfig`, ``get_config("semantic_tiny")``)
+    through the Trainer (:func:`semantic_trainer`): ``cfg.steps`` AdamW steps, warm-up + cosine, gradient
+    clipping; checkpoints in ``<out_path folder>/<stem>_checkpoints`` (or ``cfg.out_dir``), resumed exactly
+    when the run was interrupted.
+
+    Saves the ViT's ``state_dict`` (safetensors, atomic) to ``out_path`` and ``<stem>.json`` beside it
+    (preset, overrides, config, history, val accuracies). Returns ``{"vit", "history": [{"step", "loss",
+    "colour_acc", "shape_acc", "lr", "grad_norm"}], "val": [{"step", "loss", "colour_acc", "shape_acc"}]
+    (every ``cfg.eval_interval`` steps and at the end), "steps_done", "seconds" (training, evaluation
+    excluded; of this call when it resumed), "stopped_early", "resumed_at": the step it resumed from | None}``.
     """
-    import dataclasses
-
     from safetensors.torch import save
-    from pixelllm.modeling.build import PRESETS, _build_semantic
-    from pixelllm.pretrain.t5 import _cosine_with_warmup
 
-    cfg = dataclasses.replace(PRESETS[preset], **overrides)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = PatchClassifier(_build_semantic(dataclasses.replace(cfg, semantic_checkpoint=None)))
-    grid = cfg.image_size // cfg.semantic_patch_size
-    train = patch_targets(data_root, "train", cfg.image_size, cfg.image_size // grid)
-    val = patch_targets(data_root, "val", cfg.image_size, cfg.image_size // grid) \
-        if (Path(data_root) / "coco" / "instances_val.json").is_file() else None
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_with_warmup(s, steps, warmup))
-
-    def evaluate() -> dict[str, float]:
-        model.eval()
-        with torch.no_grad():
-            parts = [patch_loss(model, *(val[k][i: i + 256] for k in ("images", "colour", "shape")))[1]
-                     for i in range(0, len(val["images"]), 256)]
-        model.train()
-        return {k: float(np.nanmean([p[k] for p in parts])) for k in parts[0]}
-
-    history, val_hist = [], []
-    t0, t_eval, step = time.time(), 0.0, -1
-    bar = tqdm(range(steps), desc="semantic encoder", disable=not progress)
-    model.train()
-    for step in bar:
-        idx = torch.randint(0, len(train["images"]), (batch_size,), generator=gen)
-        x, yc, ys = (train[k][idx] for k in ("images", "colour", "shape"))
-        if torch.rand(1, generator=gen).item() < 0.5:                     # horizontal flip (targets too)
-            x, yc, ys = x.flip(-1), yc.flip(-1), ys.flip(-1)
-        loss, rec = patch_loss(model, x, yc, ys)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        sched.step()
-        history.append({"step": step, **{k: round(v, 5) for k, v in rec.items()}})
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{rec['loss']:.3f}")
-        if val is not None and eval_every and (step + 1) % eval_every == 0:
-            te = time.time()
-            val_hist.append({"step": step + 1, **evaluate()})
-            t_eval += time.time() - te
-        if time_limit_s is not None and time.time() - t0 - t_eval > time_limit_s:
-            break
-    bar.close()
-    steps_done = step + 1
-    if val is not None and (not val_hist or val_hist[-1]["step"] != steps_done):
-        val_hist.append({"step": steps_done, **evaluate()})
-    result = {"history": history, "val": val_hist, "steps_done": steps_done, "seconds": time.time() - t0 - t_eval}
-    model.eval()
+    out_dir = checkpoint_dir(out_path, cfg) if out_path is not None else None
+    trainer = semantic_trainer(cfg, data_root, out_dir, progress)
+    run = resume_and_fit(trainer)
+    model = trainer.model.eval()
+    history, val_hist = run_records(trainer)
+    result = {"history": history, "val": val_hist, "steps_done": trainer.step, "seconds": run["seconds"],
+              "stopped_early": trainer.stopped_early, "resumed_at": run["resumed_at"]}
     if out_path is not None:
-        state = {k: v.detach().contiguous() for k, v in model.vit.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in model.vit.state_dict().items()}
         atomic_write_bytes(out_path, save(state))
         write_json(Path(out_path).with_suffix(".json"), {
-            "preset": preset, "overrides": overrides, "format": "semantic ViT state_dict (safetensors)",
+            "preset": cfg.preset, "overrides": _model_overrides(cfg), "format": "semantic ViT state_dict (safetensors)",
             "objective": "per-patch soft CE: colour (6 + background) + category (6 + background)",
-            "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}, **result})
+            "train": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed},
+            "config": cfg.to_dict(), "checkpoints": str(out_dir), **result})
     return {"vit": model.vit, **result}

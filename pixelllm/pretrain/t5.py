@@ -14,7 +14,7 @@ every sentinel followed by the tokens it replaced, then EOS::
     input : the red circle <extra_id_0> of the blue <extra_id_1> .</s>
     target: <extra_id_0> is left <extra_id_1> square <extra_id_2></s>
 
-Two more example kinds are mixed in (``pretrain_tiny_t5`` defaults: 25 % / 50 %):
+Two more example kinds are mixed in (``get_config("t5_tiny")``: 25 % / 50 %):
 
 * caption-style (T5's prefix-LM objective): input = ``"A long image caption: "`` + the first k tokens of a
   text, target = the rest, so the decoder also learns to *write* the world's sentences;
@@ -24,44 +24,36 @@ Two more example kinds are mixed in (``pretrain_tiny_t5`` defaults: 25 % / 50 %)
   learned to read PixelLLM's visual tokens — caption CE with shuffled images = CE with the right ones, and
   even ground-truth colour *words* fed as its input were not picked up (colour-word CE 1.80, chance 1.79,
   after 150 LoRA steps; 1.07 with reconstruction examples in the pretraining).
+
+Training is the repo's one loop (:class:`pixelllm.engine.trainer.Trainer`) on :class:`T5PretrainTask`,
+with the numbers of :func:`pixelllm.configs.prerequisites.get_t5_config`. The noise of each step is drawn
+from a generator seeded by the global torch RNG, which the Trainer checkpoints: a resumed run is exact.
+The model's widths are the tiny preset's (:func:`pixelllm.modeling.build.tiny_t5_config`).
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import T5ForConditionalGeneration
 
-from pixelllm.utils import write_json
+from pixelllm.modeling.build import tiny_t5_config
+from pixelllm.modeling.language_model import load_t5
+from pixelllm.pretrain.common import TimedEval, checkpoint_dir, resume_and_fit, run_records
+from pixelllm.utils import seed_everything, write_json
+
+__all__ = ["tiny_t5_config", "load_t5", "random_spans_noise_mask", "span_corrupt", "SpanCorruptionExamples",
+           "TokenizedTexts", "collate_token_ids", "T5PretrainTask", "t5_corpus", "evaluate_span_corruption",
+           "span_corruption_examples", "save_t5", "t5_trainer", "pretrain_tiny_t5"]
 
 CAPTION_PROMPT = "A long image caption: "
 DENOISE_PROMPT = "Fill in: "
 NUM_SENTINELS = 100  # <extra_id_0> .. <extra_id_99>, as in T5's vocabulary
 IGNORE_INDEX = -100  # label value transformers' T5 loss ignores
-
-
-def tiny_t5_config(vocab_size: int, **overrides: Any) -> T5Config:
-    """The tiny T5 of this repo: d_model 128, 2 encoder + 2 decoder layers, 4 heads of 32, d_ff 512,
-    gated-GELU feed-forward like Flan-T5 (T5 v1.1). PAPER_NOTES.md §8: d128 with 2+2 layers learned as well as
-    d192 with 3+3 and was 1.7× faster. T5 ids: pad 0 (also the decoder start), eos 1.
-
-    ``overrides`` replace any ``T5Config`` field (e.g. ``d_model=192, num_layers=3``).
-    """
-    kw: dict[str, Any] = dict(
-        vocab_size=vocab_size, d_model=128, d_kv=32, d_ff=512, num_layers=2, num_decoder_layers=2,
-        num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0,
-        relative_attention_num_buckets=32, relative_attention_max_distance=128,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )
-    kw.update(overrides)
-    return T5Config(**kw)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,6 +195,44 @@ class SpanCorruptionExamples:
 # Pretraining
 # --------------------------------------------------------------------------------------------------
 
+class TokenizedTexts(torch.utils.data.Dataset):
+    """Map-style dataset of token-id lists (texts of ≥ 2 tokens; EOS is added per example)."""
+
+    def __init__(self, texts: Sequence[str], tokenizer):
+        ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        self.ids = [list(x) for x in ids if len(x) >= 2]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> list[int]:
+        return self.ids[i]
+
+
+def collate_token_ids(items: list[list[int]]) -> dict[str, list[list[int]]]:
+    """``{"token_ids": [ids, ...]}``: the noise is drawn in the step (:class:`T5PretrainTask`)."""
+    return {"token_ids": list(items)}
+
+
+class T5PretrainTask(torch.nn.Module):
+    """A ``T5ForConditionalGeneration`` trained on :class:`SpanCorruptionExamples`, as a task for the Trainer
+    (``computes_own_loss``): ``forward(batch)`` turns ``batch["token_ids"]`` into (input, target) pairs with
+    a ``numpy`` generator seeded from the global torch RNG (fresh noise every step, checkpointed with the
+    run), pads them and returns ``{"loss"}``, transformers' mean CE per target token."""
+
+    computes_own_loss = True
+
+    def __init__(self, t5: T5ForConditionalGeneration, examples: SpanCorruptionExamples):
+        super().__init__()
+        self.t5 = t5
+        self.examples = examples
+
+    def forward(self, batch: dict[str, Any], features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
+        pairs = [self.examples.example(ids, rng) for ids in batch["token_ids"]]
+        tensors = {k: v.to(self.t5.device) for k, v in self.examples.collate(pairs).items()}
+        return {"loss": self.t5(**tensors).loss}
+
 def t5_corpus(data_root: str | os.PathLike) -> tuple[list[str], list[str]]:
     """(train texts, validation texts) for pretraining, from ``pixelllm.data.tokenizer.corpus_texts``.
 
@@ -248,8 +278,8 @@ def evaluate_span_corruption(model: T5ForConditionalGeneration, tokenizer, texts
     model.eval()
     total_loss, total_correct, total_tokens = 0.0, 0, 0
     for i in range(0, len(pairs), batch_size):
-        batch = ex.collate(pairs[i: i + batch_size])
-        logits = model(**batch).logits  # B×Lout×V
+        batch = {k: v.to(model.device) for k, v in ex.collate(pairs[i: i + batch_size]).items()}
+        logits = model(**batch).logits.float()  # B×Lout×V
         labels = batch["labels"]
         valid = labels != IGNORE_INDEX
         loss = torch.nn.functional.cross_entropy(logits[valid], labels[valid], reduction="sum")
@@ -276,7 +306,8 @@ def span_corruption_examples(model: T5ForConditionalGeneration, tokenizer, texts
         if pair is None:
             continue
         inp, tgt = pair
-        gen = model.generate(input_ids=torch.tensor([inp]), attention_mask=torch.ones(1, len(inp), dtype=torch.bool),
+        gen = model.generate(input_ids=torch.tensor([inp], device=model.device),
+                             attention_mask=torch.ones(1, len(inp), dtype=torch.bool, device=model.device),
                              max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
         dec = lambda t: tokenizer.decode(t, skip_special_tokens=False).replace("<pad>", "").strip()  # noqa: E731
         out.append({"input": dec(inp), "target": dec(tgt), "prediction": dec(gen[0].tolist())})
@@ -284,14 +315,6 @@ def span_corruption_examples(model: T5ForConditionalGeneration, tokenizer, texts
             break
     model.train(was_training)
     return out
-
-
-def _cosine_with_warmup(step: int, total: int, warmup: int) -> float:
-    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def save_t5(model: T5ForConditionalGeneration, tokenizer, out_dir: str | os.PathLike,
@@ -311,74 +334,61 @@ def save_t5(model: T5ForConditionalGeneration, tokenizer, out_dir: str | os.Path
     return out
 
 
-def pretrain_tiny_t5(train_texts: Sequence[str], val_texts: Sequence[str], tokenizer,
-                     out_dir: str | os.PathLike | None = None, steps: int = 3000, batch_size: int = 32,
-                     lr: float = 1e-3, weight_decay: float = 0.01, warmup: int = 100, clip: float = 1.0,
-                     seed: int = 0, caption_fraction: float = 0.25, denoise_fraction: float = 0.5,
-                     max_tokens: int = 64,
-                     eval_every: int = 500, n_val: int = 512, config_overrides: dict | None = None,
-                     time_limit_s: float | None = None, progress: bool = True) -> dict[str, Any]:
-    """Pretrain :func:`tiny_t5_config` from scratch with span corruption (+ ``caption_fraction`` prefix-LM
-    and ``denoise_fraction`` reconstruction examples) and save it with the tokenizer to ``out_dir`` (``save_pretrained``) when given.
+def t5_trainer(cfg, train_texts: Sequence[str], tokenizer, val_texts: Sequence[str] = (),
+               out_dir: str | os.PathLike | None = None, progress: bool = True):
+    """The Trainer of the tiny-T5 pretraining: ``tiny_t5_config(len(tokenizer), **cfg.t5_overrides)``
+    seeded by ``cfg.seed``, wrapped in :class:`T5PretrainTask` (the mixture of ``cfg.caption_fraction`` /
+    ``cfg.denoise_fraction``, texts cut to ``cfg.max_tokens``) on ``train_texts`` (the first
+    ``cfg.max_samples`` when > 0). Its eval hook (a :class:`~pixelllm.pretrain.common.TimedEval`) scores
+    span corruption on the first ``cfg.n_val`` of ``val_texts`` (none: no hook). Checkpoints go to
+    ``out_dir`` (None: none)."""
+    from pixelllm.engine.trainer import Trainer
 
-    AdamW, linear warm-up + cosine decay, gradient clipping (PAPER_NOTES.md §8: lr 1e-3, clip 1.0 was stable).
-    ``time_limit_s`` stops early (the schedule still assumes ``steps``). Returns
-    ``{"model", "history": [{"step", "loss"}], "val": [{"step", "loss", "token_accuracy"}],
-    "final_val": {...}, "steps_done", "seconds"}``.
-    """
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    cfg = tiny_t5_config(len(tokenizer), **(config_overrides or {}))
-    model = T5ForConditionalGeneration(cfg)
-    model.train()
-    ex = SpanCorruptionExamples(tokenizer, max_tokens=max_tokens, caption_fraction=caption_fraction,
-                                denoise_fraction=denoise_fraction)
-    train_ids = [ids for ids in ex.tokenize(train_texts) if len(ids) >= 2]
-    if not train_ids:
+    seed_everything(cfg.seed)
+    t5 = T5ForConditionalGeneration(tiny_t5_config(len(tokenizer), **cfg.t5_overrides))
+    ex = SpanCorruptionExamples(tokenizer, max_tokens=cfg.max_tokens, caption_fraction=cfg.caption_fraction,
+                                denoise_fraction=cfg.denoise_fraction)
+    train = TokenizedTexts(list(train_texts)[: cfg.max_samples or None], tokenizer)
+    if len(train) == 0:
         raise ValueError("pretrain_tiny_t5: no training text has ≥ 2 tokens")
-    val_texts = list(val_texts)[:n_val]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_with_warmup(s, steps, warmup))
-    history, val_hist = [], []
-    t0 = time.time()
-    step = 0
-    bar = tqdm(range(steps), desc="tiny T5 span corruption", disable=not progress)
-    for step in bar:
-        pairs = [ex.example(train_ids[i], rng) for i in rng.integers(0, len(train_ids), size=batch_size)]
-        loss = model(**ex.collate(pairs)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        sched.step()
-        history.append({"step": step, "loss": loss.item()})
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if val_texts and eval_every and (step + 1) % eval_every == 0:
-            val_hist.append({"step": step + 1, **evaluate_span_corruption(model, tokenizer, val_texts, seed=seed,
-                                                                             max_tokens=max_tokens)})
-        if time_limit_s is not None and time.time() - t0 > time_limit_s:
-            break
-    bar.close()
-    steps_done = step + 1
-    final = {}
-    if val_texts:
-        final = evaluate_span_corruption(model, tokenizer, val_texts, seed=seed, max_tokens=max_tokens)
-    if final and (not val_hist or val_hist[-1]["step"] != steps_done):
-        val_hist.append({"step": steps_done, **final})
-    result = {"history": history, "val": val_hist, "final_val": final, "steps_done": steps_done,
-              "seconds": time.time() - t0}
+    val = list(val_texts)[: cfg.n_val]
+
+    def evaluate(model: T5PretrainTask, step: int) -> dict[str, float]:
+        return evaluate_span_corruption(model.t5, tokenizer, val, seed=cfg.seed, max_tokens=cfg.max_tokens)
+
+    hook = TimedEval(evaluate) if val else None
+    return Trainer(T5PretrainTask(t5, ex), cfg, train, collate_token_ids, out_dir=out_dir, eval_fn=hook,
+                   progress=progress)
+
+
+def pretrain_tiny_t5(cfg, train_texts: Sequence[str], val_texts: Sequence[str], tokenizer,
+                     out_dir: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
+    """Pretrain the tiny T5 from scratch with the config ``cfg``
+    (:class:`~pixelllm.configs.prerequisites.T5PretrainConfig`, ``get_config("t5_tiny")``): span corruption +
+    ``cfg.caption_fraction`` prefix-LM + ``cfg.denoise_fraction`` reconstruction examples, through the
+    Trainer (:func:`t5_trainer`): ``cfg.steps`` AdamW steps, warm-up + cosine, gradient clipping
+    (PAPER_NOTES.md §8: lr 1e-3, clip 1.0 was stable); checkpoints in ``<out_dir>_checkpoints`` beside the
+    folder (or ``cfg.out_dir``), resumed exactly when the run was interrupted.
+
+    Saves model + tokenizer into ``out_dir`` (``save_pretrained``, atomic) with ``pretrain.json`` (history,
+    validation, T5 config, objective, training config). Returns ``{"model", "history": [{"step", "loss",
+    "lr", "grad_norm"}], "val": [{"step", "loss", "token_accuracy", ...}] (every ``cfg.eval_interval`` steps
+    and at the end), "final_val", "steps_done", "seconds" (training, evaluation excluded; of this call when
+    it resumed), "stopped_early", "resumed_at": the step it resumed from | None}``.
+    """
+    ckpt_dir = checkpoint_dir(out_dir, cfg) if out_dir is not None else None
+    trainer = t5_trainer(cfg, train_texts, tokenizer, val_texts, ckpt_dir, progress)
+    run = resume_and_fit(trainer)
+    model = trainer.model.t5.eval()
+    history, val_hist = run_records(trainer)
+    hook = trainer.eval_fn
+    final = {k: v for k, v in hook.results[-1].items() if k != "step"} if hook is not None and hook.results else {}
+    result = {"history": history, "val": val_hist, "final_val": final, "steps_done": trainer.step,
+              "seconds": run["seconds"], "stopped_early": trainer.stopped_early, "resumed_at": run["resumed_at"]}
     if out_dir is not None:
-        save_t5(model, tokenizer, out_dir, extra={**result, "config": cfg.to_dict(),
+        save_t5(model, tokenizer, out_dir, extra={**result, "config": model.config.to_dict(),
                                                  "objective": {"noise_density": 0.15, "mean_noise_span_length": 3,
-                                                               "caption_fraction": caption_fraction,
-                                                               "denoise_fraction": denoise_fraction}})
-    model.eval()
+                                                               "caption_fraction": cfg.caption_fraction,
+                                                               "denoise_fraction": cfg.denoise_fraction},
+                                                 "train": cfg.to_dict(), "checkpoints": str(ckpt_dir)})
     return {"model": model, **result}
-
-
-def load_t5(local_dir: str | os.PathLike):
-    """(model, tokenizer) from a ``save_pretrained`` folder — the very calls that load Flan-T5."""
-    from transformers import AutoTokenizer
-
-    return T5ForConditionalGeneration.from_pretrained(local_dir), AutoTokenizer.from_pretrained(local_dir)

@@ -1,7 +1,8 @@
 """Referring localization / segmentation (pixelllm.tasks.referring) on a tiny generated world with tiny
 random models: EOS read-out parity with PixelLLM.forward and generation, P@0.5 on hand-made predictions
-(original-image frame, IoU strictly > 0.5), fine-tuning lowers the loss and round-trips through its
-checkpoint, bad input, and the segmentation pipeline's shapes, gradients and metrics."""
+(original-image frame, IoU strictly > 0.5), fine-tuning lowers the loss, round-trips through its
+checkpoint and resumes exactly, bad input, and the segmentation pipeline's loss, gradients, metrics,
+exact resume and reload."""
 from __future__ import annotations
 
 import math
@@ -11,9 +12,11 @@ import pytest
 import torch
 
 from pixelllm.configs.base import apply_overrides
-from pixelllm.configs.refcoco import get_config, get_refseg_config
+from pixelllm.configs.refcoco import RefSegConfig, get_config, get_refseg_config
 from pixelllm.data.datasets import collate
 from pixelllm.tasks import referring as R
+from pixelllm.tasks.referring import localization as L
+from pixelllm.tasks.referring import segmentation as S
 from conftest import small_model_overrides
 
 torch.set_num_threads(1)
@@ -34,9 +37,17 @@ def world(tmp_path_factory):
 
 def _cfg(root, **kw):
     base = {"run_dir": str(root), "data_dir": str(root / "data"), "tokenizer_dir": str(root / "tokenizer"),
-            "init_from": "", "model_overrides": small_model_overrides(head_parametrization="center_size"), "steps": 12, "batch_size": 4, "max_samples": 8,
-            "lr": 3e-3, "warmup_steps": 1, "log_interval": 1, "ckpt_interval": 100}
+            "init_from": "", "model_overrides": small_model_overrides(head_parametrization="center_size"),
+            "steps": 12, "batch_size": 4, "max_samples": 8, "lr": 3e-3, "warmup_steps": 1, "log_interval": 1,
+            "ckpt_interval": 100, "eval_samples": 4, "out_dir": str(root / "checkpoints" / "refcoco")}
     return apply_overrides(get_config(smoke=True), {**base, **kw})
+
+
+def _seg_cfg(root, init_from, **kw):
+    base = {"run_dir": str(root), "data_dir": str(root / "data"), "tokenizer_dir": str(root / "tokenizer"),
+            "init_from": str(init_from), **ADAPTER, "steps": 2, "batch_size": 2, "max_samples": 4, "eval_samples": 4,
+            "out_dir": str(root / "checkpoints" / "refseg")}
+    return apply_overrides(get_refseg_config(smoke=True), {**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +137,7 @@ def test_precision_on_hand_made_predictions(world, monkeypatch):
                 out.append([x + w / 5, y, x + w + w / 5, y + h])
         return torch.tensor(out)
 
-    monkeypatch.setattr(R, "predict_boxes", fake)
+    monkeypatch.setattr(L, "predict_boxes", fake)
 
     class Stub(torch.nn.Module):
         device = torch.device("cpu")
@@ -148,22 +159,49 @@ def test_precision_on_hand_made_predictions(world, monkeypatch):
 # ------------------------------------------------------------------------------------------ training
 @pytest.fixture(scope="module")
 def finetuned(world, model):
-    root, tok = world
     import copy
 
-    return R.finetune_referring(_cfg(root), model=copy.deepcopy(model), tokenizer=tok, progress=False)
+    root, tok = world
+    tr = R.referring_trainer(_cfg(root), copy.deepcopy(model), tok, progress=False)
+    tr.fit()
+    return tr
 
 
 def test_finetuning_reduces_the_loss_and_round_trips(world, finetuned, sets):
+    from pixelllm.engine.builder import load_stage_model
+
+    _, tok = world
     hist = [h["loss"] for h in finetuned.history]
     assert len(hist) == 12 and all(math.isfinite(v) for v in hist)
     assert np.mean(hist[-3:]) < 0.95 * np.mean(hist[:3])
     assert "point_l1" in finetuned.history[-1] and "giou" in finetuned.history[-1]
     assert (finetuned.out_dir / "final.json").is_file()
-    loaded, _ = R.load_referring(finetuned.out_dir)
+    loaded, cfg = load_stage_model(finetuned.out_dir, tok)
+    assert cfg.stage == "refcoco" and cfg.eval_samples == 4
     b = _batch(sets["val"], 2)
     with torch.no_grad():
         assert torch.allclose(R.predict_boxes(loaded, b), R.predict_boxes(finetuned.model.eval(), b), atol=1e-5)
+
+
+def _trainable(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def test_finetuning_resume_is_exact(world, model, tmp_path):
+    """4 steps in one go == 2 steps, then a new trainer (fresh model) resumed from the checkpoint for 2 more."""
+    import copy
+
+    root, tok = world
+    kw = dict(steps=4, ckpt_interval=2, eval_samples=0)
+    full = R.referring_trainer(_cfg(root, out_dir=str(tmp_path / "a"), **kw), copy.deepcopy(model), tok, progress=False)
+    full.fit()
+    first = R.referring_trainer(_cfg(root, out_dir=str(tmp_path / "b"), **kw), copy.deepcopy(model), tok, progress=False)
+    first.fit(until=2)
+    again = R.referring_trainer(_cfg(root, out_dir=str(tmp_path / "b"), **kw), copy.deepcopy(model), tok, progress=False)
+    assert again.resume() and again.step == 2
+    again.fit()
+    a, b = _trainable(full.model), _trainable(again.model)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -223,16 +261,24 @@ def segmenter(model):
 
 
 def test_refseg_shapes_loss_and_gradients(segmenter, sets):
+    from pixelllm.engine.trainer import computes_own_loss, frozen_feature_fn
+
     b = _batch(sets["train"], 2)
+    assert computes_own_loss(segmenter) and frozen_feature_fn(segmenter) is not None
     segmenter.train()
     assert not segmenter.model.training
-    out = segmenter(b["images"], b["boxes"], b["prompt_ids"], b["prompt_mask"], b["target_ids"], b["target_mask"],
-                    b["image_sizes"])
-    assert out["logits"].shape == (2, 3, 32, 32) and out["points"].shape == (2, 3)
-    box = out["boxes"]
+    masks, ious, box = segmenter.predict_all(b)
+    assert masks.shape == (2, 3, 32, 32) and ious.shape == (2, 3)
     assert (box[:, :2] >= 0).all() and (box[:, 2:] <= 128).all() and (box[:, 2:] >= box[:, :2]).all()
-    loss = R.refseg_loss(out["logits"], out["points"], b)
+    loss = segmenter(b)
     assert set(loss) == {"loss", "focal", "dice", "iou"} and torch.isfinite(loss["loss"])
+    # cached frozen SAM features give the same loss
+    cached = segmenter(b, features=segmenter.frozen_image_features(b["images"], b["image_sizes"]))
+    assert torch.allclose(cached["loss"], loss["loss"], atol=1e-6)
+    pred = segmenter.predict(b)
+    assert pred["masks"].shape == (2, 1, 32, 32) and torch.equal(pred["boxes"], box)
+    with pytest.raises(KeyError, match="no 'masks'"):
+        segmenter({k: v for k, v in b.items() if k != "masks"})
     loss["loss"].backward()
     trainable = {n for n, p in segmenter.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("mask_head.adapter.") for n in trainable)
@@ -267,66 +313,80 @@ def test_refseg_metrics_plumbing_perfect_masks(segmenter, sets, monkeypatch):
             ms.append(torch.from_numpy(decode_segmentation(r["segmentation"], r["height"], r["width"]) > 0))
         return None, ms, None
 
-    monkeypatch.setattr(R, "segment_batch", perfect)
+    monkeypatch.setattr(S, "segment_batch", perfect)
     res = R.evaluate_refseg(segmenter, splits, batch_size=4, progress=False)
     for s in ("val", "testB", "all"):
         assert res[s]["cIoU"] == pytest.approx(1.0) and res[s]["gIoU"] == pytest.approx(1.0)
         assert res[s]["mask_box_P@0.5"] == pytest.approx(1.0)
     assert res["all"]["n"] == len(splits["val"]) + len(splits["testB"])
 
-    monkeypatch.setattr(R, "segment_batch", lambda seg, batch, **kw: (None, [
+    monkeypatch.setattr(S, "segment_batch", lambda seg, batch, **kw: (None, [
         torch.zeros(int(h), int(w), dtype=torch.bool) for h, w in batch["orig_sizes"]], None))
     res0 = R.evaluate_refseg(segmenter, splits, batch_size=4, progress=False)
     assert res0["all"]["cIoU"] == 0.0 and res0["all"]["gIoU"] == 0.0 and res0["all"]["mask_box_P@0.5"] == 0.0
 
 
-def test_refseg_real_run_and_adapter_training_round_trip(world, finetuned, sets):
+def test_refseg_training_and_reload(world, finetuned, sets):
+    """The refseg config's segmenter: the referring model rebuilt from init_from, trained by the plain
+    Trainer (own loss, cached SAM features), reloaded from its checkpoint with the same masks."""
+    from pixelllm.engine.builder import checkpoint_config
+
     root, tok = world
-    cfg = apply_overrides(get_refseg_config(smoke=True), {
-        "run_dir": str(root), "data_dir": str(root / "data"), "tokenizer_dir": str(root / "tokenizer"),
-        "init_from": str(finetuned.out_dir), "model_overrides": ADAPTER, "steps": 2, "batch_size": 2, "max_samples": 4})
-    ref_model, _ = R.load_referring(finetuned.out_dir)
-    tr = R.train_mask_adapter(cfg, model=ref_model, tokenizer=tok, progress=False, eval_samples=4)
+    cfg = _seg_cfg(root, finetuned.out_dir)
+    tr = R.refseg_trainer(cfg, R.build_refseg_model(cfg, tok), tok, progress=False)
+    assert tr.own_loss and tr.cache is not None
+    tr.fit()
     assert len(tr.history) == 2 and all(math.isfinite(h["loss"]) for h in tr.history)
-    seg, _ = R.load_refseg(tr.out_dir)
+    assert {"focal", "dice", "iou"} <= set(tr.history[-1])
+    assert isinstance(checkpoint_config(tr.out_dir)[0], RefSegConfig)
+    seg, stored = R.load_refseg(tr.out_dir, tok)
+    assert stored.adapter_depth == ADAPTER["adapter_depth"]
     res = R.evaluate_refseg(seg, {"val": sets["val"]}, max_per_split=3, progress=False)
     assert res["val"]["n"] == 3 and 0.0 <= res["val"]["cIoU"] <= 1.0 and 0.0 <= res["val"]["gIoU"] <= 1.0
     b = _batch(sets["val"], 2)
     _, m1, _ = R.segment_batch(seg, b)
     _, m2, _ = R.segment_batch(tr.model.eval(), b)
     assert all(torch.equal(a, c) for a, c in zip(m1, m2))
-    assert torch.allclose(seg.mask_head.adapter.alpha, tr.model.mask_head.adapter.alpha)
+    assert torch.equal(seg.mask_head.adapter.alpha, tr.model.mask_head.adapter.alpha)
+    boxes, masks = R.predict_referring(seg.model, b["images"], [m["expression"] for m in b["meta"]], tok,
+                                       segmenter=seg, image_sizes=b["image_sizes"])
+    assert masks.shape == (2, 128, 128) and masks.dtype == torch.bool
 
 
-def test_time_limit_closes_the_run_early(world, model):
-    """fit_within: a budget too small for the next chunk stops after the first chunk, with a checkpoint and
-    final.json at the step reached (so found → load sees a finished run)."""
-    import copy
-    import json
-
+def test_refseg_resume_is_exact(world, finetuned, tmp_path):
+    """4 adapter steps in one go == 2 steps, then a new trainer (rebuilt segmenter) resumed for 2 more."""
     root, tok = world
-    cfg = _cfg(root, steps=6, out_dir=str(root / "ck_budget"))
-    from pixelllm.data.datasets import collate as coll
-    from pixelllm.engine.trainer import Trainer
+    kw = dict(steps=4, ckpt_interval=2, eval_samples=0)
+    full = R.refseg_trainer(_seg_cfg(root, finetuned.out_dir, out_dir=str(tmp_path / "a"), **kw),
+                            R.build_refseg_model(_seg_cfg(root, finetuned.out_dir), tok), tok, progress=False)
+    full.fit()
+    cfg = _seg_cfg(root, finetuned.out_dir, out_dir=str(tmp_path / "b"), **kw)
+    R.refseg_trainer(cfg, R.build_refseg_model(cfg, tok), tok, progress=False).fit(until=2)
+    again = R.refseg_trainer(cfg, R.build_refseg_model(cfg, tok), tok, progress=False)
+    assert again.resume() and again.step == 2
+    again.fit()
+    a, b = _trainable(full.model), _trainable(again.model)
+    assert a and all(k.startswith("mask_head.adapter.") for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    ds = R.refexp_datasets(root / "data", tok, model.image_size, ("train",), max_samples=8)["train"]
-    tr = Trainer(copy.deepcopy(model), cfg, ds, coll, out_dir=cfg.out_dir, progress=False)
-    R.fit_within(tr, time_limit_s=1e-6, chunk=2)
-    assert tr.step == 2 and len(tr.history) == 2
-    final = json.loads((root / "ck_budget" / "final.json").read_text())
-    assert final["step"] == 2 and final["config"]["steps"] == 2
-    assert (root / "ck_budget" / "ckpt_0000002.pt").is_file()
+
+def test_refseg_needs_its_referring_checkpoint(world, tmp_path):
+    root, tok = world
+    with pytest.raises(FileNotFoundError, match="train that stage first"):
+        R.build_refseg_model(_seg_cfg(root, tmp_path / "missing"), tok)
 
 
-def test_init_from_a_checkpoint_with_another_head(world, finetuned, capsys):
-    """Starting a spatial-head run from an MLP-head checkpoint: the head is left out (reported), every other
-    trainable tensor is loaded."""
+def test_referring_model_from_a_checkpoint_with_another_head(world, finetuned, capsys):
+    """build_model starting a spatial-head run from an MLP-head checkpoint: the head is left out (reported),
+    every other trainable tensor is loaded."""
+    from pixelllm.engine.builder import build_model
     from pixelllm.engine.checkpoint import load_checkpoint
     from pixelllm.engine.paths import resolve_paths
 
     root, tok = world
-    cfg = _cfg(root, init_from=str(finetuned.out_dir), model_overrides=small_model_overrides(head_parametrization="center_size", head="spatial"))
-    m = R._build_initialised(cfg, resolve_paths(cfg), tok)
+    cfg = _cfg(root, init_from=str(finetuned.out_dir),
+               model_overrides=small_model_overrides(head_parametrization="center_size", head="spatial"))
+    m = build_model(cfg, resolve_paths(cfg), tok)
     assert "left out: ['trace_head." in capsys.readouterr().out
     state = load_checkpoint(finetuned.out_dir)["model"]
     own = m.state_dict()

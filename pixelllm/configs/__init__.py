@@ -51,9 +51,10 @@ def config_from_dict(d: dict):
     renamed stages), else :class:`TrainConfig` (unknown keys raise)."""
     import dataclasses
 
-    from pixelllm.configs import ablations, densecap, loc_caption, prerequisites
+    from pixelllm.configs import ablations, densecap, loc_caption, prerequisites, refcoco
 
-    classes = [TrainConfig, loc_caption.LocCaptionConfig, densecap.DenseCapConfig, ablations.AblationConfig,
+    classes = [TrainConfig, refcoco.ReferringConfig, refcoco.RefSegConfig, loc_caption.LocCaptionConfig,
+               densecap.DenseCapConfig, ablations.AblationConfig,
                prerequisites.SamPretrainConfig, prerequisites.T5PretrainConfig, prerequisites.SemanticPretrainConfig]
     if d.get("stage") in REGISTRY:
         classes.insert(0, type(get_config(d["stage"])))

@@ -1,44 +1,66 @@
 """Downstream tasks 1–2 — referring localization (stage ``refcoco``) and referring segmentation
-(stage ``refseg``) on the synthetic RefCOCO (PAPER_NOTES.md §3).
+(stage ``refseg``) on the synthetic RefCOCO (PAPER_NOTES.md §3). The numbers are the ones notebook 05 and
+``python -m pixelllm.train --config refcoco|refseg`` run.
 
 ``get_config(smoke)`` — referring localization: whole-image prompt box, text prompt "where is <expr>",
 target = the expression + EOS; the decoder state that emits EOS regresses the box (its two points =
-the corners). The trace head reads that state with the ``center_size`` parametrisation and the box gets
+the corners). The MLP trace head reads that state with the ``center_size`` parametrisation and the box gets
 L1 (λ = 0.1, pixels) + GIoU: two raw corners collapsed to zero-area boxes at CPU scale while centre + size
 with L1 + GIoU trained well (PAPER_NOTES.md §8). The paper's ``corners`` head is one override away::
 
-    get_config(overrides=["model_overrides={'head_parametrization': 'corners'}", "giou_weight=0.0"])
+    get_config(overrides=["model_overrides={'head': 'mlp', 'head_parametrization': 'corners'}", "giou_weight=0.0"])
 
 Initialised from the LN trace stage (``<run>/checkpoints/ln_trace``) when it exists, else from the
-pretrained parts only (:func:`pixelllm.tasks.referring.finetune_referring` decides).
+pretrained parts only (:func:`pixelllm.engine.builder.build_model` decides and says so).
 
-``get_refseg_config(smoke)`` — referring segmentation: the fine-tuned referring model is frozen; its
-predicted box goes through the frozen SAM prompt encoder + mask decoder with the gated mask adapter,
-the only trainable part (loss focal×20 + dice + IoU regression). For this stage ``model_overrides``
-holds the adapter's sizes (``adapter_depth``, ``adapter_num_heads``, ``adapter_mlp_dim``) and
-``init_from`` names the referring checkpoint (stage name or path).
+``get_refseg_config(smoke)`` — referring segmentation: the fine-tuned referring model named by
+``init_from`` (stage name or checkpoint path) is frozen; its predicted box goes through the frozen SAM
+prompt encoder + mask decoder with the gated mask adapter, the only trainable part (loss focal×20 + dice +
+IoU regression). The adapter's sizes and the loss weights are fields of :class:`RefSegConfig`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from pixelllm.configs.base import TrainConfig
 
 REFER_PROMPT = "where is {expr}"
 
 
-def get_config(smoke: bool = False) -> TrainConfig:
+@dataclass
+class ReferringConfig(TrainConfig):
+    """:class:`TrainConfig` + the size of the end-of-training validation."""
+
+    eval_samples: int = field(default=64, metadata={"help": "val expressions scored by the eval hook (0 = none)"})
+
+
+@dataclass
+class RefSegConfig(ReferringConfig):
+    """:class:`ReferringConfig` + the gated mask adapter and its loss (PAPER_NOTES.md §3)."""
+
+    adapter_depth: int = field(default=2, metadata={"help": "two-way transformer blocks of the mask adapter (release 2)"})
+    adapter_num_heads: int = field(default=4, metadata={"help": "attention heads of the mask adapter"})
+    adapter_mlp_dim: int = field(default=256, metadata={"help": "MLP width of the mask adapter's blocks"})
+    multimask_output: bool = field(default=True, metadata={"help": "SAM's 3 candidate masks, best predicted IoU kept (False: the single-mask token)"})
+    focal_weight: float = field(default=20.0, metadata={"help": "weight of the focal term (release 20)"})
+    dice_weight: float = field(default=1.0, metadata={"help": "weight of the dice term"})
+    iou_weight: float = field(default=1.0, metadata={"help": "weight of the IoU-prediction MSE"})
+
+
+def get_config(smoke: bool = False) -> ReferringConfig:
     """Referring localization fine-tuning (stage ``refcoco``)."""
-    cfg = TrainConfig(
+    cfg = ReferringConfig(
         stage="refcoco",
         preset="tiny",
         smoke=smoke,
         init_from="ln_trace",                                   # falls back to the pretrained parts
-        model_overrides={"head_parametrization": "center_size"},
+        model_overrides={"head": "mlp", "head_parametrization": "center_size"},
         tasks={"refer": 1.0},
         prompts={"refer": REFER_PROMPT},
         image_size=0,
         max_target_len=16,
         batch_size=32,
-        steps=500,
+        steps=400,
         lr=1e-3,
         warmup_steps=50,
         weight_decay=0.0,
@@ -48,35 +70,40 @@ def get_config(smoke: bool = False) -> TrainConfig:
         giou_weight=1.0,
         log_interval=20,
         eval_interval=0,
-        ckpt_interval=250,
+        ckpt_interval=200,
         keep_last=1,
+        eval_samples=64,
     )
     if smoke:
-        cfg = cfg.smoke_variant(ckpt_interval=3)
+        cfg = cfg.smoke_variant(ckpt_interval=3, eval_samples=8)
     return cfg
 
 
-def get_refseg_config(smoke: bool = False) -> TrainConfig:
+def get_refseg_config(smoke: bool = False) -> RefSegConfig:
     """Mask-adapter training for referring segmentation (stage ``refseg``)."""
-    cfg = TrainConfig(
+    cfg = RefSegConfig(
         stage="refseg",
         preset="tiny",
         smoke=smoke,
         init_from="refcoco",                                    # the referring model (frozen here)
-        model_overrides={"adapter_depth": 2, "adapter_num_heads": 4, "adapter_mlp_dim": 256},
         tasks={"refer": 1.0},
         prompts={"refer": REFER_PROMPT},
         max_target_len=16,
         batch_size=16,
-        steps=250,
+        steps=200,
         lr=1e-3,
         warmup_steps=20,
         weight_decay=0.0,
         grad_clip=1.0,
         log_interval=20,
-        ckpt_interval=250,
+        ckpt_interval=100,
         keep_last=1,
+        eval_samples=32,
+        adapter_depth=2,
+        adapter_num_heads=4,
+        adapter_mlp_dim=256,
+        focal_weight=20.0,
     )
     if smoke:
-        cfg = cfg.smoke_variant(steps=2, max_samples=8, ckpt_interval=2)
+        cfg = cfg.smoke_variant(steps=2, max_samples=8, ckpt_interval=2, eval_samples=8)
     return cfg

@@ -24,6 +24,9 @@ _LAZY = {
     "TraceHead": "pixelllm.modeling.trace_head",
     "SpatialTraceHead": "pixelllm.modeling.trace_head",
     "build_sam": "pixelllm.modeling.sam",
+    "ReferringSegmenter": "pixelllm.modeling.referring",
+    "build_mask_head": "pixelllm.modeling.referring",
+    "referring_forward": "pixelllm.modeling.referring",
 }
 
 __getattr__ = lazy_module_getattr(__name__, _LAZY)

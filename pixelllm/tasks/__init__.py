@@ -3,7 +3,7 @@
 * :mod:`pixelllm.tasks.referring` — referring localization (the decoder state that emits EOS regresses
   the box) and referring segmentation (predicted box → frozen SAM decoder + gated mask adapter):
   ``finetune_referring``, ``evaluate_referring``, ``train_mask_adapter``, ``evaluate_refseg``,
-  ``predict_referring``.
+  ``predict_referring``, ``load_refseg``.
 
 Importing this package is free (no torch): names load from their sub-module on first use.
 """
@@ -13,7 +13,7 @@ from pixelllm._lazy import lazy_module_getattr
 
 _LAZY = {name: ".referring" for name in (
     "finetune_referring", "evaluate_referring", "train_mask_adapter", "evaluate_refseg", "predict_referring",
-    "load_referring", "load_refseg", "referring_forward", "predict_boxes", "ReferringSegmenter",
+    "load_refseg", "build_refseg_model", "referring_forward", "predict_boxes", "ReferringSegmenter",
     "refexp_datasets", "check_refexp_records", "build_mask_head")}
 
 __getattr__ = lazy_module_getattr(__name__, _LAZY)

@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "build_pixelllm": "pixelllm.modeling.build",
+    "load_pretrained": "pixelllm.modeling.build",
     "PixelLLM": "pixelllm.modeling.pixelllm",
 }
 

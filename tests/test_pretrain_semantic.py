@@ -64,11 +64,11 @@ def test_pretraining_learns_and_the_checkpoint_loads_into_pixelllm(world, tmp_pa
     for (k, a), (_, b) in zip(model.image_encoder.semantic_encoder.state_dict().items(), r["vit"].state_dict().items()):
         assert torch.equal(a, b), k
     # a saved PixelLLM carries the semantic weights itself: it loads after the pretraining file is gone
-    from pixelllm.modeling.pixelllm import PixelLLM
+    from pixelllm.modeling.build import load_pretrained
 
     model.save_pretrained(tmp_path / "model")
     out.unlink()
-    again = PixelLLM.from_pretrained(tmp_path / "model")
+    again = load_pretrained(tmp_path / "model")
     assert again.config.semantic_checkpoint == str(out)
     w = "image_encoder.semantic_encoder.patch_embed.proj.weight"
     assert torch.equal(again.state_dict()[w], model.state_dict()[w])

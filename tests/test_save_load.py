@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from pixelllm.modeling.build import build_pixelllm
-from pixelllm.modeling.pixelllm import PixelLLM
+from pixelllm.modeling.build import build_pixelllm, load_pretrained
 from pixelllm.modeling.sam import build_sam
 from conftest import make_test_model
 
@@ -40,7 +39,7 @@ def test_round_trip_random_init_bases(tmp_path, overrides):
     before = _outputs(model)
     model.save_pretrained(tmp_path / "ckpt")
     torch.manual_seed(99)  # a different random init must be fully overwritten by the load
-    loaded = PixelLLM.from_pretrained(tmp_path / "ckpt")
+    loaded = load_pretrained(tmp_path / "ckpt")
     after = _outputs(loaded)
     for name in ("logits", "points", "hidden"):
         torch.testing.assert_close(getattr(after, name), getattr(before, name), atol=0, rtol=0)
@@ -74,7 +73,7 @@ def test_frozen_bases_referenced_not_duplicated(tmp_path):
     keys = load_file(str(out / "model.safetensors")).keys()
     assert keys and all(k.startswith(("image_encoder.semantic_encoder.", "prompt_extractor.", "trace_head."))
                         for k in keys)
-    loaded = PixelLLM.from_pretrained(out)
+    loaded = load_pretrained(out)
     torch.testing.assert_close(_outputs(loaded).logits, before.logits, atol=0, rtol=0)
     torch.testing.assert_close(_outputs(loaded).points, before.points, atol=0, rtol=0)
 
@@ -84,6 +83,6 @@ def test_bad_config_names_the_file(tmp_path):
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"name": "tiny", "lora_rnak": 4}))
     with pytest.raises(ValueError, match=r"config\.json.*lora_rnak"):
-        PixelLLM.from_pretrained(d)
+        load_pretrained(d)
     with pytest.raises(FileNotFoundError, match="config.json"):
-        PixelLLM.from_pretrained(tmp_path / "missing")
+        load_pretrained(tmp_path / "missing")

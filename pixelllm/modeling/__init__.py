@@ -12,6 +12,7 @@ _LAZY = {
     "PixelLLMConfig": "pixelllm.modeling.build",
     "PRESETS": "pixelllm.modeling.build",
     "parameter_report": "pixelllm.modeling.build",
+    "load_pretrained": "pixelllm.modeling.build",
     "build_semantic_encoder": "pixelllm.modeling.build",
     "tiny_t5_config": "pixelllm.modeling.build",
     "PixelLLM": "pixelllm.modeling.pixelllm",

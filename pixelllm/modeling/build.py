@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import torch
 
 from .image_encoder import ImageEncoder
 from .language_model import LanguageModel
-from .pixelllm import PixelLLM
+from .pixelllm import CONFIG_NAME, FROZEN_SAM_NAME, LORA_DIR, T5_DIR, WEIGHTS_NAME, PixelLLM
 from .prompt_encoder import BoxPromptEncoder
 from .prompt_extractor import PromptFeatureExtractor
 from .sam import build_sam
@@ -254,6 +255,43 @@ def build_pixelllm(name: str | PixelLLMConfig = "tiny", sam_checkpoint: str | Pa
             raise ValueError(f"build_pixelllm: head must be 'mlp' or 'spatial', got {cfg.head!r}")
         model = PixelLLM(image_encoder, prompt_encoder, extractor, language_model, head, config=cfg)
     if device is not None and not meta:
+        model.to(device)
+    return model
+
+
+def load_pretrained(directory: str | Path, device: str | torch.device | None = None, tokenizer: Any = None) -> PixelLLM:
+    """Inverse of :meth:`PixelLLM.save_pretrained`: rebuild from ``config.json`` (:func:`build_pixelllm`) and load
+    every saved part (trainable safetensors, the LoRA adapter, frozen bases saved without a path)."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    cfg_path = d / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"load_pretrained: {cfg_path} not found")
+    cfg = PixelLLMConfig.from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
+    t5_src = str(d / T5_DIR) if (d / T5_DIR).is_dir() else cfg.t5
+    # the semantic encoder's weights are in model.safetensors: its pretraining checkpoint is not needed
+    model = build_pixelllm(dataclasses.replace(cfg, semantic_checkpoint=None), t5=t5_src, tokenizer=tokenizer)
+    model.config.t5 = cfg.t5  # keep the original references, not the folder we loaded from
+    model.config.semantic_checkpoint = cfg.semantic_checkpoint
+    state = load_file(str(d / WEIGHTS_NAME))
+    if (d / FROZEN_SAM_NAME).is_file():
+        state.update(load_file(str(d / FROZEN_SAM_NAME)))
+    missing_here = [k for k in state if k not in model.state_dict()]
+    if missing_here:
+        raise ValueError(f"{d / WEIGHTS_NAME}: keys not in the model built from {cfg_path}: {missing_here[:5]}")
+    model.load_state_dict(state, strict=False)
+    if model.language_model.mode == "lora":
+        from peft.utils import set_peft_model_state_dict
+
+        adapter = d / LORA_DIR / "adapter_model.safetensors"
+        if not adapter.is_file():
+            raise FileNotFoundError(f"load_pretrained: LoRA adapter {adapter} not found")
+        result = set_peft_model_state_dict(model.language_model.model, load_file(str(adapter)))
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"{adapter}: unexpected adapter keys {unexpected[:5]}")
+    if device is not None:
         model.to(device)
     return model
 

@@ -11,7 +11,6 @@ input frame**. The trace head scales its output by the S×S frame.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from .language_model import LanguageModel
 from .prompt_encoder import BoxPromptEncoder
 from .prompt_extractor import PromptFeatureExtractor
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: build.py imports this module
     from .build import PixelLLMConfig
 
 CONFIG_NAME = "config.json"
@@ -311,42 +310,3 @@ class PixelLLM(nn.Module):
             base.load_state_dict(lm.base_state_dict())
             base.save_pretrained(str(d / T5_DIR))
         return d
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
-                        tokenizer: Any = None) -> "PixelLLM":
-        """Inverse of :meth:`save_pretrained`: rebuild from ``config.json`` and load every saved part."""
-        from safetensors.torch import load_file
-
-        from .build import PixelLLMConfig, build_pixelllm
-
-        d = Path(directory)
-        cfg_path = d / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"PixelLLM.from_pretrained: {cfg_path} not found")
-        cfg = PixelLLMConfig.from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
-        t5_src = str(d / T5_DIR) if (d / T5_DIR).is_dir() else cfg.t5
-        # the semantic encoder's weights are in model.safetensors: its pretraining checkpoint is not needed
-        model = build_pixelllm(dataclasses.replace(cfg, semantic_checkpoint=None), t5=t5_src, tokenizer=tokenizer)
-        model.config.t5 = cfg.t5  # keep the original references, not the folder we loaded from
-        model.config.semantic_checkpoint = cfg.semantic_checkpoint
-        state = load_file(str(d / WEIGHTS_NAME))
-        if (d / FROZEN_SAM_NAME).is_file():
-            state.update(load_file(str(d / FROZEN_SAM_NAME)))
-        missing_here = [k for k in state if k not in model.state_dict()]
-        if missing_here:
-            raise ValueError(f"{d / WEIGHTS_NAME}: keys not in the model built from {cfg_path}: {missing_here[:5]}")
-        model.load_state_dict(state, strict=False)
-        if model.language_model.mode == "lora":
-            from peft.utils import set_peft_model_state_dict
-
-            adapter = d / LORA_DIR / "adapter_model.safetensors"
-            if not adapter.is_file():
-                raise FileNotFoundError(f"PixelLLM.from_pretrained: LoRA adapter {adapter} not found")
-            result = set_peft_model_state_dict(model.language_model.model, load_file(str(adapter)))
-            unexpected = getattr(result, "unexpected_keys", [])
-            if unexpected:
-                raise ValueError(f"{adapter}: unexpected adapter keys {unexpected[:5]}")
-        if device is not None:
-            model.to(device)
-        return model

@@ -37,11 +37,13 @@ def caption_ce(model, batch, images: torch.Tensor, classes: dict[str, set[int]] 
 
 
 def main(argv=None) -> dict:
-    from pixelllm import train as T
     from pixelllm.configs import get_config
     from pixelllm.data.datasets import collate
     from pixelllm.data.tokenizer import load_tokenizer
     from pixelllm.data.vocab import COLORS, SHAPES
+    from pixelllm.engine.builder import load_trained_model
+    from pixelllm.engine.datasets import task_dataset
+    from pixelllm.engine.paths import resolve_paths
     from pixelllm.utils import results_dir, write_json
 
     ap = argparse.ArgumentParser(description=__doc__)
@@ -51,11 +53,11 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     cfg = get_config(args.stage, smoke=args.smoke)
-    paths = T.resolve_paths(cfg)
+    paths = resolve_paths(cfg)
     tok = load_tokenizer(paths.tokenizer)
-    model = T.load_trained_model(cfg, tok)
+    model = load_trained_model(cfg, tok)
     task = "caption" if args.stage == "pretrain" else "trace"
-    ds = T.task_dataset(task, "test", cfg, paths, tok, model.image_size)
+    ds = task_dataset(task, "test", cfg, paths, tok, model.image_size)
     items, seen = [], set()
     for i in range(len(ds)):                                   # one sample per image (5 captions per image)
         item = ds[i]

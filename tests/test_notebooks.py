@@ -1,11 +1,13 @@
 """Every committed notebook: stored without outputs, runs top to bottom in SMOKE mode, and shows each
 figure it builds exactly once, as an image."""
 import json
+import math
 import re
 
 import pytest
 
 from pixelllm.notebooks import execute, notebook_paths
+from pixelllm.utils import results_dir
 
 NOTEBOOKS = notebook_paths()
 EXECUTED = {}  # notebook name -> executed copy, filled by test_notebook_runs_in_smoke_mode
@@ -56,11 +58,68 @@ def test_notebook_committed_clean(nb):
 @pytest.mark.notebook
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_in_smoke_mode(nb):
+    results = results_dir(smoke=True)
+    for name in RESULTS.get(nb.stem[:2], {}):
+        (results / name).unlink(missing_ok=True)                   # read what THIS run writes
     out = execute(nb, smoke=True, timeout=600)
     executed = json.loads(out.read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     EXECUTED[nb.name] = out
+
+
+#: what each notebook writes to results_dir: file → the key paths ("/"-separated; "*" = every entry) whose values must be
+#: finite numbers — what pixelllm.report and the README read.
+RESULTS = {
+    "01": {"01_data_stats.json": ["n_scenes", "vocab_size", "single_token_word_fraction", "ln_train_kept",
+                                  "splits/*", "mean_tokens/*"]},
+    "02": {"pretrained_parts.json": ["sam/val_mask_iou", "sam/test_mask_iou", "sam/steps", "t5/val_loss",
+                                     "t5/val_token_accuracy", "t5/steps", "semantic_encoder/val_colour_acc",
+                                     "semantic_encoder/val_category_acc", "semantic_encoder/steps"]},
+    "03": {"caption_pretraining.json": ["steps", "train_ce_last", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"]},
+    "04": {"trace.json": ["stage1_steps", "stage2_steps", "point_l1", "centre_baseline",
+                          "random_other_narrative_baseline", "test_ce", "ratio_to_centre", "CIDEr-D", "METEOR"]},
+    "05": {"referring.json": ["referring_localization/*/P@0.5", "referring_segmentation/*/cIoU",
+                              "referring_segmentation/*/gIoU", "refseg_gt_box_prompt/*/cIoU", "train/refcoco_steps",
+                              "train/refseg_steps"]},
+    "06": {"loc_caption.json": ["metrics/*/METEOR", "metrics/*/CIDEr-D", "train/steps"]},
+    "07": {"densecap.json": ["map", "map_detection", "ap_table/*", "train/steps"]},
+    "08": {"ablations.json": ["loc_supervision/*/*/mean", "encoder/*/*/mean", "point_target/*/*/mean",
+                              "lm/*/*/mean", "protocol/steps"]},
+}
+
+
+def values_at(obj, path: str):
+    """The values at a ``/``-separated key path of a JSON object; ``*`` expands every entry (KeyError if absent)."""
+    head, _, rest = path.partition("/")
+    items = list(obj.values()) if head == "*" else [obj[head]]
+    if head == "*" and not items:
+        raise KeyError(f"{path}: no entries")
+    return [v for it in items for v in (values_at(it, rest) if rest else [it])]
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_writes_its_results(nb):
+    """The results JSON the SMOKE run above wrote: every key the report reads is there and finite."""
+    if nb.name not in EXECUTED:
+        pytest.skip("checks the results written by test_notebook_runs_in_smoke_mode in the same pytest run")
+    expected = RESULTS[nb.stem[:2]]
+    for name, paths in expected.items():
+        path = results_dir(smoke=True) / name
+        assert path.is_file(), f"{nb.name} did not write {path}"
+        data = json.loads(path.read_text())
+        for key in paths:
+            try:
+                values = values_at(data, key)
+            except (KeyError, TypeError) as e:
+                raise AssertionError(f"{name}: no {key!r} ({e})") from None
+            bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+            assert not bad, f"{name}: {key} = {bad[:3]} (not finite numbers)"
+
+
+def test_every_notebook_has_a_results_contract():
+    assert sorted(RESULTS) == sorted(p.stem[:2] for p in NOTEBOOKS)
 
 
 @pytest.mark.notebook

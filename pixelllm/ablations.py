@@ -101,9 +101,7 @@ class FrozenEncoderView(nn.Module):
     ``sam_features``; a step runs only E(P(b), F) → T5 → trace head.
 
     Holds the *same* submodules under the *same* names as the PixelLLM (training the view trains the
-    model; state dicts are interchangeable). Outputs equal ``PixelLLM.forward`` (tested).
-    Like :class:`pixelllm.tasks.region_caption.CachedFeatureCaptioner`, but it keeps the trace head and
-    returns the points."""
+    model; state dicts are interchangeable). Outputs equal ``PixelLLM.forward`` (tested)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -293,7 +291,7 @@ def downstream_loc_caption(state: Mapping[str, torch.Tensor], cfg: AblationConfi
     model = build_model(lcfg, paths, tokenizer)
     load_matching(model, state)
     train = rc.loc_caption_train_dataset(lcfg, paths, tokenizer, model.image_size)
-    _trainer(rc.CachedFeatureCaptioner(model), lcfg, train, store, progress).fit()
+    _trainer(rc.freeze_for_loc_caption(model, lcfg.train_image_encoder), lcfg, train, store, progress).fit()
     test = rc.eval_datasets(lcfg, paths, tokenizer, model.image_size)
     ev = rc.evaluate_loc_caption(model, test, tokenizer, prompt=lcfg.prompts["region_caption"], batch_size=32,
                                  max_new_tokens=lcfg.max_new_tokens, limit=cfg.loccap_eval or None, progress=False,

@@ -1,13 +1,16 @@
 """Dense object captioning (PAPER_NOTES.md §3/§4): proposals matched to ground truth at IoU ≥ 0.6 become the
-prompt boxes; detection + caption losses reach the proposer and the captioner's trainable parts (not
-the frozen SAM); ``predict`` returns boxes in original-image pixels; training lowers the loss; the
-DenseCap evaluation plumbing gives a hand-computable mAP with a fake METEOR."""
+prompt boxes, read through the PixelLLM's own prompt path; detection + caption losses reach the proposer and
+the captioner's trainable parts (not the frozen SAM); ``predict`` returns boxes in original-image pixels; the
+engine's Trainer lowers the loss, caches the frozen features, resumes exactly, and ``build_densecap`` reloads
+the stage; the DenseCap evaluation plumbing gives a hand-computable mAP with a fake METEOR."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from pixelllm.modeling.dense_captioner import build_dense_captioner, to_original_frame
 from pixelllm.tasks import densecap as dc
+from conftest import SMALL_MODEL
 from test_task_region_caption import make_model, tok, world  # noqa: F401  (fixtures)
 
 torch.set_num_threads(1)
@@ -15,7 +18,7 @@ torch.set_num_threads(1)
 
 def make_captioner(tok, seed: int = 0, **kw):
     torch.manual_seed(seed)
-    return dc.build_dense_captioner(make_model(tok, seed), tok, dim=32, **kw)
+    return build_dense_captioner(make_model(tok, seed), tok, dim=32, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -70,25 +73,28 @@ def test_proposals_matched_at_0_6_become_the_prompt_boxes(tok, train_set, monkey
     assert torch.equal(boxes, torch.cat([props[[0, 2, 3]], gt])) and gi.tolist() == [0, 1, 0, 0, 1]
 
     # inside forward: the decoded proposals are replaced by `props`; the prompts captioned are exactly the
-    # matched ones, each with its ground truth's phrase as the target
+    # matched ones, each read by the PixelLLM's own prompt path on its image's grid
     cap.append_gt = False
     monkeypatch.setattr("pixelllm.modeling.centernet.decode_detections",
                         lambda out, *a, **k: [{"boxes": props, "scores": torch.ones(5), "labels": torch.zeros(5)}])
     seen = {}
-    real = cap.encode_prompts
+    real = cap.pixelllm.prompt_tokens
 
-    def spy(features, rows, boxes, sizes):
-        seen["rows"], seen["boxes"] = rows.tolist(), boxes.clone()
-        return real(features, rows, boxes, sizes)
+    def spy(grid, boxes, sizes):
+        seen["grid"], seen["boxes"] = grid.detach().clone(), boxes.clone()
+        return real(grid, boxes, sizes)
 
-    monkeypatch.setattr(cap, "encode_prompts", spy)
+    monkeypatch.setattr(cap.pixelllm, "prompt_tokens", spy)
     s = train_set[0]
     batch = dc.densecap_collate([s])
     batch["gt_boxes"] = [gt]
     batch["gt_target_ids"] = [[[5, 6, 1], [7, 1]]]
     losses = cap(batch)
-    assert seen["rows"] == [0, 0, 0] and torch.equal(seen["boxes"], props[[0, 2, 3]])
-    assert int(losses["n_prompts"]) == 3
+    with torch.no_grad():
+        grid = cap.pixelllm.image_features(batch["images"], batch["image_sizes"])
+    assert seen["grid"].shape[0] == 3 and all(torch.allclose(g, grid[0], atol=1e-6) for g in seen["grid"])
+    assert torch.equal(seen["boxes"], props[[0, 2, 3]])
+    assert int(losses["prompts"]) == 3
 
 
 def test_matching_example_flags_the_proposals_matched_to_ground_truth(tok, train_set, monkeypatch):
@@ -113,7 +119,7 @@ def test_matching_example_flags_the_proposals_matched_to_ground_truth(tok, train
 def test_losses_backprop_into_the_proposer_and_the_trainable_captioner(tok, train_set):
     cap = make_captioner(tok).train()
     losses = cap(dc.densecap_collate([train_set[0], train_set[1]]))
-    assert int(losses["n_prompts"]) > 0
+    assert int(losses["prompts"]) > 0
     assert float(losses["loss"]) == pytest.approx(float(losses["det"]) + float(losses["ce"]), rel=1e-6)
     losses["loss"].backward()
 
@@ -150,33 +156,74 @@ def test_predict_returns_boxes_in_original_pixels(tok):
         assert torch.allclose(o["boxes"] * scale, o["boxes_input"], atol=1e-4)
         assert (o["boxes"][:, 0::2] <= w + 1e-3).all() and (o["boxes"][:, 1::2] <= h + 1e-3).all()
     assert (out[0]["boxes_input"][:, 1::2] <= 64 + 1e-4).all()         # clipped to the resized image
-    assert torch.allclose(dc.to_original_frame(torch.tensor([[32.0, 16.0, 64.0, 48.0]]), (100, 200), 128),
+    assert torch.allclose(to_original_frame(torch.tensor([[32.0, 16.0, 64.0, 48.0]]), (100, 200), 128),
                           torch.tensor([[50.0, 25.0, 100.0, 75.0]]))
 
 
-def test_a_few_training_steps_reduce_the_loss(tok, train_set, tmp_path):
-    from pixelllm.configs.densecap import get_config
+# ------------------------------------------------------------------------------------------- training
+def small_config(tmp_path, **changes):
+    """The SMOKE densecap config on the test-sized PixelLLM, in a run folder of its own (no init stages)."""
+    from pixelllm.configs import get_config
 
-    cap = make_captioner(tok, seed=2, max_prompts_per_image=0)
+    return get_config("densecap", smoke=True, overrides={
+        "run_dir": str(tmp_path / "run"), "model_overrides": dict(SMALL_MODEL), "init_from": "", "device": "cpu",
+        "batch_size": 2, "log_interval": 1, "ckpt_interval": 0, **changes})
+
+
+def trainable(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def make_trainer(cfg, tok, dataset, out_dir):
+    from pixelllm.engine.trainer import Trainer
+
+    return Trainer(dc.build_densecap(cfg, tok, verbose=False), cfg, dataset, dc.densecap_collate, out_dir=out_dir,
+                   progress=False)
+
+
+def test_the_trainer_reduces_the_loss_caches_features_and_build_densecap_reloads_the_stage(tok, train_set, tmp_path):
+    cfg = small_config(tmp_path, steps=8, lr=3e-3, warmup_steps=1, max_prompts_per_image=0)
     sub = torch.utils.data.Subset(train_set, range(2))
     batch = dc.densecap_collate([sub[0], sub[1]])
+    tr = make_trainer(cfg, tok, sub, tmp_path / "ck")
+    cap = tr.model
+    assert cap.computes_own_loss and tr.own_loss and tr.cache is not None       # frozen SAM grid cached
 
     def loss():
-        torch.manual_seed(0)
         with torch.no_grad():
             return float(cap.eval()(batch)["loss"])
 
     before = loss()
-    cfg = get_config(smoke=True)
-    cfg.batch_size, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.log_interval = 2, 8, 3e-3, 1, 4
-    hist = dc.train_densecap(cap, sub, cfg, out_dir=tmp_path / "ck", progress=False)
+    hist = tr.fit()
     assert len(hist) == 8 and loss() < before - 0.5
+    assert tr.cache.hits > 0 and {"det", "ce", "prompts"} <= set(hist[0])
     assert (tmp_path / "ck" / "final.json").is_file() and len(list((tmp_path / "ck").glob("ckpt_*.pt"))) == 1
-    # a reload of the checkpoint gives the same weights (proposer + captioner trainable parts)
-    from pixelllm.engine.checkpoint import load_checkpoint, load_trainable_state_dict
-    fresh = make_captioner(tok, seed=3, max_prompts_per_image=0)
-    load_trainable_state_dict(fresh, load_checkpoint(tmp_path / "ck")["model"])
-    assert all(torch.equal(a, b) for a, b in zip(fresh.proposer.state_dict().values(), cap.proposer.state_dict().values()))
+    # the stage reloaded from its checkpoint: the same weights (proposer + captioner trainable parts)
+    fresh = dc.build_densecap(cfg, tok, checkpoint=tmp_path / "ck", verbose=False)
+    assert not fresh.training
+    for n, p in cap.state_dict().items():
+        assert torch.equal(p, fresh.state_dict()[n]), n
+
+
+@pytest.mark.parametrize("train_image_encoder", [True, False])
+def test_resume_is_exact(tok, train_set, tmp_path, train_image_encoder):
+    # one prompt per image drawn at random each step: the subset comes from the RNG the Trainer checkpoints
+    cfg = small_config(tmp_path, steps=4, ckpt_interval=2, max_prompts_per_image=1,
+                       train_image_encoder=train_image_encoder)
+    sub = torch.utils.data.Subset(train_set, range(4))
+    full = make_trainer(cfg, tok, sub, tmp_path / "a")
+    full.fit()
+    first = make_trainer(cfg, tok, sub, tmp_path / "b")
+    first.fit(until=2)
+    again = make_trainer(cfg, tok, sub, tmp_path / "b")
+    assert again.resume() and again.step == 2
+    again.fit()
+    a, b = trainable(full.model), trainable(again.model)
+    assert a.keys() == b.keys() and any(n.startswith("proposer.") for n in a)
+    assert any(n.startswith("pixelllm.image_encoder.semantic_encoder.") for n in a) == train_image_encoder
+    for n in a:
+        assert torch.equal(a[n], b[n]), n
+    assert [r["loss"] for r in full.history[2:]] == [r["loss"] for r in again.history]
 
 
 def test_evaluation_plumbing_with_a_fake_meteor_gives_the_hand_map(tmp_path, tok):
@@ -186,7 +233,7 @@ def test_evaluation_plumbing_with_a_fake_meteor_gives_the_hand_map(tmp_path, tok
     gt = dc.DenseCapDataset(recs, tmp_path, tok, image_size=128).ground_truth()
     # detections as predict() returns them: input-frame boxes (scale 0.64) brought back to original pixels
     det_in = torch.tensor([[0.0, 0.0, 12.8, 12.8], [64.0, 32.0, 89.6, 57.6]])
-    dets = [{"image_id": "7", "boxes": dc.to_original_frame(det_in, (100, 200), 128).tolist(),
+    dets = [{"image_id": "7", "boxes": to_original_frame(det_in, (100, 200), 128).tolist(),
              "scores": [0.9, 0.8], "captions": ["red circle", "green square"]}]
     fake = lambda pairs: [1.0 if c in refs else 0.0 for c, refs in pairs]      # noqa: E731
     res = dc.evaluate_densecap(dets, gt, meteor_fn=fake)

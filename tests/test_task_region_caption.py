@@ -158,20 +158,59 @@ def test_a_few_steps_reduce_the_caption_loss(world, tok, tmp_path):
     assert loss() < before - 0.5
 
 
-def test_cached_feature_captioner_equals_pixelllm_and_shares_its_weights(world, tok, model):
-    ds = rc.region_caption_dataset(world, "vg", "train", tok, image_size=model.image_size)
+def loc_caption_config(**changes):
+    from pixelllm.configs import get_config
+
+    return get_config("loc_caption", smoke=True, overrides={"device": "cpu", "log_interval": 1, **changes})
+
+
+def test_a_frozen_image_encoder_is_cached_whole_and_only_the_prompt_path_trains(world, tok):
+    from pixelllm.engine.trainer import Trainer
+
+    ds = rc.region_caption_dataset(world, "vg", "train", tok, image_size=128)
     b = collate([ds[i] for i in range(2)])
     args = (b["images"], b["boxes"], b["prompt_ids"], b["prompt_mask"], b["target_ids"], b["target_mask"], b["image_sizes"])
-    net = rc.CachedFeatureCaptioner(make_model(tok))
-    ref = make_model(tok).eval()
-    net.eval()
+    model = rc.freeze_for_loc_caption(make_model(tok), train_image_encoder=False).eval()
     with torch.no_grad():
-        feats = net.frozen_image_features(b["images"], b["image_sizes"])      # what the Trainer caches
-        out = net(*args, sam_features=feats)
-        expected = ref(*args).logits
-    assert out["points"] is None
-    assert torch.allclose(out["logits"], expected, atol=1e-5)
-    # same parameter names as PixelLLM (checkpoints interchangeable); only the prompt path trains
-    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
-    assert trainable and trainable <= set(dict(ref.named_parameters()))
-    assert all(n.startswith(("prompt_extractor.", "language_model.")) for n in trainable)
+        feats = model.frozen_image_features(b["images"], b["image_sizes"])      # what the Trainer caches
+        out = model(*args, features=feats)
+        expected = model(*args)
+    assert feats.shape[1] == model.image_encoder.out_channels                # the whole grid, not only SAM
+    assert torch.allclose(out.logits, expected.logits, atol=1e-5)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("prompt_extractor.", "language_model.")) for n in trainable)
+    # the Trainer caches it: after the first epoch every image is a hit
+    tr = Trainer(model, loc_caption_config(steps=4, batch_size=2, max_samples=0), torch.utils.data.Subset(ds, range(4)),
+                 collate, out_dir=None, progress=False)
+    assert tr.cache is not None
+    tr.fit()
+    assert tr.cache.hits > 0 and tr.cache.misses <= 4
+    assert not model.image_encoder.training                                  # wholly frozen: kept in eval mode
+    # trainable image encoder (the paper's setting): only the frozen SAM grid is cacheable
+    full = rc.freeze_for_loc_caption(make_model(tok), train_image_encoder=True)
+    assert any(p.requires_grad for p in full.image_encoder.parameters())
+    assert not any(p.requires_grad for p in full.trace_head.parameters())
+
+
+def test_resume_is_exact(world, tok, tmp_path):
+    from pixelllm.engine.trainer import Trainer
+
+    ds = torch.utils.data.Subset(rc.region_caption_dataset(world, "vg", "train", tok, image_size=128), range(8))
+    cfg = loc_caption_config(steps=4, batch_size=2, ckpt_interval=2, max_samples=0)
+
+    def trainer(out):
+        model = rc.freeze_for_loc_caption(make_model(tok), cfg.train_image_encoder)
+        return Trainer(model, cfg, ds, collate, out_dir=out, progress=False)
+
+    full = trainer(tmp_path / "a")
+    full.fit()
+    first = trainer(tmp_path / "b")
+    first.fit(until=2)
+    again = trainer(tmp_path / "b")
+    assert again.resume() and again.step == 2
+    again.fit()
+    a = {n: p for n, p in full.model.named_parameters() if p.requires_grad}
+    b = dict(again.model.named_parameters())
+    for n, p in a.items():
+        assert torch.equal(p, b[n]), n
+    assert [r["loss"] for r in full.history[2:]] == [r["loss"] for r in again.history]

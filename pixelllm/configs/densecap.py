@@ -44,16 +44,17 @@ def get_config(smoke: bool = False) -> DenseCapConfig:
         prompts={"region_caption": "an object of"},
         max_target_len=24,
         batch_size=8,
-        steps=400,
+        steps=300,
         lr=1e-3,
         warmup_steps=30,
         weight_decay=0.0,
         grad_clip=1.0,
         label_smoothing=0.1,
         log_interval=10,
-        ckpt_interval=200,
+        ckpt_interval=150,
         keep_last=1,
     )
     if smoke:
-        cfg = cfg.smoke_variant(batch_size=2, max_samples=8, ckpt_interval=3, eval_limit=4, max_new_tokens=8, max_det=5)
+        cfg = cfg.smoke_variant(batch_size=2, max_samples=8, ckpt_interval=3, proposer_dim=32, eval_limit=4,
+                                max_new_tokens=6, max_det=5)
     return cfg

@@ -44,7 +44,7 @@ def get_config(smoke: bool = False) -> LocCaptionConfig:
         prompts={"region_caption": "an object of"},
         max_target_len=24,
         batch_size=32,
-        steps=1000,
+        steps=600,
         lr=1e-3,
         warmup_steps=50,
         weight_decay=0.0,
@@ -52,9 +52,9 @@ def get_config(smoke: bool = False) -> LocCaptionConfig:
         lambda_point=0.1,           # no point targets in this task: the point term is always 0
         label_smoothing=0.1,
         log_interval=10,
-        ckpt_interval=500,
+        ckpt_interval=300,
         keep_last=1,
     )
     if smoke:
-        cfg = cfg.smoke_variant(ckpt_interval=3, eval_limit=8, max_new_tokens=8)
+        cfg = cfg.smoke_variant(ckpt_interval=3, eval_limit=6, max_new_tokens=6)
     return cfg

@@ -28,6 +28,8 @@ _LAZY = {
     "ReferringSegmenter": "pixelllm.modeling.referring",
     "build_mask_head": "pixelllm.modeling.referring",
     "referring_forward": "pixelllm.modeling.referring",
+    "DenseCaptioner": "pixelllm.modeling.dense_captioner",
+    "build_dense_captioner": "pixelllm.modeling.dense_captioner",
 }
 
 __getattr__ = lazy_module_getattr(__name__, _LAZY)

@@ -16,19 +16,19 @@ RefCOCOg column). Evaluation captions each distinct (image, box) once and scores
 phrase of that box — for RefCOCO-style data all sentences of a ref — with METEOR, CIDEr-D, BLEU-4 and
 ROUGE-L (PTB-tokenised, pycocoevalcap scorers, offline; :func:`pixelllm.eval.caption.caption_metrics`).
 
+Training (:func:`train_loc_caption`): the PixelLLM itself, built by the engine's ``build_model`` and trained by
+its one ``Trainer``; with ``train_image_encoder=False`` the whole image encoder is frozen, so the Trainer
+caches its feature grid per image id and a step runs only the prompt extractor and T5 + LoRA.
+
 Bad input: refer boxes partly outside the image are clipped, zero-size / outside ones skipped (VG boxes
 are cleaned by the VG reader the same way); images without any region are skipped; all counted and
 reported once.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Sequence
-
-import torch
-from torch import nn
 
 from pixelllm.data.datasets import DEFAULT_PROMPTS
 from pixelllm.data.errors import SkipCounter
@@ -173,82 +173,20 @@ def evaluate_loc_caption(model, datasets: dict, tokenizer, prompt: str = REGION_
 
 
 # -------------------------------------------------------------------------------------------- training
-def resolve_inits(cfg, paths) -> list[str]:
-    """Every existing checkpoint among ``cfg.init_from`` (comma-separated stage names under
-    ``<run>/checkpoints`` or paths), in the given order; [] when none exists (then only the pretrained
-    parts — tiny SAM, tiny T5 — initialise the model)."""
-    from pixelllm.engine.checkpoint import latest_checkpoint
-
-    found = []
-    for name in [x.strip() for x in cfg.init_from.split(",") if x.strip()]:
-        for cand in (Path(name), paths.checkpoints / name):
-            if cand.exists() and latest_checkpoint(cand) is not None:
-                found.append(str(cand))
-                break
-    return found
-
-
-def build_task_model(cfg, paths, tokenizer, device: str = "cpu", extra: Sequence[str] = ()):
-    """``pixelllm.train.build_model`` (seeded; frozen SAM / T5 from the run) with the trainable weights of
-    each existing ``init_from`` checkpoint loaded in order, then those of ``extra`` (e.g. this stage's own
-    output folder). Loading in this order rebuilds a fine-tuned model exactly even when the fine-tuning
-    froze parts that an earlier stage trained (their weights come from that earlier checkpoint)."""
-    from pixelllm.engine.checkpoint import load_checkpoint, load_trainable_state_dict
-    from pixelllm.engine.builder import build_model
-
-    inits = resolve_inits(cfg, paths) + [str(x) for x in extra]
-    if not resolve_inits(cfg, paths):
-        print(f"{cfg.stage}: no checkpoint among init_from={cfg.init_from!r}; starting from the pretrained "
-              "parts (tiny SAM, tiny T5) only")
-    model = build_model(dataclasses.replace(cfg, init_from=inits[0] if inits else ""), paths, tokenizer, device=device)
-    for path in inits[1:]:
-        state = load_checkpoint(path, map_location=device)
-        load_trainable_state_dict(model, state["model"], strict=False)
-        print(f"loaded trainable weights from {state['path']} (step {state['step']})")
+def freeze_for_loc_caption(model, train_image_encoder: bool):
+    """``model`` (a PixelLLM) set up for this task: the trace head frozen (the task ignores the point
+    outputs) and, unless ``train_image_encoder``, the whole image encoder too (SAM and the semantic ViT) —
+    then :meth:`PixelLLM.frozen_image_features` is the whole grid, which the Trainer caches per image id, and
+    a step runs only E(P(b), F) → T5. A CPU-budget choice; the paper keeps EVA02 trainable. Returns ``model``."""
+    model.trace_head.requires_grad_(False)
+    if not train_image_encoder:
+        model.image_encoder.requires_grad_(False)
     return model
-
-
-class CachedFeatureCaptioner(nn.Module):
-    """Caption-only training view of a PixelLLM whose **whole image encoder is frozen** (SAM and the semantic
-    ViT), so the feature grid can be cached per image by the Trainer (``frozen_image_features`` +
-    ``sam_features=``) and each step runs only the prompt path: E(P(b), F) → T5.
-
-    It holds the *same* submodule objects under the *same* names as the PixelLLM (state-dict keys and
-    checkpoints are interchangeable; training it trains the PixelLLM). The trace head is frozen too: this
-    task ignores the point outputs. Used when ``cfg.train_image_encoder`` is False — a CPU-budget choice; the
-    paper keeps EVA02 trainable (``train_image_encoder=True`` trains it, caching only the frozen SAM).
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        for name in ("image_encoder", "prompt_encoder", "prompt_extractor", "language_model", "trace_head"):
-            setattr(self, name, getattr(model, name))
-        self.image_encoder.requires_grad_(False)
-        self.trace_head.requires_grad_(False)
-
-    @torch.no_grad()
-    def frozen_image_features(self, images: torch.Tensor, image_sizes: torch.Tensor | None = None) -> torch.Tensor:
-        """images B×3×S×S [0, 1] → the full (SAM ⊕ semantic) grid B×C×H×W, cacheable per image id."""
-        return self.image_encoder(images, image_sizes)
-
-    def forward(self, images, boxes, prompt_ids, prompt_mask, target_ids, target_mask=None, image_sizes=None,
-                sam_features=None) -> dict:
-        """As ``PixelLLM.forward`` (teacher forcing) with ``sam_features`` = the cached full grid; returns
-        ``{"logits": B×T×V, "points": None}`` (no point loss)."""
-        features = sam_features if sam_features is not None else self.frozen_image_features(images, image_sizes)
-        prompt = self.prompt_encoder(boxes, batch_size=images.shape[0], image_sizes=image_sizes)   # B×2×P
-        visual = self.prompt_extractor(features, prompt)                                           # B×N×D
-        words = self.language_model.embed_tokens(prompt_ids)                                       # B×P×D
-        mask = torch.cat([torch.ones(visual.shape[:2], dtype=torch.long, device=visual.device),
-                          prompt_mask.to(device=visual.device, dtype=torch.long)], dim=1)
-        logits, _hidden = self.language_model(torch.cat([visual.to(words.dtype), words], 1), mask,
-                                              self.language_model.shift_right(target_ids))
-        return {"logits": logits, "points": None}
 
 
 def loc_caption_train_dataset(cfg, paths, tokenizer, image_size: int):
     """The config's mixture ``cfg.datasets`` ({"vg": w, "refcocog": w}) of region-caption datasets on the
-    train split (``max_samples`` caps each), mixed by :class:`pixelllm.train.MixtureDataset`."""
+    train split (``max_samples`` caps each), mixed by :class:`pixelllm.engine.datasets.MixtureDataset`."""
     from torch.utils.data import Subset
 
     from pixelllm.engine.datasets import MixtureDataset
@@ -274,46 +212,34 @@ def eval_datasets(cfg, paths, tokenizer, image_size: int) -> dict:
 
 
 def train_loc_caption(cfg, progress: bool = True, resume: bool = True):
-    """Fine-tune PixelLLM for location-conditioned captioning with the plain :class:`Trainer`
-    (caption CE only). Prerequisites (data, tokenizer, tiny SAM, tiny T5) are found or computed as in
-    notebooks 01/02; checkpoints, ``metrics.jsonl`` and ``final.json`` go to ``<run>/checkpoints/<stage>``.
-    Returns the trainer (``.model``, ``.history``)."""
+    """Fine-tune PixelLLM for location-conditioned captioning with the engine's :class:`Trainer` (caption
+    CE only): the model of :func:`~pixelllm.engine.builder.build_model` (``init_from`` checkpoints loaded in
+    order) set up by :func:`freeze_for_loc_caption`. Prerequisites (data, tokenizer, tiny SAM, tiny T5) are
+    found or made as in notebooks 01/02; checkpoints, ``metrics.jsonl`` and ``final.json`` go to
+    ``<run>/checkpoints/<stage>``, whose checkpoint is resumed. Reload the result with
+    :func:`~pixelllm.engine.builder.load_stage_model`. Returns the trainer (``.model``, ``.history``)."""
     from pixelllm.data.datasets import collate
     from pixelllm.data.tokenizer import load_tokenizer
+    from pixelllm.engine.builder import build_model
     from pixelllm.engine.trainer import Trainer
     from pixelllm.pretrain.prerequisites import ensure_prerequisites
 
     paths = ensure_prerequisites(cfg, progress=progress)
     tok = load_tokenizer(paths.tokenizer)
-    model = build_task_model(cfg, paths, tok)
+    model = freeze_for_loc_caption(build_model(cfg, paths, tok), cfg.train_image_encoder)
     train = loc_caption_train_dataset(cfg, paths, tok, model.image_size)
-    net = model if cfg.train_image_encoder else CachedFeatureCaptioner(model)
-    trainer = Trainer(net, cfg, train, collate, out_dir=paths.out, progress=progress)
+    trainer = Trainer(model, cfg, train, collate, out_dir=paths.out, progress=progress)
     if resume and trainer.resume():
         print(f"resumed from {trainer.last_checkpoint} at step {trainer.step}")
     trainer.fit()
     return trainer
 
 
-def load_loc_caption(cfg, device: str = "cpu"):
-    """(model, tokenizer, paths): the ``init_from`` checkpoints, then the fine-tuned weights of
-    ``<run>/checkpoints/<stage>`` (latest) on top."""
-    from pixelllm.data.tokenizer import load_tokenizer
-    from pixelllm.engine.paths import resolve_paths
-
-    paths = resolve_paths(cfg)
-    tok = load_tokenizer(paths.tokenizer)
-    return build_task_model(cfg, paths, tok, device=device, extra=[str(paths.out)]), tok, paths
-
-
 # ------------------------------------------------------------------------------------- report / figures
-#: Published numbers (PAPER_NOTES.md §5, T5-XL row of the official README), percentages.
-PAPER = {"vg": {"METEOR": 20.1, "CIDEr-D": 149.0}, "refcocog": {"METEOR": 15.3, "CIDEr-D": 92.0}}
-
-
-def metric_table(metrics: dict, paper: dict = PAPER) -> list[dict]:
+def metric_table(metrics: dict, paper: dict) -> list[dict]:
     """Rows ``{"dataset", "source" (ours | paper), "METEOR", "CIDEr-D", "BLEU-4", "ROUGE-L", "items"}`` in
-    percent (our fractions × 100) — ours next to the published row of the same dataset."""
+    percent (our fractions × 100) — ours next to the published row of the same dataset (``paper``:
+    ``{dataset: {metric: percent}}``, e.g. PAPER_NOTES.md §5)."""
     rows = []
     for name, m in metrics.items():
         rows.append({"dataset": name, "source": "ours", **{k: 100 * m[k] for k in ("METEOR", "CIDEr-D", "BLEU-4", "ROUGE-L")

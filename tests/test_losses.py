@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pixelllm.engine.losses import count_targets, label_smoothed_cross_entropy, pixelllm_loss
+from pixelllm.modeling.losses import count_targets, label_smoothed_cross_entropy, pixelllm_loss
 
 # logits (0, ln 2, ln 5) → p = (1/8, 2/8, 5/8); true class 2, ε = 0.1, V = 3
 LOGITS = torch.tensor([[[0.0, math.log(2.0), math.log(5.0)]]])

@@ -88,7 +88,7 @@ def test_region_items_pool_the_sentences_of_one_box(world, tok):
 
 # ----------------------------------------------------------------------------------------------- model
 def test_the_box_prompt_drives_the_visual_tokens_and_the_caption_loss(world, tok, model):
-    from pixelllm.engine.losses import pixelllm_loss
+    from pixelllm.modeling.losses import pixelllm_loss
 
     ds = rc.region_caption_dataset(world, "vg", "train", tok, image_size=model.image_size)
     b = collate([ds[i] for i in range(3)])
@@ -147,7 +147,7 @@ def test_a_few_steps_reduce_the_caption_loss(world, tok, tmp_path):
     cfg.batch_size, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.device = 4, 8, 3e-3, 1, "cpu"
 
     def loss():
-        from pixelllm.engine.losses import pixelllm_loss
+        from pixelllm.modeling.losses import pixelllm_loss
         with torch.no_grad():
             o = m.eval()(b["images"], b["boxes"], b["prompt_ids"], b["prompt_mask"], b["target_ids"],
                          b["target_mask"], b["image_sizes"])

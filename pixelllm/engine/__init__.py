@@ -1,16 +1,18 @@
-"""Training engine: losses, the plain training loop, checkpoints/resume, DDP helpers.
+"""Training engine: the one training loop, checkpoints/resume, DDP helpers, the one model builder/loader
+(``builder``), run paths (``paths``), a config's datasets (``datasets``) and evaluation (``evaluate``).
+The losses live with the model (``pixelllm.modeling.losses``).
 
 Light on import: the submodules (which import torch) load on first attribute access, e.g.
-``from pixelllm.engine import Trainer`` or ``pixelllm.engine.pixelllm_loss``.
+``from pixelllm.engine import Trainer``.
 """
 from __future__ import annotations
 
 from pixelllm._lazy import lazy_module_getattr
 
 _LAZY = {
-    "pixelllm_loss": "pixelllm.engine.losses",
-    "label_smoothed_cross_entropy": "pixelllm.engine.losses",
-    "count_targets": "pixelllm.engine.losses",
+    "build_model": "pixelllm.engine.builder",
+    "load_stage_model": "pixelllm.engine.builder",
+    "resolve_paths": "pixelllm.engine.paths",
     "Trainer": "pixelllm.engine.trainer",
     "NonFiniteLossError": "pixelllm.engine.trainer",
     "lr_factor": "pixelllm.engine.trainer",

@@ -21,7 +21,7 @@ def teacher_forced_eval(model, dataset, batch_size: int = 32, device: str = "cpu
     from torch.utils.data import DataLoader
 
     from pixelllm.data.datasets import collate
-    from pixelllm.engine.losses import pixelllm_loss
+    from pixelllm.modeling.losses import pixelllm_loss
     from pixelllm.engine.trainer import forward_batch, to_device
     from pixelllm.eval.trace import centre_points, normalize_points, point_l1
 

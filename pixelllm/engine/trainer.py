@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from pixelllm.engine import checkpoint as ckpt
 from pixelllm.engine import distributed as dist_utils
 from pixelllm.engine.distributed import DistInfo
-from pixelllm.engine.losses import POINT_TASKS, count_targets, pixelllm_loss
+from pixelllm.modeling.losses import POINT_TASKS, count_targets, pixelllm_loss
 from pixelllm.utils import ConfigMismatchError, config_difference, write_json
 
 FORWARD_KEYS = ("images", "boxes", "prompt_ids", "prompt_mask", "target_ids", "target_mask", "image_sizes")

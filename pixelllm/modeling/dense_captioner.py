@@ -128,7 +128,7 @@ class DenseCaptioner(nn.Module):
         """Losses of one ``densecap_collate`` batch: ``loss`` = det_weight · ``det`` + caption_weight · ``ce``,
         the CenterNet terms (``heatmap``, ``size``, ``offset``) and ``prompts`` (captioned prompts in the
         batch). ``features``: :meth:`frozen_image_features` of these images (optional, e.g. cached)."""
-        from pixelllm.engine.losses import label_smoothed_cross_entropy, text_valid_mask
+        from pixelllm.modeling.losses import label_smoothed_cross_entropy, text_valid_mask
         from pixelllm.modeling.centernet import centernet_loss, centernet_targets, decode_detections
 
         images, sizes = batch["images"], batch.get("image_sizes")

@@ -8,7 +8,7 @@ target is the region's phrase::
     w_i ~ L([f_l ; "an object of"], w_<i)
 
 The per-token points are ignored: the samples carry no point target (``point_valid`` all False), so the
-loss of :func:`pixelllm.engine.losses.pixelllm_loss` is the label-smoothed caption CE alone.
+loss of :func:`pixelllm.modeling.losses.pixelllm_loss` is the label-smoothed caption CE alone.
 
 Data (the synthetic world, real formats): Visual Genome region descriptions (DenseCap splits; one
 sample per region) and refer-format RefCOCOg-style expressions (one sample per expression; the paper's

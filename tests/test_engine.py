@@ -370,3 +370,14 @@ def test_found_or_compute_reuses_only_a_matching_config(tmp_path, monkeypatch):
     config_sidecar(art).unlink()                                       # unknown origin: recomputed
     found_or_compute(art, compute, config=toy_config(steps=5))
     assert len(calls) == 3
+
+
+def test_resuming_a_finished_run_keeps_its_last_record_in_final_json(tmp_path):
+    tr = make_trainer(toy_config(steps=3, ckpt_interval=1), out_dir=tmp_path)
+    tr.fit()
+    first = json.loads((tmp_path / "final.json").read_text())
+    again = make_trainer(toy_config(steps=3, ckpt_interval=1), out_dir=tmp_path)
+    assert again.resume() and again.step == 3
+    again.fit()                                                       # nothing left to train
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["step"] == 3 and final["train"]["loss"] == pytest.approx(first["train"]["loss"])

@@ -235,6 +235,7 @@ class Trainer:
         self.last_checkpoint: Optional[Path] = None
         self._t0 = time.time()
         self._eval_seconds = 0.0
+        self._resumed_metrics: dict = {}
 
     # ------------------------------------------------------------------------------ state / resume
     @property
@@ -278,6 +279,7 @@ class Trainer:
             print(f"resume: checkpoint has RNG states of {len(rngs)} rank(s), running {self.dist.world_size}: "
                   "RNG not restored (data position is)")
         self.last_checkpoint = Path(state["path"])
+        self._resumed_metrics = dict(state.get("metrics") or {})   # the last step's record, for final.json
         if self.dist.is_main and self.log_path and self.log_path.exists():  # drop records past the checkpoint
             keep = [ln for ln in self.log_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
             self.log_path.write_text("".join(ln + "\n" for ln in keep))
@@ -435,7 +437,7 @@ class Trainer:
             if self.dist.is_main and self.out_dir is not None:
                 write_json(self.out_dir / "final.json", {
                     "step": self.step, "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
-                    "train": self.history[-1] if self.history else {},
+                    "train": self.history[-1] if self.history else self._resumed_metrics,
                     "eval": {k: float(v) for k, v in final.items() if isinstance(v, (int, float))},
                     "stopped_early": self.stopped_early, "config": self.cfg.to_dict()})
         return self.history

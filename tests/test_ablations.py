@@ -1,6 +1,7 @@
 """Ablations (notebook 08): arm configs differ exactly in the intended field, box-only targets on a
-hand-made narrative, supervision views, the frozen-encoder view vs PixelLLM.forward, aggregation over
-seeds, trend flags on fake results, and the result cache (found → load)."""
+hand-made narrative, supervision views, the frozen-encoder arm model (cached full grid = uncached forward,
+one cache shared across arms), the stage-1 checkpoint of record, aggregation over seeds, trend flags on
+fake results, and the result cache (found → load)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +11,8 @@ import math
 import pytest
 import torch
 
-from pixelllm import ablations as A
 from pixelllm.configs import ablations as C
+from pixelllm.tasks import ablations as A
 from conftest import make_test_model
 
 torch.set_num_threads(1)
@@ -53,6 +54,10 @@ def test_baseline_is_the_paper_recipe_and_tables_cover_every_arm():
     assert {C.TABLES[t][r] for t, r in (("loc_supervision", "dense"), ("encoder", "both"), ("point_target", "box"))} == {"baseline"}
     s = C.get_config(smoke=True)
     assert s.steps <= 3 and s.refer_steps <= 3 and s.loccap_steps <= 3
+    # fixed step counts, no wall-clock cap: time_limit_s is only the safety net (0 = off)
+    for c in (b, s):
+        assert c.time_limit_s == 0 and not hasattr(c, "large_t5_time_limit_s")
+        assert c.warmup_steps == max(1, c.steps // 10)
 
 
 def test_bad_arm_and_field_values_raise():
@@ -107,41 +112,99 @@ def test_supervision_views_change_only_the_training_targets():
     assert torch.equal(s["point_valid"], torch.tensor([True, True, False]))   # the source sample is not mutated
 
 
-# ----------------------------------------------------------------------------- frozen-encoder view
+# ------------------------------------------------------------------------------- frozen-encoder arm
+def _batch():
+    return dict(images=torch.rand(2, 3, 128, 128), boxes=torch.tensor([[0.0, 0, 128, 96], [10, 20, 60, 90]]),
+                prompt_ids=torch.tensor([[5, 6, 1], [7, 1, 0]]), prompt_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]).bool(),
+                target_ids=torch.tensor([[8, 9, 1], [10, 1, 0]]), image_sizes=torch.tensor([[96, 128], [128, 128]]))
 
 
-def test_frozen_encoder_view_matches_pixelllm_forward_and_shares_weights():
-    from pixelllm.modeling.build import build_pixelllm
-
+def _frozen_encoder_model():
+    """A PixelLLM as an arm trains it: the whole image encoder frozen (``build_arm_model``)."""
     torch.manual_seed(0)
     model = make_test_model(seed=None, vocab_size=50)
     with torch.no_grad():                                      # make LoRA B non-zero so the LM path is exercised
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.02)
-    view = A.FrozenEncoderView(model).eval()
-    assert set(view.state_dict()) == set(model.state_dict())
-    assert not any(p.requires_grad for p in model.image_encoder.parameters())
-    b = dict(images=torch.rand(2, 3, 128, 128), boxes=torch.tensor([[0.0, 0, 128, 96], [10, 20, 60, 90]]),
-             prompt_ids=torch.tensor([[5, 6, 1], [7, 1, 0]]), prompt_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]).bool(),
-             target_ids=torch.tensor([[8, 9, 1], [10, 1, 0]]), image_sizes=torch.tensor([[96, 128], [128, 128]]))
+    model.image_encoder.requires_grad_(False)
+    return model
+
+
+def test_frozen_encoder_arm_caches_the_full_grid_and_matches_the_uncached_forward():
+    from pixelllm.engine.trainer import frozen_feature_fn
+
+    model = _frozen_encoder_model()
+    assert frozen_feature_fn(model) is not None                 # the Trainer caches it
+    b = _batch()
     with torch.no_grad():
+        grid = model.frozen_image_features(b["images"], b["image_sizes"])
+        assert grid.shape[1] == model.image_encoder.out_channels   # the whole (SAM ⊕ semantic) grid
         ref = model(**b)
-        out = view(**b)
-        cached = view(**b, sam_features=view.frozen_image_features(b["images"], b["image_sizes"]))
-    for o in (out, cached):
-        assert torch.allclose(o["logits"], ref.logits, atol=1e-5) and torch.allclose(o["points"], ref.points, atol=1e-4)
+        cached = model(**b, features=grid)
+    assert torch.allclose(cached.logits, ref.logits, atol=1e-5) and torch.allclose(cached.points, ref.points, atol=1e-4)
+    model.train()                                               # a wholly frozen encoder stays in eval mode
+    assert not model.image_encoder.training and model.language_model.training
+
+
+def test_arms_share_one_feature_cache():
+    from types import SimpleNamespace
+
+    from pixelllm.engine.trainer import FeatureCache
+
+    model = _frozen_encoder_model()
+    b = {**_batch(), "image_ids": ["7", "9"]}
+    store = A.shared_feature_store(("run", "both", "stage1.pt"))
+    assert A.shared_feature_store(("run", "both", "stage1.pt")) is store
+    first, second = (A.use_feature_store(SimpleNamespace(cache=FeatureCache(model.frozen_image_features)), store)
+                     for _ in range(2))
+    a = first.cache(b)
+    assert (first.cache.misses, first.cache.hits) == (2, 0) and set(store) == {"7", "9"}
+    assert torch.equal(second.cache(b), a) and (second.cache.misses, second.cache.hits) == (0, 2)
+    assert A.use_feature_store(SimpleNamespace(cache=None), store).cache is None   # nothing to share
 
 
 def test_load_matching_copies_fitting_tensors_and_reports_the_rest():
+    from pixelllm.engine.builder import load_matching
+
     src = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 2), "b": torch.nn.Linear(4, 2), "lm": torch.nn.Linear(2, 2)})
     dst = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 2), "b": torch.nn.Linear(5, 2), "lm": torch.nn.Linear(2, 2)})
     before_lm = dst["lm"].weight.clone()
-    info = A.load_matching(dst, src.state_dict(), skip_prefixes=("lm.",))
+    info = load_matching(dst, src.state_dict(), skip_prefixes=("lm.",))
     assert torch.equal(dst["a"].weight, src["a"].weight) and torch.equal(dst["a"].bias, src["a"].bias)
     assert torch.equal(dst["b"].bias, src["b"].bias)             # same shape → copied; weight 2×4 vs 2×5 → skipped
     assert torch.equal(dst["lm"].weight, before_lm)
     assert info["loaded"] == 3 and sorted(info["skipped"]) == ["b.weight", "lm.bias", "lm.weight"]
+
+
+def test_stage1_is_the_checkpoint_of_record(tmp_path, monkeypatch):
+    """ensure_stage1 makes <run>/checkpoints/pretrain with get_config("pretrain") (notebook 03's numbers),
+    reuses it when made by that config, and retrains one made by another config."""
+    import pixelllm.engine.checkpoint as ck
+    import pixelllm.pretrain.prerequisites as pre
+    import pixelllm.tasks.captioning as cap
+    from pixelllm.configs import get_config
+    from pixelllm.utils import config_sidecar, write_json
+
+    made = []
+
+    def run_training(cfg, eval_fn=None, progress=True):
+        made.append(cfg)
+        write_json(tmp_path / "checkpoints" / "pretrain" / "final.json", {"step": cfg.steps})
+
+    monkeypatch.setattr(pre, "ensure_prerequisites", lambda cfg, progress=True: None)
+    monkeypatch.setattr(cap, "run_training", run_training)
+    monkeypatch.setattr(ck, "latest_checkpoint", lambda p: p / "ckpt.pt")
+    cfg = C.get_arm_config("loc_box", overrides={"run_dir": str(tmp_path)})
+    assert A.ensure_stage1(cfg) == tmp_path / "checkpoints" / "pretrain" / "ckpt.pt"
+    record = get_config("pretrain")
+    assert len(made) == 1 and made[0].steps == record.steps and made[0].to_dict() == {**record.to_dict(), "run_dir": str(tmp_path)}
+    A.ensure_stage1(cfg)                                                  # found, same config → reused
+    assert len(made) == 1
+    side = config_sidecar(tmp_path / "checkpoints" / "pretrain" / "final.json")
+    write_json(side, {**json.loads(side.read_text()), "steps": 200})     # a stage 1 of another config
+    A.ensure_stage1(cfg)
+    assert len(made) == 2
 
 
 # ------------------------------------------------------------------------------ aggregation / trends
@@ -211,7 +274,7 @@ def test_result_cache_found_load_else_compute(tmp_path):
 
     def compute(c):
         calls.append(c.arm)
-        return {"arm": c.arm, "seed": c.seed, "config": A._jsonable(c.to_dict()), "metrics": {"point_l1": 0.1 * len(calls)}}
+        return {"arm": c.arm, "seed": c.seed, "config": A.jsonable(c.to_dict()), "metrics": {"point_l1": 0.1 * len(calls)}}
 
     r1 = A.arm_result(cfg, compute=compute)
     path = tmp_path / "ablations" / "loc_box" / "1.json"
@@ -230,7 +293,7 @@ def test_run_ablations_runs_every_arm_seed_once_and_reuses_the_cache(tmp_path):
 
     def compute(c):
         calls.append((c.arm, c.seed))
-        return {"arm": c.arm, "seed": c.seed, "config": A._jsonable(c.to_dict()), "metrics": {"test_ce": 1.0 + c.seed}}
+        return {"arm": c.arm, "seed": c.seed, "config": A.jsonable(c.to_dict()), "metrics": {"test_ce": 1.0 + c.seed}}
 
     kw = dict(arms=["baseline", "target_center"], seeds=(0, 1), smoke=True, overrides={"run_dir": str(tmp_path)},
               seeds_per_arm={"target_center": (0,)}, progress=False, compute=compute)

@@ -20,7 +20,7 @@ RANKS = [
     ("pixelllm.modeling", 2), ("pixelllm.viz", 2),
     ("pixelllm.engine", 3),
     ("pixelllm.pretrain", 4),
-    ("pixelllm.tasks", 5), ("pixelllm.ablations", 5.5),
+    ("pixelllm.tasks", 5),
     ("pixelllm.report", 6), ("pixelllm.notebooks", 6),
     ("pixelllm.train", 7),
 ]

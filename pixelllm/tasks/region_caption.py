@@ -16,9 +16,10 @@ RefCOCOg column). Evaluation captions each distinct (image, box) once and scores
 phrase of that box — for RefCOCO-style data all sentences of a ref — with METEOR, CIDEr-D, BLEU-4 and
 ROUGE-L (PTB-tokenised, pycocoevalcap scorers, offline; :func:`pixelllm.eval.caption.caption_metrics`).
 
-Training (:func:`train_loc_caption`): the PixelLLM itself, built by the engine's ``build_model`` and trained by
-its one ``Trainer``; with ``train_image_encoder=False`` the whole image encoder is frozen, so the Trainer
-caches its feature grid per image id and a step runs only the prompt extractor and T5 + LoRA.
+Training (:func:`train_loc_caption`; its Trainer: :func:`loc_caption_trainer`): the PixelLLM itself, built
+by the engine's ``build_model`` and trained by its one ``Trainer``; with ``train_image_encoder=False`` the
+whole image encoder is frozen, so the Trainer caches its feature grid per image id and a step runs only the
+prompt extractor and T5 + LoRA.
 
 Bad input: refer boxes partly outside the image are clipped, zero-size / outside ones skipped (VG boxes
 are cleaned by the VG reader the same way); images without any region are skipped; all counted and
@@ -211,6 +212,21 @@ def eval_datasets(cfg, paths, tokenizer, image_size: int) -> dict:
             for name in cfg.datasets}
 
 
+def loc_caption_trainer(cfg, model, tokenizer, paths=None, progress: bool = True, write: bool = True):
+    """The engine ``Trainer`` of a location-conditioned captioning config for ``model`` (a PixelLLM, e.g.
+    ``build_model(cfg, paths, tokenizer)``), set up by :func:`freeze_for_loc_caption`: the config's train
+    mixture (:func:`loc_caption_train_dataset`), checkpoints in the config's ``out_dir`` (nothing written
+    when ``write`` is False)."""
+    from pixelllm.data.datasets import collate
+    from pixelllm.engine.paths import resolve_paths
+    from pixelllm.engine.trainer import Trainer
+
+    paths = paths or resolve_paths(cfg)
+    model = freeze_for_loc_caption(model, cfg.train_image_encoder)
+    train = loc_caption_train_dataset(cfg, paths, tokenizer, model.image_size)
+    return Trainer(model, cfg, train, collate, out_dir=paths.out if write else None, progress=progress)
+
+
 def train_loc_caption(cfg, progress: bool = True, resume: bool = True):
     """Fine-tune PixelLLM for location-conditioned captioning with the engine's :class:`Trainer` (caption
     CE only): the model of :func:`~pixelllm.engine.builder.build_model` (``init_from`` checkpoints loaded in
@@ -218,17 +234,13 @@ def train_loc_caption(cfg, progress: bool = True, resume: bool = True):
     found or made as in notebooks 01/02; checkpoints, ``metrics.jsonl`` and ``final.json`` go to
     ``<run>/checkpoints/<stage>``, whose checkpoint is resumed. Reload the result with
     :func:`~pixelllm.engine.builder.load_stage_model`. Returns the trainer (``.model``, ``.history``)."""
-    from pixelllm.data.datasets import collate
     from pixelllm.data.tokenizer import load_tokenizer
     from pixelllm.engine.builder import build_model
-    from pixelllm.engine.trainer import Trainer
     from pixelllm.pretrain.prerequisites import ensure_prerequisites
 
     paths = ensure_prerequisites(cfg, progress=progress)
     tok = load_tokenizer(paths.tokenizer)
-    model = freeze_for_loc_caption(build_model(cfg, paths, tok), cfg.train_image_encoder)
-    train = loc_caption_train_dataset(cfg, paths, tok, model.image_size)
-    trainer = Trainer(model, cfg, train, collate, out_dir=paths.out, progress=progress)
+    trainer = loc_caption_trainer(cfg, build_model(cfg, paths, tok), tok, paths, progress=progress)
     if resume and trainer.resume():
         print(f"resumed from {trainer.last_checkpoint} at step {trainer.step}")
     trainer.fit()

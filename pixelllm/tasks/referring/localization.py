@@ -162,17 +162,18 @@ def val_metric_hook(val, evaluate: Callable, metric: str) -> Callable | None:
     return eval_fn
 
 
-def referring_trainer(cfg, model, tokenizer, progress: bool = True):
+def referring_trainer(cfg, model, tokenizer, progress: bool = True, write: bool = True):
     """The engine ``Trainer`` of a referring-localization config for ``model`` (a PixelLLM, e.g.
     ``build_model(cfg, paths, tokenizer)``): the RefCOCO train split (first ``cfg.max_samples``), checkpoints
-    in the config's ``out_dir``, an eval hook scoring val P@0.5 on ``cfg.eval_samples`` expressions."""
+    in the config's ``out_dir`` (nothing written when ``write`` is False, e.g. a short fine-tune scored
+    right away), an eval hook scoring val P@0.5 on ``cfg.eval_samples`` expressions."""
     from pixelllm.data.datasets import collate
     from pixelllm.engine.paths import resolve_paths
     from pixelllm.engine.trainer import Trainer
 
     paths = resolve_paths(cfg)
     sets = training_datasets(cfg, paths.data, tokenizer, model.image_size)
-    return Trainer(model, cfg, sets["train"], collate, out_dir=paths.out, progress=progress,
+    return Trainer(model, cfg, sets["train"], collate, out_dir=paths.out if write else None, progress=progress,
                    eval_fn=val_metric_hook(sets.get("val"), evaluate_referring, "P@0.5"))
 
 

@@ -8,7 +8,8 @@ import pytest
 from pixelllm.configs import get_config
 from pixelllm.data.synthetic import generate
 from pixelllm.data.tokenizer import corpus_texts, train_tokenizer
-from pixelllm import train as T
+from pixelllm.engine.datasets import task_dataset
+from pixelllm.engine.paths import resolve_paths
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,8 @@ def test_real_file_names_are_config_paths(worlds, task):
         "data_dir": str(real), "image_dir": "train2017",
         "ln_file": "coco_{split}_localized_narratives.jsonl",
         "captions_file": "annotations/captions_{split}2017.json"})
-    a = T.task_dataset(task, "train", cfg_syn, T.resolve_paths(cfg_syn), tok, 128)
-    b = T.task_dataset(task, "train", cfg_real, T.resolve_paths(cfg_real), tok, 128)
+    a = task_dataset(task, "train", cfg_syn, resolve_paths(cfg_syn), tok, 128)
+    b = task_dataset(task, "train", cfg_real, resolve_paths(cfg_real), tok, 128)
     assert len(a) == len(b) > 0
     sa, sb = a[0], b[0]
     assert (sa["images"] == sb["images"]).all()

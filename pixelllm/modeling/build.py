@@ -22,7 +22,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,9 @@ from .prompt_encoder import BoxPromptEncoder
 from .prompt_extractor import PromptFeatureExtractor
 from .sam import build_sam
 from .trace_head import SpatialTraceHead, TraceHead
+
+if TYPE_CHECKING:
+    from transformers import T5Config
 
 
 @dataclass
@@ -117,7 +120,7 @@ PRESETS: dict[str, PixelLLMConfig] = {
 }
 
 
-def tiny_t5_config(vocab_size: int, **overrides: Any):
+def tiny_t5_config(vocab_size: int, **overrides: Any) -> "T5Config":
     """The ``T5Config`` of the tiny preset's language model: :data:`T5_CONVENTIONS` + the widths of
     ``PRESETS["tiny"].t5_config`` + ``vocab_size``; ``overrides`` replace any ``T5Config`` field (e.g.
     ``d_model=192, num_layers=3``: the other from-scratch presets give their widths this way)."""

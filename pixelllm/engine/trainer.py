@@ -253,6 +253,20 @@ class Trainer:
             batch_in_epoch=self.batch_in_epoch, rng=rngs, metrics=metrics, keep_last=self.cfg.keep_last)
         return self.last_checkpoint
 
+    def config_difference(self, state: dict, ignore: tuple = ("steps", "stage")) -> dict:
+        """``{key: (stored, current)}`` between the config stored in checkpoint ``state`` and this run's,
+        volatile keys and ``ignore`` left out (by default a longer ``steps`` continues the same recipe)."""
+        stored = json.loads(state.get("config") or "{}")
+        if not stored:
+            return {}
+        diff = config_difference(stored, json.loads(self.cfg.to_json()))
+        return {k: v for k, v in diff.items() if k not in ignore}
+
+    @property
+    def eval_seconds(self) -> float:
+        """Seconds spent in the eval hook so far (training time excludes them)."""
+        return self._eval_seconds
+
     def resume(self, path: str | os.PathLike | None = None) -> bool:
         """Restore model (trainable weights), optimizer, scheduler, RNG and data position from ``path``
         (file or folder; default ``out_dir``). Returns False when there is nothing to resume."""
@@ -260,9 +274,7 @@ class Trainer:
         if path is None or ckpt.latest_checkpoint(path) is None:
             return False
         state = ckpt.load_checkpoint(path, map_location=self.device)
-        stored = json.loads(state.get("config") or "{}")
-        diff = {k: v for k, v in config_difference(stored, json.loads(self.cfg.to_json())).items()
-                if k not in ("steps", "stage")} if stored else {}
+        diff = self.config_difference(state)
         if diff:
             raise ConfigMismatchError(
                 f"resume: {state['path']} was trained with another config ("

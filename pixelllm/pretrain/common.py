@@ -1,7 +1,7 @@
 """What the three pretrainings share around the one training loop (:class:`pixelllm.engine.trainer.Trainer`).
 
 * :func:`checkpoint_dir` — where a pretraining's checkpoints and ``metrics.jsonl`` go: beside its artifact;
-* :class:`TimedEval` — an eval hook that also measures its own time (training seconds exclude evaluation);
+* :class:`RecordedEval` — an eval hook that keeps every result (the Trainer's log keeps them too, when it writes one);
 * :func:`resume_and_fit` — resume from that folder when its checkpoint was made by the same config (else
   start afresh), then train to ``config.steps``;
 * :func:`run_records` — the per-step training records and the evaluation records of the whole run, read back
@@ -28,21 +28,15 @@ def checkpoint_dir(artifact: str | os.PathLike, cfg) -> Path:
     return a.parent / f"{a.stem}_checkpoints"
 
 
-class TimedEval:
-    """Wraps an eval hook ``fn(model, step) -> dict``: keeps every result (``results``: ``{"step", ...}``)
-    and the seconds spent in it (``seconds``)."""
+class RecordedEval:
+    """Wraps an eval hook ``fn(model, step) -> dict`` and keeps every result (``results``: ``{"step", ...}``)."""
 
     def __init__(self, fn: Callable[[Any, int], dict]):
         self.fn = fn
-        self.seconds = 0.0
         self.results: list[dict] = []
 
     def __call__(self, model, step: int) -> dict:
-        t0 = time.time()
-        try:
-            res = self.fn(model, step)
-        finally:
-            self.seconds += time.time() - t0
+        res = self.fn(model, step)
         self.results.append({"step": step, **res})
         return res
 
@@ -62,16 +56,14 @@ def resume_and_fit(trainer) -> dict:
     A checkpoint made by another config (compared as :func:`pixelllm.utils.found_or_compute` compares
     artifacts, volatile keys ignored) is discarded with its log, and so is the log of a run that never
     wrote a checkpoint: the run then starts from step 0. Returns ``{"resumed_at": step | None,
-    "steps_run", "seconds"}`` — this call's optimizer steps and its training seconds (evaluation by a
-    :class:`TimedEval` hook excluded)."""
+    "steps_run", "seconds"}`` — this call's optimizer steps and its training seconds (evaluation
+    excluded, :attr:`Trainer.eval_seconds`)."""
     from pixelllm.engine.checkpoint import latest_checkpoint, load_checkpoint
-    from pixelllm.utils import config_difference
 
     out = trainer.out_dir
     if out is not None:
         if latest_checkpoint(out) is not None:
-            stored = json.loads(load_checkpoint(out)["config"])
-            diff = config_difference(stored, json.loads(trainer.cfg.to_json()))
+            diff = trainer.config_difference(load_checkpoint(out), ignore=())
             if diff:
                 print(f"[{trainer.cfg.stage}] {out}: checkpoint made by another config "
                       f"({', '.join(sorted(diff))}); starting afresh")
@@ -82,11 +74,10 @@ def resume_and_fit(trainer) -> dict:
     if resumed and trainer.progress:
         print(f"[{trainer.cfg.stage}] resumed from {trainer.last_checkpoint} at step {trainer.step}")
     start = trainer.step
-    hook = trainer.eval_fn
-    eval_before = hook.seconds if isinstance(hook, TimedEval) else 0.0
+    eval_before = trainer.eval_seconds
     t0 = time.time()
     trainer.fit()
-    eval_s = (hook.seconds if isinstance(hook, TimedEval) else 0.0) - eval_before
+    eval_s = trainer.eval_seconds - eval_before
     return {"resumed_at": start if resumed else None, "steps_run": trainer.step - start,
             "seconds": time.time() - t0 - eval_s}
 
@@ -97,12 +88,12 @@ def run_records(trainer) -> tuple[list[dict], list[dict]]:
     From ``<out_dir>/metrics.jsonl`` when the trainer writes one: training records ``{"step", <loss
     terms>, "lr", "grad_norm"}`` (one per step with ``log_interval=1``, else the mean of each logged window)
     and evaluation records ``{"step", <eval metrics>}``. Without an ``out_dir``: this process's
-    ``trainer.history`` and the results of a :class:`TimedEval` hook."""
+    ``trainer.history`` and the results of a :class:`RecordedEval` hook."""
     log: Optional[Path] = trainer.log_path
     if log is None or not log.is_file():
         hook = trainer.eval_fn
         train = [{k: v for k, v in r.items() if k not in LOOP_KEYS} for r in trainer.history]
-        return train, list(hook.results) if isinstance(hook, TimedEval) else []
+        return train, list(hook.results) if isinstance(hook, RecordedEval) else []
     train, evals = [], []
     for line in log.read_text().splitlines():
         if not line.strip():

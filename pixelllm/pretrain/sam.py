@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from pixelllm.data.errors import DataFormatError, SkipCounter
 from pixelllm.modeling.sam import build_sam
-from pixelllm.pretrain.common import TimedEval, checkpoint_dir, resume_and_fit, run_records
+from pixelllm.pretrain.common import RecordedEval, checkpoint_dir, resume_and_fit, run_records
 from pixelllm.utils import atomic_write_bytes, seed_everything, write_json
 
 FOCAL_WEIGHT = 20.0  # SAM: focal : dice = 20 : 1
@@ -403,7 +403,7 @@ def sam_trainer(cfg, data_root: str | os.PathLike, out_dir: str | os.PathLike | 
     """The Trainer of the tiny-SAM pretraining: ``build_sam(cfg.sam_preset, **cfg.sam_overrides)`` seeded by
     ``cfg.seed``, wrapped in :class:`SamPretrainTask`, on ``<data_root>/coco/instances_train.json``
     (:class:`SamInstances`, the first ``cfg.max_samples`` images when > 0). Its eval hook (a
-    :class:`~pixelllm.pretrain.common.TimedEval`) measures the box-prompt mask IoU on the first
+    :class:`~pixelllm.pretrain.common.RecordedEval`) measures the box-prompt mask IoU on the first
     ``cfg.eval_images`` images of ``cfg.eval_split``. Checkpoints go to ``out_dir`` (None: none)."""
     from pixelllm.engine.trainer import Trainer
 
@@ -416,7 +416,7 @@ def sam_trainer(cfg, data_root: str | os.PathLike, out_dir: str | os.PathLike | 
     def evaluate(model: SamPretrainTask, step: int) -> dict[str, float]:
         return {"mask_iou": evaluate_sam(model.sam, data_root, cfg.eval_split, max_images=cfg.eval_images)["mask_iou"]}
 
-    hook = TimedEval(evaluate) if cfg.eval_split else None
+    hook = RecordedEval(evaluate) if cfg.eval_split else None
     return Trainer(task, cfg, train, collate_sam, out_dir=out_dir, eval_fn=hook, progress=progress)
 
 

@@ -36,7 +36,7 @@ from PIL import Image
 
 from pixelllm.data.errors import DataFormatError, SkipCounter
 from pixelllm.data.vocab import COLORS, SHAPES
-from pixelllm.pretrain.common import TimedEval, checkpoint_dir, resume_and_fit, run_records
+from pixelllm.pretrain.common import RecordedEval, checkpoint_dir, resume_and_fit, run_records
 from pixelllm.utils import atomic_write_bytes, seed_everything, write_json
 
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)   # class k+1; 0 = background
@@ -172,7 +172,7 @@ def semantic_trainer(cfg, data_root: str | os.PathLike, out_dir: str | os.PathLi
     ``build_pixelllm(cfg.preset, **cfg.model_overrides)``'s config (``cfg.image_size`` > 0 replaces the
     preset's; random init seeded by ``cfg.seed``) + a 1×1 head (:class:`PatchClassifier`) on the per-patch
     targets of ``<data_root>``'s train split (the first ``cfg.max_samples`` images when > 0). Its eval hook (a
-    :class:`~pixelllm.pretrain.common.TimedEval`) scores the val split when there is one. Checkpoints go to
+    :class:`~pixelllm.pretrain.common.RecordedEval`) scores the val split when there is one. Checkpoints go to
     ``out_dir`` (None: none)."""
     from torch.utils.data import default_collate
 
@@ -195,7 +195,7 @@ def semantic_trainer(cfg, data_root: str | os.PathLike, out_dir: str | os.PathLi
                  for i in range(0, len(val["images"]), 256)]
         return {k: float(np.mean([float(p[k]) for p in parts])) for k in parts[0]}
 
-    hook = TimedEval(evaluate) if val is not None else None
+    hook = RecordedEval(evaluate) if val is not None else None
     return Trainer(model, cfg, PatchTargets(train), default_collate, out_dir=out_dir, eval_fn=hook, progress=progress)
 
 

@@ -43,7 +43,7 @@ from transformers import T5ForConditionalGeneration
 
 from pixelllm.modeling.build import tiny_t5_config
 from pixelllm.modeling.language_model import load_t5
-from pixelllm.pretrain.common import TimedEval, checkpoint_dir, resume_and_fit, run_records
+from pixelllm.pretrain.common import RecordedEval, checkpoint_dir, resume_and_fit, run_records
 from pixelllm.utils import seed_everything, write_json
 
 __all__ = ["tiny_t5_config", "load_t5", "random_spans_noise_mask", "span_corrupt", "SpanCorruptionExamples",
@@ -339,7 +339,7 @@ def t5_trainer(cfg, train_texts: Sequence[str], tokenizer, val_texts: Sequence[s
     """The Trainer of the tiny-T5 pretraining: ``tiny_t5_config(len(tokenizer), **cfg.t5_overrides)``
     seeded by ``cfg.seed``, wrapped in :class:`T5PretrainTask` (the mixture of ``cfg.caption_fraction`` /
     ``cfg.denoise_fraction``, texts cut to ``cfg.max_tokens``) on ``train_texts`` (the first
-    ``cfg.max_samples`` when > 0). Its eval hook (a :class:`~pixelllm.pretrain.common.TimedEval`) scores
+    ``cfg.max_samples`` when > 0). Its eval hook (a :class:`~pixelllm.pretrain.common.RecordedEval`) scores
     span corruption on the first ``cfg.n_val`` of ``val_texts`` (none: no hook). Checkpoints go to
     ``out_dir`` (None: none)."""
     from pixelllm.engine.trainer import Trainer
@@ -356,7 +356,7 @@ def t5_trainer(cfg, train_texts: Sequence[str], tokenizer, val_texts: Sequence[s
     def evaluate(model: T5PretrainTask, step: int) -> dict[str, float]:
         return evaluate_span_corruption(model.t5, tokenizer, val, seed=cfg.seed, max_tokens=cfg.max_tokens)
 
-    hook = TimedEval(evaluate) if val else None
+    hook = RecordedEval(evaluate) if val else None
     return Trainer(T5PretrainTask(t5, ex), cfg, train, collate_token_ids, out_dir=out_dir, eval_fn=hook,
                    progress=progress)
 

@@ -61,11 +61,12 @@ def make(name: str, cfg, resume: bool = True, progress: bool = True, eval_hook: 
     from pixelllm.pretrain import prerequisites as pre
 
     if name in PREREQUISITES:
+        if name != "data":                    # every other prerequisite is made from the world's texts/images
+            pre.ensure_data(cfg, progress)
+        if name not in ("data", "tokenizer"):
+            pre.ensure_tokenizer(cfg, progress)
         fn = {"data": pre.ensure_data, "tokenizer": pre.ensure_tokenizer, "sam_tiny": pre.ensure_sam,
               "t5_tiny": pre.ensure_t5, "semantic_tiny": pre.ensure_semantic}[name]
-        for earlier in PREREQUISITES[:PREREQUISITES.index(name)]:
-            if earlier in ("data", "tokenizer"):
-                {"data": pre.ensure_data, "tokenizer": pre.ensure_tokenizer}[earlier](cfg, progress)
         return fn(cfg, progress)
     pre.ensure_prerequisites(cfg, progress=progress)
     ensure_init_stages(cfg, progress=progress)

@@ -100,12 +100,16 @@ class PixelLLM(nn.Module):
         return self.image_encoder.sam_encoder is not None or not self.image_encoder_trainable
 
     @torch.no_grad()
-    def frozen_image_features(self, images: torch.Tensor, image_sizes: torch.Tensor | None = None) -> torch.Tensor:
+    def frozen_image_features(self, images: torch.Tensor, image_sizes: torch.Tensor | None = None,
+                              sam_features: torch.Tensor | None = None) -> torch.Tensor:
         """The frozen, cacheable part of V(I), to pass back as ``features=``: the whole grid B×C×H×W when
         the image encoder has no trainable parameter (ablations, location-conditioned captioning), else the
-        frozen SAM grid B×C_sam×h×w (the semantic ViT trains)."""
+        frozen SAM grid B×C_sam×h×w (the semantic ViT trains). ``sam_features``: the SAM embedding of these
+        images when already computed (e.g. for the mask decoder), so SAM does not run again."""
         if not self.image_encoder_trainable:
-            return self.image_encoder(images, image_sizes)
+            return self.image_encoder(images, image_sizes, sam_features)
+        if sam_features is not None:
+            return sam_features
         return self.image_encoder.frozen_sam_features(images, image_sizes)
 
     def image_features(self, images: torch.Tensor, image_sizes: torch.Tensor | None = None,

@@ -38,8 +38,8 @@ def predict_boxes(model, batch, mode: str = "teacher_forced", tokenizer: Any = N
         exprs = [m["expression"] for m in batch["meta"]]
         return model.locate(batch["images"], exprs, tokenizer, template=prompt.replace("{expr}", "{}"),
                             image_sizes=batch.get("image_sizes"),
-                            features=model.image_encoder(batch["images"], batch.get("image_sizes"), sam_features)
-                            if sam_features is not None and not model.image_encoder_trainable else sam_features)
+                            features=None if sam_features is None else
+                            model.frozen_image_features(batch["images"], batch.get("image_sizes"), sam_features))
     raise ValueError(f"predict_boxes: mode must be 'teacher_forced' or 'generate', got {mode!r}")
 
 

@@ -13,7 +13,7 @@ from pixelllm.modeling.image_encoder import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, 
 from pixelllm.modeling.language_model import LanguageModel
 from pixelllm.modeling.prompt_encoder import BoxPromptEncoder
 from pixelllm.modeling.sam import build_sam
-from pixelllm.modeling.trace_head import SpatialTraceHead, TraceHead
+from pixelllm.modeling.trace_head import PointerHead, SpatialTraceHead, TraceHead, grid_centres
 from conftest import make_test_model
 
 # Small widths everywhere (big_vision `_make_test_model(**overrides)` style); tiny SAM as is.
@@ -208,6 +208,90 @@ def test_spatial_head_uniform_attention_is_frame_centre():
         head.query.bias.copy_(torch.ones(8) * 10)
     pts = head(torch.zeros(1, 1, 8), (128, 64), image_features=feats)
     assert pts[0, 0, :2].tolist() == pytest.approx([40.0, 48.0], abs=0.5)
+
+
+def test_grid_centres_row_major_pixels():
+    c = grid_centres((2, 4), (128, 64), torch.zeros(()))            # 2 rows × 4 cols over h=128, w=64
+    assert c.tolist() == [[8.0, 32.0], [24.0, 32.0], [40.0, 32.0], [56.0, 32.0],
+                          [8.0, 96.0], [24.0, 96.0], [40.0, 96.0], [56.0, 96.0]]
+
+
+def _peaked_pointer(dim=4, cells=(4, 4)):
+    """A PointerHead whose attention picks the cell whose feature is e_0 (identity projections, no position
+    code, τ tiny) and whose refinement is zero: offset 0, size = half the frame."""
+    head = PointerHead(dim, dim, attn_dim=dim, hidden_dim=8, num_freqs=2)
+    with torch.no_grad():
+        for lin in (head.query, head.key, head.value):
+            lin.weight.copy_(torch.eye(dim))
+            lin.bias.zero_()
+        head.pos.weight.zero_()
+        head.pos.bias.zero_()
+        head.log_temperature.fill_(5.0)
+        head.refine[-1].weight.zero_()
+        head.refine[-1].bias.zero_()
+    return head
+
+
+def test_pointer_head_points_at_the_matching_cell():
+    head = _peaked_pointer()
+    feats = torch.zeros(1, 4, 4, 4)
+    feats[0, 0, 1, 2] = 10.0                                          # row 1, col 2 carries e_0
+    hidden = torch.tensor([[[10.0, 0.0, 0.0, 0.0]]])
+    pts = head(hidden, (128, 64), image_features=feats)              # cells 16 px wide, 32 px high
+    # centre (2.5·16, 1.5·32) = (40, 48); size sigmoid(0)·(w, h) = (32, 64)
+    torch.testing.assert_close(pts[0, 0], torch.tensor([24.0, 16.0, 56.0, 80.0]), atol=1e-3, rtol=0)
+
+
+def test_pointer_head_offset_stays_inside_the_cell():
+    head = _peaked_pointer()
+    with torch.no_grad():
+        head.refine[-1].bias.copy_(torch.tensor([100.0, -100.0, 0.0, 0.0]))   # tanh → ±1: half a cell
+    feats = torch.zeros(1, 4, 4, 4)
+    feats[0, 0, 1, 2] = 10.0
+    pts = head(torch.tensor([[[10.0, 0.0, 0.0, 0.0]]]), (128, 64), image_features=feats)
+    centre = (pts[0, 0, :2] + pts[0, 0, 2:]) / 2
+    torch.testing.assert_close(centre, torch.tensor([40.0 + 8.0, 48.0 - 16.0]), atol=1e-3, rtol=0)
+
+
+def test_pointer_head_learns_to_find_a_described_cell():
+    """Each image has one cell whose feature matches the query vector; a few hundred Adam steps on the L1
+    of the centre must bring the error far below the uniform-attention (frame-centre) error."""
+    torch.manual_seed(0)
+    head = PointerHead(16, 16, attn_dim=32, hidden_dim=32)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+
+    def batch(n=64):
+        feats = torch.randn(n, 16, 8, 8) * 0.3
+        idx = torch.randint(0, 64, (n,))
+        query = torch.randn(n, 16)
+        feats.flatten(2)[torch.arange(n), :, idx] = query                    # the described cell
+        target = grid_centres((8, 8), (128, 128), feats)[idx]               # n×2
+        return query[:, None], feats, target
+
+    def err(h, f, t):
+        p = head(h, (128, 128), image_features=f)[:, 0]
+        return ((p[:, :2] + p[:, 2:]) / 2 - t).abs().mean()
+
+    q, f, t = batch(256)
+    with torch.no_grad():
+        before = float(err(q, f, t))
+    for _ in range(300):
+        loss = err(*batch())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(err(q, f, t))
+    assert before > 25 and after < 6, (before, after)
+
+
+def test_pointer_head_model_trains_every_head_parameter():
+    m = make_model(head="pointer")
+    images, prompt_ids, target_ids = make_batch()
+    out = m(images, None, prompt_ids, None, target_ids)
+    assert out.points.shape == (*target_ids.shape, 4)
+    out.points.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.trace_head.parameters())
 
 
 # --- full model ------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from .pixelllm import CONFIG_NAME, FROZEN_SAM_NAME, LORA_DIR, T5_DIR, WEIGHTS_NA
 from .prompt_encoder import BoxPromptEncoder
 from .prompt_extractor import PromptFeatureExtractor
 from .sam import build_sam
-from .trace_head import SpatialTraceHead, TraceHead
+from .trace_head import PointerHead, SpatialTraceHead, TraceHead
 
 if TYPE_CHECKING:
     from transformers import T5Config
@@ -72,11 +72,11 @@ class PixelLLMConfig:
     lora_targets: str = "paper"                # "paper" (self-attn q, v) | "release" (+ cross-attn) | regex
     lora_dropout: float = 0.0
     # --- trace head -----------------------------------------------------------------------------------------
-    head: str = "mlp"                          # "mlp" (paper) | "spatial" (ablation)
+    head: str = "mlp"                          # "mlp" (paper) | "pointer" (tiny preset) | "spatial" (ablation)
     head_parametrization: str = "corners"      # "corners" (paper) | "center_size" (box at EOS)
     head_layers: int = 4
     head_hidden_dim: int | None = None
-    spatial_attn_dim: int = 128
+    spatial_attn_dim: int = 128                # query/key width of the "spatial" and "pointer" heads
     caption_prompt: str = "A long image caption:"
 
     @classmethod
@@ -254,8 +254,10 @@ def build_pixelllm(name: str | PixelLLMConfig = "tiny", sam_checkpoint: str | Pa
             head = TraceHead(d_model, cfg.head_hidden_dim, cfg.head_layers, cfg.head_parametrization)
         elif cfg.head == "spatial":
             head = SpatialTraceHead(d_model, image_encoder.out_channels, cfg.spatial_attn_dim)
+        elif cfg.head == "pointer":
+            head = PointerHead(d_model, image_encoder.out_channels, cfg.spatial_attn_dim)
         else:
-            raise ValueError(f"build_pixelllm: head must be 'mlp' or 'spatial', got {cfg.head!r}")
+            raise ValueError(f"build_pixelllm: head must be 'mlp', 'pointer' or 'spatial', got {cfg.head!r}")
         model = PixelLLM(image_encoder, prompt_encoder, extractor, language_model, head, config=cfg)
     if device is not None and not meta:
         model.to(device)

@@ -21,6 +21,10 @@ Three variants, all mapping hidden B×T×D → points B×T×4 in pixels of the i
 * :class:`SpatialTraceHead` — ablation: the decoder state attends over the image patch features and
   each point is the attention-weighted mean of patch centres (learned ~1.5× lower per-word error in the
   CPU prototype, PAPER_NOTES.md §8). Not in the paper.
+* :class:`PointerHead` — the tiny preset's head (not in the paper): one attention over the patch grid
+  gives the box **centre** (soft-argmax of the patch centres + a sub-patch offset) and a small MLP of the
+  state and the attended feature gives its **size**. Two attention-weighted corners cannot place the
+  corners of a 12–36 px object on a grid of 16 px cells; a centre can (PAPER_NOTES.md §8).
 """
 from __future__ import annotations
 
@@ -110,9 +114,82 @@ class SpatialTraceHead(nn.Module):
         q = self.query(self.norm(hidden)).view(b, t, 2, self.attn_dim)         # B×T×2×A
         attn = torch.einsum("btka,bna->btkn", q, keys) / self.attn_dim ** 0.5  # B×T×2×N
         attn = attn.softmax(dim=-1)
-        h, w = frame_hw
-        ys = (torch.arange(gh, device=hidden.device, dtype=hidden.dtype) + 0.5) * (h / gh)
-        xs = (torch.arange(gw, device=hidden.device, dtype=hidden.dtype) + 0.5) * (w / gw)
-        centres = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)  # N×2 (x, y), row-major
-        pts = attn @ centres                                                   # B×T×2×2
+        pts = attn @ grid_centres((gh, gw), frame_hw, hidden)                 # N×2 centres (x, y), row-major                                                   # B×T×2×2
         return pts.reshape(b, t, 4)
+
+
+def grid_centres(grid_hw: tuple[int, int], frame_hw: tuple[int, int], ref: torch.Tensor) -> torch.Tensor:
+    """Centres (x, y) in pixels of the frame (h, w) = ``frame_hw`` of the cells of a (gh, gw) grid covering
+    it, row-major → N×2 (N = gh·gw) on ``ref``'s device/dtype."""
+    (gh, gw), (h, w) = grid_hw, frame_hw
+    ys = (torch.arange(gh, device=ref.device, dtype=ref.dtype) + 0.5) * (h / gh)
+    xs = (torch.arange(gw, device=ref.device, dtype=ref.dtype) + 0.5) * (w / gw)
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
+
+
+class PointerHead(nn.Module):
+    """Pointer head: the decoder state points at a patch, then refines (not in the paper).
+
+    For a decoder state h_i and the image grid F (N cells with centres c_n, cell size (s_x, s_y) pixels)::
+
+        a_i   = softmax_n( q(h_i) · k(F_n) / τ )                 attention over the N cells, learned τ
+        v_i   = Σ_n a_i,n · v(F_n)                               the attended feature
+        ĉ_i   = Σ_n a_i,n · c_n + tanh(o([h_i; v_i])) · s / 2     centre: soft-argmax + sub-cell offset
+        ŝ_i   = sigmoid(m([h_i; v_i])) · (w, h)                  size, inside the frame
+        p̂_i   = (ĉ_i − ŝ_i / 2, ĉ_i + ŝ_i / 2)                   the two points (x0, y0, x1, y1)
+
+    The keys carry a learned projection of fixed Fourier features of the cell position, so a state can
+    also point by position ("on the left") when the features alone do not say where. Trained with the same
+    L1 (+ GIoU for boxes) as the MLP head.
+
+    Args:
+        dim: LM width D; feature_dim: channels C of the grid; attn_dim: query/key/value width;
+        hidden_dim: width of the offset/size MLPs; num_freqs: Fourier frequencies of the position code.
+    """
+
+    def __init__(self, dim: int, feature_dim: int, attn_dim: int = 128, hidden_dim: int = 128,
+                 num_freqs: int = 8) -> None:
+        super().__init__()
+        self.attn_dim = attn_dim
+        self.num_freqs = num_freqs
+        self.norm = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, attn_dim)
+        self.feature_norm = nn.LayerNorm(feature_dim)
+        self.key = nn.Linear(feature_dim, attn_dim)
+        self.value = nn.Linear(feature_dim, attn_dim)
+        self.pos = nn.Linear(4 * num_freqs, attn_dim)
+        self.log_temperature = nn.Parameter(torch.zeros(()))      # τ = √A · exp(−log_temperature)
+        self.refine = nn.Sequential(nn.Linear(dim + attn_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 4))
+
+    def position_code(self, grid_hw: tuple[int, int], ref: torch.Tensor) -> torch.Tensor:
+        """Fourier features of the cell centres in [0, 1]² → N×4F (sin/cos of 2^k·π·x and ·y)."""
+        c = grid_centres(grid_hw, (1, 1), ref)                                          # N×2 in (0, 1)
+        freqs = (2.0 ** torch.arange(self.num_freqs, device=ref.device, dtype=ref.dtype)) * torch.pi
+        ang = c[:, :, None] * freqs                                                     # N×2×F
+        return torch.cat([ang.sin(), ang.cos()], dim=-1).reshape(c.shape[0], -1)
+
+    def attention(self, hidden: torch.Tensor, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden B×T×D, grid B×C×H×W → (attention B×T×N over the cells, attended values B×T×A)."""
+        gh, gw = image_features.shape[-2:]
+        f = self.feature_norm(image_features.flatten(2).transpose(1, 2))               # B×N×C
+        keys = self.key(f) + self.pos(self.position_code((gh, gw), f))                 # B×N×A
+        q = self.query(self.norm(hidden))                                               # B×T×A
+        logits = q @ keys.transpose(1, 2) * (self.log_temperature.exp() / self.attn_dim ** 0.5)
+        attn = logits.softmax(dim=-1)                                                   # B×T×N
+        return attn, attn @ self.value(f)
+
+    def forward(self, hidden: torch.Tensor, frame_hw: tuple[int, int],
+                image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden B×T×D, image_features B×C×H×W (the grid covering the S×S frame) → B×T×4 (x0, y0, x1, y1)
+        pixels of the frame (h, w) = ``frame_hw``."""
+        if image_features is None:
+            raise ValueError("PointerHead needs image_features (B×C×H×W)")
+        gh, gw = image_features.shape[-2:]
+        h, w = frame_hw
+        attn, value = self.attention(hidden, image_features.to(hidden.dtype))
+        centre = attn @ grid_centres((gh, gw), frame_hw, hidden)                       # B×T×2 soft-argmax
+        r = self.refine(torch.cat([self.norm(hidden), value], dim=-1))                 # B×T×4
+        cell = torch.tensor([w / gw, h / gh], dtype=hidden.dtype, device=hidden.device)
+        centre = centre + torch.tanh(r[..., :2]) * cell / 2
+        size = torch.sigmoid(r[..., 2:]) * torch.tensor([w, h], dtype=hidden.dtype, device=hidden.device)
+        return torch.cat([centre - size / 2, centre + size / 2], dim=-1)

@@ -1,0 +1,204 @@
+"""Grounding lab: one hypothesis about per-word pointing / referring boxes answered in minutes.
+
+A *recipe* is a named set of config overrides for stage 2 (``ln_trace``) and referring localization
+(``refcoco``). The lab trains stage 2 from the run's stage-1 checkpoint for a fixed number of steps, scores
+its per-word points teacher-forced on the first N LN val narratives (``point_l1``, its image-centre
+baseline, and ``pointing_accuracy`` when the world has its pointing sidecar), then fine-tunes referring
+localization from it for a fixed number of steps and scores P@0.5 on the first N val expressions. Step
+counts and seeds are fixed, so a slower CPU gets the same numbers later; the minutes are reported.
+
+    python bench/grounding_lab.py --recipe pointer --seeds 0 1
+    python bench/grounding_lab.py --recipe paper_mlp --seeds 0 1 --trace-steps 300 --refer-steps 200
+    python bench/grounding_lab.py --table          # rewrite docs/GROUNDING_LAB.md's table from the runs
+
+Every run appends one JSON line to ``results/grounding_lab.jsonl``; ``--table`` renders them (mean over
+seeds, and each seed) into the marked block of ``docs/GROUNDING_LAB.md``. Runs go to
+``<run>/lab/<recipe>/seed<k>`` (deleted after scoring unless ``--keep``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LOG = REPO / "results" / "grounding_lab.jsonl"
+DOC = REPO / "docs" / "GROUNDING_LAB.md"
+BEGIN, END = "<!-- lab-table:begin -->", "<!-- lab-table:end -->"
+
+POINTER = {"head": "pointer"}
+
+#: recipe name → (what it tests, {"ln_trace": overrides, "refcoco": overrides}); overrides are
+#: ``get_config`` overrides (``model_overrides`` are merged over the config's own).
+RECIPES: dict[str, tuple[str, dict]] = {
+    "paper_mlp": ("paper head: 4-layer MLP on h_i, corners (trace); centre+size at EOS (refer)", {}),
+    "spatial": ("two attention-weighted corners over the 8x8 grid",
+                {"ln_trace": {"model_overrides": {"head": "spatial"}},
+                 "refcoco": {"model_overrides": {"head": "spatial"}}}),
+    "pointer": ("pointer head: soft-argmax centre + sub-cell offset, size MLP",
+                {"ln_trace": {"model_overrides": POINTER}, "refcoco": {"model_overrides": POINTER}}),
+}
+
+
+def merged(cfg_name: str, recipe: dict, extra: dict, smoke: bool):
+    from pixelllm.configs import get_config
+
+    base = get_config(cfg_name, smoke=smoke)
+    over = dict(recipe.get(cfg_name, {}))
+    if "model_overrides" in over:
+        over["model_overrides"] = {**base.model_overrides, **over["model_overrides"]}
+    return get_config(cfg_name, smoke=smoke, overrides={**over, **extra})
+
+
+def score_trace(model, cfg, paths, tok, n: int) -> dict:
+    """Teacher-forced per-word metrics on the first ``n`` LN val narratives."""
+    from torch.utils.data import Subset
+
+    from pixelllm.engine.datasets import task_dataset
+    from pixelllm.engine.evaluate import teacher_forced_eval
+
+    val = task_dataset("trace", "val", cfg, paths, tok, model.image_size, return_trace_samples=True)
+    res = teacher_forced_eval(model, Subset(val, range(min(n, len(val)))), batch_size=32, cfg=cfg)
+    out = {"point_l1": res["point_l1"], "centre_l1": res["centre_l1"], "ce": res["ce"]}
+    try:  # pointing accuracy needs the world's pointing sidecar (written by the generator)
+        from pixelllm.eval.pointing import evaluate_pointing
+    except ImportError:
+        return out
+    try:
+        out.update({k: v for k, v in evaluate_pointing(model, Subset(val, range(min(n, len(val)))), tok,
+                                                        generated=False).items()
+                    if k.startswith("pointing_accuracy")})
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def run_one(recipe_name: str, seed: int, trace_steps: int, refer_steps: int, n_eval: int, smoke: bool,
+            keep: bool) -> dict:
+    import torch
+
+    from pixelllm.data.tokenizer import load_tokenizer
+    from pixelllm.engine.builder import build_model
+    from pixelllm.engine.paths import resolve_paths
+    from pixelllm.tasks.captioning import run_training
+    from pixelllm.tasks.referring.data import refexp_datasets
+    from pixelllm.tasks.referring.localization import evaluate_referring, referring_trainer
+    from pixelllm.utils import run_dir
+
+    what, recipe = RECIPES[recipe_name]
+    out = run_dir(smoke) / "lab" / recipe_name / f"seed{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    row = {"recipe": recipe_name, "what": what, "seed": seed, "trace_steps": trace_steps,
+           "refer_steps": refer_steps, "n_eval": n_eval, "threads": torch.get_num_threads()}
+    t0 = time.perf_counter()
+    if trace_steps:
+        cfg = merged("ln_trace", recipe, {"steps": trace_steps, "seed": seed, "eval_interval": 0,
+                                          "warmup_steps": max(1, trace_steps // 10),
+                                          "ckpt_interval": trace_steps, "keep_last": 1,
+                                          "out_dir": str(out / "ln_trace")}, smoke)
+        trainer = run_training(cfg, eval_fn=None, resume=False, progress=False)
+        paths = resolve_paths(cfg)
+        tok = load_tokenizer(paths.tokenizer)
+        row["trace_minutes"] = (time.perf_counter() - t0) / 60
+        row.update(score_trace(trainer.model, cfg, paths, tok, n_eval))
+        init = str(out / "ln_trace")
+    else:
+        init = "ln_trace"
+    if refer_steps:
+        t1 = time.perf_counter()
+        cfg = merged("refcoco", recipe, {"steps": refer_steps, "seed": seed, "init_from": init,
+                                         "warmup_steps": max(1, refer_steps // 8), "eval_samples": 0,
+                                         "ckpt_interval": refer_steps, "keep_last": 1,
+                                         "out_dir": str(out / "refcoco")}, smoke)
+        paths = resolve_paths(cfg)
+        tok = load_tokenizer(paths.tokenizer)
+        trainer = referring_trainer(cfg, build_model(cfg, paths, tok, verbose=False), tok, progress=False,
+                                    write=False)
+        trainer.fit()
+        row["refer_minutes"] = (time.perf_counter() - t1) / 60
+        val = refexp_datasets(paths.data, tok, trainer.model.image_size, ("val",), prompt=cfg.prompts["refer"],
+                              max_target_len=cfg.max_target_len, max_samples=n_eval)
+        m = evaluate_referring(trainer.model, val, progress=False)
+        row["refer_p05"] = m["val"]["P@0.5"]
+    row["minutes"] = (time.perf_counter() - t0) / 60
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def fmt(x, digits=3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def render_table(rows: list[dict]) -> str:
+    """Markdown: one line per (recipe, steps) with the mean over seeds and the per-seed values."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["recipe"], r["trace_steps"], r["refer_steps"]), []).append(r)
+    keys = ("point_l1", "pointing_accuracy", "refer_p05")
+    lines = ["| # | recipe | what | steps (trace / refer) | seeds | point_l1 (centre) | pointing acc. | refer P@0.5 | minutes / seed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for i, ((name, ts, rs), g) in enumerate(groups.items(), 1):
+        def cell(k):
+            vals = [r.get(k) for r in g if r.get(k) is not None]
+            if not vals:
+                return "—"
+            mean = sum(vals) / len(vals)
+            return fmt(mean) + (" (" + " / ".join(fmt(v) for v in vals) + ")" if len(vals) > 1 else "")
+        centre = [r["centre_l1"] for r in g if r.get("centre_l1") is not None]
+        l1 = cell("point_l1") + (f" [{fmt(sum(centre) / len(centre))}]" if centre else "")
+        mins = sum(r["minutes"] for r in g) / len(g)
+        lines.append(f"| {i} | `{name}` | {g[0]['what']} | {ts} / {rs} | {len(g)} | {l1} | "
+                     f"{cell(keys[1])} | {cell(keys[2])} | {mins:.1f} |")
+    return "\n".join(lines)
+
+
+def write_table() -> None:
+    rows = [json.loads(x) for x in LOG.read_text().splitlines() if x.strip()] if LOG.is_file() else []
+    text = DOC.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{DOC}: missing the {BEGIN} / {END} markers")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    DOC.write_text(head + BEGIN + "\n" + render_table(rows) + "\n" + END + tail)
+    print(f"wrote {len(rows)} runs into {DOC}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--recipe", choices=sorted(RECIPES))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--trace-steps", type=int, default=300)
+    ap.add_argument("--refer-steps", type=int, default=200)
+    ap.add_argument("--n-eval", type=int, default=128, help="val narratives / expressions scored")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--smoke", action="store_true", help="SMOKE world and a few steps (a test of the lab)")
+    ap.add_argument("--keep", action="store_true", help="keep the lab's checkpoints")
+    ap.add_argument("--no-log", action="store_true", help="do not append to results/grounding_lab.jsonl")
+    ap.add_argument("--table", action="store_true", help="render docs/GROUNDING_LAB.md's table and exit")
+    args = ap.parse_args(argv)
+    if args.table:
+        write_table()
+        return
+    if args.recipe is None:
+        ap.error("--recipe is required (or --table)")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for seed in args.seeds:
+        row = run_one(args.recipe, seed, args.trace_steps, args.refer_steps, args.n_eval, args.smoke, args.keep)
+        print(json.dumps(row))
+        if not args.no_log and not args.smoke:
+            LOG.parent.mkdir(parents=True, exist_ok=True)
+            with LOG.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,9 +8,9 @@ set ``tasks={'trace': 1.0}`` for the paper's LN-only stage.
 Maximum target length 128 (EOS included), the release's ``max_text_tokens`` of the trace configs
 (``configs/t5/pixel_llm_t5_trace.py``). With the official alignment (``ln_alignment="official"``) a
 narrative longer than the limit has all its utterances spread over the kept tokens, so a short limit
-misplaces targets rather than dropping them. On the synthetic LN train split (1,600 narratives, this
-repo's tokenizer) narratives have 9–87 caption tokens (median 42, 95th percentile 72): a limit of 64 cut
-14.4 % of them and moved 78 % of their kept tokens to another utterance (1.9 utterances, 0.094 box-corner
+misplaces targets rather than dropping them. On the synthetic LN train split (1,600 captions, this
+repo's tokenizer) captions have 9–87 tokens (median 42, 95th percentile 72): a limit of 64 would cut
+14.4 % of them and move 78 % of their kept tokens to another utterance (1.9 utterances, 0.094 box-corner
 L1 on average); 128 cuts none, at ~21 % more padded target tokens per batch (PAPER_NOTES.md §2.7).
 """
 from __future__ import annotations

@@ -80,12 +80,17 @@ def test_empty_utterance_is_invalid_and_its_tokens_go_to_neighbours():
     assert utt.valid.tolist() == [True, False, True]
     al = align_tokens_to_trace(rec, 4)
     assert al.valid.all() and 1 not in al.utterance_index.tolist()
-    # a narrative whose utterances are all empty/invalid is skipped by the loader, counted
+    # a narrative whose utterances are all empty/invalid: kept and counted (official), or skipped, counted
     none_valid = ln_record(timed_caption=[{"utterance": " ", "start_time": 0.0, "end_time": 1.0}])
     from pixelllm.data.datasets import LNTraceDataset
 
-    ds = LNTraceDataset([parse_narrative(none_valid), parse_narrative(ln_record())], ".", tokenizer=None)
+    narrs = [parse_narrative(none_valid), parse_narrative(ln_record())]
+    ds = LNTraceDataset(narrs, ".", tokenizer=None)
+    assert len(ds) == 2 and ds.skips["kept: no valid utterance (every token → utterance 0, as official)"] == 1
+    ds = LNTraceDataset(narrs, ".", tokenizer=None, alignment="full_caption")
     assert len(ds) == 1 and ds.skips["skipped: no valid utterance"] == 1
+    with pytest.raises(ValueError, match="alignment"):
+        LNTraceDataset(narrs, ".", tokenizer=None, alignment="whole")
 
 
 def test_non_monotonic_times_are_handled_as_official_and_counted():

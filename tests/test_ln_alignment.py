@@ -3,11 +3,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from pixelllm.data.errors import SkipCounter
+from pixelllm.data.datasets import LNTraceDataset
 from pixelllm.data.localized_narratives import (
-    align_tokens_to_trace, iter_localized_narratives, load_localized_narratives, parse_narrative,
-    token_to_utterance, utterance_traces,
+    align_tokens_to_trace, iter_localized_narratives, load_localized_narratives, num_aligned_tokens,
+    parse_narrative, token_to_utterance, unusable_reason, utterance_traces,
 )
 
 
@@ -70,7 +73,9 @@ def test_single_point_trace_is_skipped_and_counted(tmp_path):
     p = tmp_path / "ln.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in (one, none, ok)) + "\n")
     assert not utterance_traces(parse_narrative(one)).valid.any()
-    al = align_tokens_to_trace(one, 2)
+    al = align_tokens_to_trace(one, 2)                  # official: index 0, but no trace → no target
+    assert not al.valid.any() and al.utterance_index.tolist() == [0, 0] and (al.points == 0).all()
+    al = align_tokens_to_trace(one, 2, alignment="full_caption")
     assert not al.valid.any() and (al.utterance_index == -1).all() and (al.points == 0).all()
     skips = SkipCounter("t")
     kept = load_localized_narratives(p, skips=skips)
@@ -117,11 +122,13 @@ def test_integer_times_equal_float_times():
     (1, [1, 1, 1], [2]),                  # a single token sits at 1 → last utterance
     (5, [1], [0, 0, 0, 0, 0]),
     (3, [0, 1, 0, 1], [1, 3, 3]),         # invalid utterances are never chosen
-    (3, [0, 0], [-1, -1, -1]),            # nothing valid
+    (3, [0, 0], [0, 0, 0]),               # nothing valid: all distances equal → utterance 0 (official)
     (0, [1], []),
 ])
 def test_relative_position_matching(m, valid, expected):
     assert token_to_utterance(m, np.array(valid, bool)).tolist() == expected
+    other = token_to_utterance(m, np.array(valid, bool), alignment="full_caption").tolist()
+    assert other == ([-1] * m if not any(valid) else expected)   # the variants differ only there
 
 
 def test_point_target_center_and_unsorted_segments():
@@ -183,3 +190,133 @@ def test_reader_streams_real_schema(tmp_path):
     assert got[0].timed_caption[1].start_time == 0.4 and got[0].annotator_id == 1
     assert got[0].trace_points().shape == (11, 3)
     assert got[0].source.endswith(":1") and got[1].source.endswith(":3")
+
+
+# ------------------------------------------------- official (default) vs "full_caption" alignment
+class Words:
+    """Whitespace tokenizer, EOS = 1 (ids = word length + 3): one token per word."""
+    eos_token_id = 1
+
+    def __call__(self, text):
+        return {"input_ids": [len(w) + 3 for w in text.split()] + [1]}
+
+
+def _image(tmp_path, iid="7", size=(100, 50)):
+    Image.new("RGB", size, (128, 64, 32)).save(tmp_path / f"{int(iid):012d}.jpg")
+
+
+@pytest.mark.parametrize("n, max_len, official, full", [
+    (6, 4, 3, 6),            # [BOS] 3 words (EOS cut) in the release; our 3 words + EOS
+    (6, 7, 6, 6),            # fits exactly: 6 words + EOS
+    (6, 128, 6, 6),
+    (6, None, 6, 6),
+    (0, 4, 0, 0),
+])
+def test_num_aligned_tokens(n, max_len, official, full):
+    assert num_aligned_tokens(n, max_len) == official
+    assert num_aligned_tokens(n, max_len, "full_caption") == full
+
+
+def test_bad_alignment_name_is_rejected():
+    with pytest.raises(ValueError, match="full_caption"):
+        num_aligned_tokens(3, 4, "truncated")
+    with pytest.raises(ValueError, match="alignment"):
+        token_to_utterance(3, [True], alignment="Official")
+
+
+def test_truncation_squeezes_later_utterances_into_kept_tokens(tmp_path):
+    # 6 words, 3 utterances of 2 words over x = t / 10; utterance boxes x ∈ [0, .2], [.2, .4], [.4, .6]
+    rec = record([("a big", 0.0, 2.0), ("red circle", 2.0, 4.0), ("on top", 4.0, 6.0)], LINEAR)
+    # official, max_target_len 4 → M = 3 words at 1/3 + (j/3)(2/3) = .56 .78 1 vs 1/3 2/3 1 → [1, 1, 2]
+    assert token_to_utterance(num_aligned_tokens(6, 4), [True] * 3).tolist() == [1, 1, 2]
+    # full caption: M = 6 at 1/3 + j/9 → [0, 1, 1, 1, 2, 2], cut to the first 3 → the last utterance is gone
+    assert token_to_utterance(num_aligned_tokens(6, 4, "full_caption"), [True] * 3).tolist()[:3] == [0, 1, 1]
+    _image(tmp_path)
+    narr = parse_narrative(rec)
+    off = LNTraceDataset([narr], tmp_path, Words(), image_size=100, max_target_len=4)[0]
+    full = LNTraceDataset([narr], tmp_path, Words(), image_size=100, max_target_len=4, alignment="full_caption")[0]
+    assert off["target_ids"].tolist() == full["target_ids"].tolist() == [4, 6, 6, 1]
+    # 100×50 image, resized frame = original: corners × (100, 50, 100, 50)
+    torch.testing.assert_close(off["points"], torch.tensor(
+        [[20, 25, 40, 25], [20, 25, 40, 25], [40, 25, 60, 25], [0, 0, 0, 0]], dtype=torch.float32))
+    torch.testing.assert_close(full["points"], torch.tensor(
+        [[0, 25, 20, 25], [20, 25, 40, 25], [20, 25, 40, 25], [0, 0, 0, 0]], dtype=torch.float32))
+    assert off["point_valid"].tolist() == full["point_valid"].tolist() == [True, True, True, False]
+    # without truncation both alignments agree
+    a = LNTraceDataset([narr], tmp_path, Words(), image_size=100, max_target_len=128)[0]
+    b = LNTraceDataset([narr], tmp_path, Words(), image_size=100, max_target_len=128, alignment="full_caption")[0]
+    torch.testing.assert_close(a["points"], b["points"])
+
+
+def test_all_invalid_record_is_kept_with_every_token_on_utterance_0(tmp_path):
+    # both utterances happen while the mouse is left of the image (x < 0) → centres <= 1e-5 → invalid;
+    # utterance 0's box x ∈ [-0.5, -0.3] (clipped to 0), y ∈ [0.2, 0.4]
+    trace = [[(-0.5, 0.2, 0.0), (-0.3, 0.4, 1.0), (-0.1, 0.6, 2.0)]]
+    rec = record([("a dog", 0.0, 1.0), ("runs", 1.0, 2.0)], trace)
+    narr = parse_narrative(rec)
+    assert not utterance_traces(narr).valid.any()
+    assert unusable_reason(narr) is None
+    assert unusable_reason(narr, "full_caption") == "skipped: no valid utterance"
+    al = align_tokens_to_trace(narr, 3)
+    assert al.utterance_index.tolist() == [0, 0, 0] and al.valid.all()
+    np.testing.assert_allclose(al.points, [[0, 0.2, 0, 0.4]] * 3, atol=1e-12)
+    _image(tmp_path)
+    ds = LNTraceDataset([narr], tmp_path, Words(), image_size=100)
+    assert len(ds) == 1 and ds.skips["kept: no valid utterance (every token → utterance 0, as official)"] == 1
+    s = ds[0]
+    torch.testing.assert_close(s["points"], torch.tensor([[0, 10, 0, 20]] * 3 + [[0, 0, 0, 0]], dtype=torch.float32))
+    assert s["point_valid"].tolist() == [True, True, True, False]
+    legacy = LNTraceDataset([narr], tmp_path, Words(), image_size=100, alignment="full_caption")
+    assert len(legacy) == 0 and legacy.skips["skipped: no valid utterance"] == 1
+    # loading from a file follows the same rule
+    p = tmp_path / "ln.jsonl"
+    p.write_text(json.dumps(rec) + "\n")
+    assert len(load_localized_narratives(p)) == 1
+    assert len(load_localized_narratives(p, alignment="full_caption")) == 0
+
+
+def test_all_invalid_record_with_a_degenerate_trace_has_no_finite_target():
+    # all trace times equal: the interpolant is undefined (nan) — the release would train on nan; we mask it
+    rec = record([("a dog", 0.0, 1.0)], [[(0.2, 0.2, 0.5), (0.4, 0.4, 0.5)]])
+    al = align_tokens_to_trace(rec, 2)
+    assert al.utterance_index.tolist() == [0, 0] and not al.valid.any()
+    assert np.isfinite(al.points).all() and (al.points == 0).all() and (al.samples == 0).all()
+
+
+INF = 2 ** 16 - 1          # ``io/ops.py`` INF
+
+
+def _official_token2utt(n_caption_tokens, max_text_tokens, utt_valid, bos=2, eos=1, pad=0):
+    """Numpy transcription of ``DecodeLocalizedNarrativesAnnotations.__call__`` steps 1-3 (one caption).
+
+    Tokenisation as the T5 ``string_tensor_to_indices(prepend_bos=True, append_eos=True, max_num_tokens)``:
+    caption + EOS, cut/padded to ``max_text_tokens``, then BOS prepended and the last slot dropped.
+    Returns (text_tokens, token2utt) over all ``max_text_tokens`` slots.
+    """
+    tokenized = np.array([10 + k for k in range(n_caption_tokens)] + [eos])[:max_text_tokens]
+    tokenized = np.pad(tokenized, (0, max_text_tokens - len(tokenized)), constant_values=pad)
+    text_tokens = np.concatenate([[bos], tokenized[:-1]])[:max_text_tokens]
+    valid_utt_mask = np.asarray(utt_valid).astype(np.int32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sampled_utt_pos = np.cumsum(valid_utt_mask) / valid_utt_mask.sum(keepdims=True)
+    sampled_utt_pos = np.where(valid_utt_mask > 0, sampled_utt_pos, -np.ones_like(sampled_utt_pos))
+    start = np.min(np.where(sampled_utt_pos > 0, sampled_utt_pos, np.ones_like(sampled_utt_pos) * INF))
+    end = np.max(np.where(sampled_utt_pos > 0, sampled_utt_pos, -np.ones_like(sampled_utt_pos) * INF))
+    valid_token_mask = ((text_tokens != pad) & (text_tokens != bos) & (text_tokens != eos)).astype(np.int32)
+    token_pos = np.cumsum(valid_token_mask) / valid_token_mask.sum(keepdims=True)
+    token_pos = start + token_pos * (end - start)
+    token_utt_dist = (token_pos[:, None] - sampled_utt_pos[None, :]) ** 2
+    return text_tokens, np.argmin(token_utt_dist, axis=-1)
+
+
+def test_parity_with_official_token_mapping_on_random_cases():
+    rng = np.random.default_rng(1)
+    cases = [(int(rng.integers(1, 60)), int(rng.integers(4, 40)), rng.random(int(rng.integers(1, 30))) < 0.8)
+             for _ in range(40)]
+    cases += [(20, 8, np.zeros(5, bool)), (5, 128, np.zeros(1, bool)), (7, 8, np.ones(3, bool))]
+    for n, max_len, valid in cases:
+        text_tokens, ref = _official_token2utt(n, max_len, valid)
+        real = text_tokens >= 10                                       # the non-special slots
+        m = num_aligned_tokens(n, max_len)
+        assert real.sum() == m
+        np.testing.assert_array_equal(token_to_utterance(m, valid), ref[real], err_msg=f"{n=} {max_len=} {valid=}")

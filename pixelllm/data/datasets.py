@@ -252,36 +252,53 @@ class CaptionDataset(_TaskDataset):
 class LNTraceDataset(_TaskDataset):
     """Localized Narratives with per-token trace targets (task "trace").
 
-    The caption is tokenised (EOS appended); its M non-EOS tokens get targets from
-    :func:`pixelllm.data.localized_narratives.align_tokens_to_trace` (normalised [0, 1], clipped).
-    As in the official pipeline the normalised corners are rounded to integer pixels of the original
-    image (``round(u · W)``) and then moved into the resized frame. EOS and pad carry no target.
-    Narratives the official code skips (≤ 1 trace point, no valid utterance) are dropped and counted.
+    The caption is tokenised (EOS appended) and cut to ``max_target_len`` (EOS kept last); its kept
+    non-EOS tokens get targets from :func:`pixelllm.data.localized_narratives.align_tokens_to_trace`
+    (normalised [0, 1], clipped). As in the official pipeline the normalised corners are rounded to
+    integer pixels of the original image (``round(u · W)``) and then moved into the resized frame. EOS and
+    pad carry no target. Narratives the official code skips (≤ 1 trace point) or without any utterance
+    are dropped and counted.
+
+    ``alignment`` (PAPER_NOTES.md §2.4, §2.7): ``"official"`` spreads all utterances over the tokens kept
+    after truncation (M = min(n, max_target_len − 1)) and keeps a narrative without a valid utterance
+    (every token → utterance 0, counted as a note); ``"full_caption"`` aligns the whole caption and then
+    cuts, so the later utterances lose their tokens, and drops narratives without a valid utterance.
 
     Args:
         narratives: an LN ``.jsonl`` path or a list of :class:`Narrative`.
         point_target: "box" (two corners, paper) or "center".
         return_trace_samples: also return ``trace_samples`` T×16×2 (normalised, for ``point_l1``).
+        alignment: "official" (default) or "full_caption".
     """
     task = "trace"
 
     def __init__(self, narratives, image_root, tokenizer, image_size: int = 384,
                  prompt: str = DEFAULT_PROMPTS["trace"], point_target: str = "box",
-                 return_trace_samples: bool = False, num_samples: int = 16, max_target_len: int = 128, **kw):
+                 return_trace_samples: bool = False, num_samples: int = 16, max_target_len: int = 128,
+                 alignment: str = "official", **kw):
         super().__init__(image_root, tokenizer, image_size, max_target_len=max_target_len, **kw)
-        from pixelllm.data.localized_narratives import load_localized_narratives, unusable_reason
+        from pixelllm.data.localized_narratives import (
+            check_alignment, load_localized_narratives, unusable_reason, utterance_traces,
+        )
 
+        self.alignment = check_alignment(alignment)
         if isinstance(narratives, (str, os.PathLike)):
-            narratives = load_localized_narratives(narratives, require_trace=True, skips=self.skips)
+            narratives = load_localized_narratives(narratives, require_trace=True, skips=self.skips,
+                                                   alignment=alignment)
         else:
             kept = []
             for n in narratives:
-                reason = unusable_reason(n)
+                reason = unusable_reason(n, alignment)
                 if reason:
                     self.skips.add(reason, detail=n.source)
                 else:
                     kept.append(n)
             narratives = kept
+        if alignment == "official":
+            for n in narratives:
+                if not utterance_traces(n, num_samples).valid.any():
+                    self.skips.add("kept: no valid utterance (every token → utterance 0, as official)",
+                                   detail=n.source)
         self.skips.report()
         self.narratives = narratives
         self.prompt, self.point_target = prompt, point_target
@@ -298,14 +315,15 @@ class LNTraceDataset(_TaskDataset):
         return len(self.narratives)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from pixelllm.data.localized_narratives import align_tokens_to_trace
+        from pixelllm.data.localized_narratives import align_tokens_to_trace, num_aligned_tokens
 
         n = self.narratives[i]
         rec = self._rec(n)
         img, flip = self._load_image(rec), self._flip()
         s = self._base(rec, img, flip, self.prompt)
         ids = self._ids(n.caption, None)                                   # full caption + EOS
-        al = align_tokens_to_trace(n, len(ids) - 1, self.num_samples, self.point_target)
+        m = num_aligned_tokens(len(ids) - 1, self.max_target_len, self.alignment)
+        al = align_tokens_to_trace(n, m, self.num_samples, self.point_target, self.alignment)
         h, w = img.height, img.width
         corners = np.round(al.points * [w, h, w, h])                       # official: integer original pixels
         pts = self.transform.boxes(corners, h, w, flip)                    # M×4, resized frame

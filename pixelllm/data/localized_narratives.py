@@ -13,7 +13,16 @@ utterance times are seconds on the same clock. The COCO image file is ``f"{int(i
 
 The alignment follows the official PixelLLM preprocessing exactly (scenic ``tools/build_ln_tfrecord.py``
 ``trace2coord`` + ``io/ops.py`` ``DecodeLocalizedNarrativesAnnotations``); see
-:func:`utterance_traces`, :func:`token_to_utterance` and :func:`align_tokens_to_trace`.
+:func:`utterance_traces`, :func:`num_aligned_tokens`, :func:`token_to_utterance` and
+:func:`align_tokens_to_trace`.
+
+Two alignments are offered (PAPER_NOTES.md §2.4, §2.7), chosen by the ``alignment`` argument:
+
+- ``"official"`` (default): M counts the caption tokens kept after truncation to the maximum target
+  length, so all utterances are spread over the kept tokens; a narrative with no valid utterance is kept
+  and every token takes utterance 0 (the release's arg-min over equal distances).
+- ``"full_caption"``: M counts the whole caption, so truncation cuts the targets of the later utterances
+  together with their tokens; a narrative with no valid utterance is dropped and counted.
 """
 from __future__ import annotations
 
@@ -30,6 +39,14 @@ from pixelllm.data.errors import DataFormatError, SkipCounter, check_type, requi
 NUM_SAMPLES = 16          # samples per utterance trace (official ``num_samples_per_trace``)
 CENTER_EPS = 1e-5         # an utterance whose time-averaged centre has a coordinate <= this is invalid
 SPAN_EPS = 1e-5           # utterance spans shorter than this use a plain mean instead of the trapezoid rule
+ALIGNMENTS = ("official", "full_caption")   # token ↔ utterance alignment variants (module docstring)
+
+
+def check_alignment(alignment: str) -> str:
+    """Return ``alignment`` if it is one of :data:`ALIGNMENTS`, else raise ``ValueError`` naming the choices."""
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    return alignment
 
 
 @dataclass
@@ -145,10 +162,13 @@ def iter_localized_narratives(path: str | os.PathLike, notes: SkipCounter | None
 
 
 def load_localized_narratives(path: str | os.PathLike, require_trace: bool = True,
-                              skips: SkipCounter | None = None, progress: bool = False) -> list[Narrative]:
-    """Read a whole LN file. ``require_trace=True`` drops (and counts) narratives with ≤ 1 trace point
-    or no valid utterance — the ones the official preprocessing skips. The counts are reported
-    (one logging warning) at the end unless a caller-owned ``skips`` is given."""
+                              skips: SkipCounter | None = None, progress: bool = False,
+                              alignment: str = "official") -> list[Narrative]:
+    """Read a whole LN file. ``require_trace=True`` drops (and counts) the narratives that cannot give
+    targets under ``alignment`` (:func:`unusable_reason`): ≤ 1 trace point or no utterance — the ones the
+    official preprocessing skips — and, for ``"full_caption"`` only, no valid utterance. The counts are
+    reported (one logging warning) at the end unless a caller-owned ``skips`` is given."""
+    check_alignment(alignment)
     own = skips is None
     skips = skips if skips is not None else SkipCounter(f"localized narratives {Path(path).name}")
     it = iter_localized_narratives(path, notes=skips)
@@ -158,7 +178,7 @@ def load_localized_narratives(path: str | os.PathLike, require_trace: bool = Tru
     out = []
     for n in it:
         if require_trace:
-            reason = unusable_reason(n)
+            reason = unusable_reason(n, alignment)
             if reason:
                 skips.add(reason, detail=n.source)
                 continue
@@ -168,11 +188,20 @@ def load_localized_narratives(path: str | os.PathLike, require_trace: bool = Tru
     return out
 
 
-def unusable_reason(narr: Narrative) -> str | None:
-    """Why the official pipeline cannot produce targets for ``narr`` (``None`` when it can)."""
+def unusable_reason(narr: Narrative, alignment: str = "official") -> str | None:
+    """Why ``narr`` gives no targets under ``alignment`` (``None`` when it does).
+
+    Both alignments skip narratives with ≤ 1 trace point (the official ``build_ln_tfrecord.py`` drops them:
+    there is no interpolant) and narratives without any timed utterance (nothing to gather a target from).
+    ``"official"`` keeps a narrative whose utterances are all invalid — the release decodes it, every token
+    taking utterance 0 (:func:`token_to_utterance`); ``"full_caption"`` skips it.
+    """
+    check_alignment(alignment)
     if len(narr.trace_points()) <= 1:
         return "skipped: no trace (<= 1 point)"
-    if not utterance_traces(narr).valid.any():
+    if not narr.timed_caption:
+        return "skipped: no utterance"
+    if alignment == "full_caption" and not utterance_traces(narr).valid.any():
         return "skipped: no valid utterance"
     return None
 
@@ -240,23 +269,52 @@ def utterance_traces(narr: Narrative, num_samples: int = NUM_SAMPLES) -> Utteran
     return UtteranceTraces(samples, centers, boxes, valid)
 
 
-def token_to_utterance(num_tokens: int, utt_valid: Sequence[bool]) -> np.ndarray:
+def num_aligned_tokens(num_caption_tokens: int, max_target_len: int | None, alignment: str = "official") -> int:
+    """M, the number of caption tokens the utterances are spread over (step 4, PAPER_NOTES.md §2.4).
+
+    ``num_caption_tokens`` counts the caption's tokens without BOS/EOS/padding; ``max_target_len`` is the
+    target length with EOS included (one slot is EOS), ``None`` = no truncation.
+
+    - ``"official"``: M = min(n, max_target_len − 1), the non-special tokens left after truncation (the
+      release counts them on the already truncated ``[BOS] caption [EOS]`` sequence of
+      ``max_text_tokens``, which also leaves at most ``max_text_tokens − 1`` caption tokens).
+    - ``"full_caption"``: M = n; the targets of the tokens cut by truncation are simply dropped.
+    """
+    check_alignment(alignment)
+    n = int(num_caption_tokens)
+    if n < 0:
+        raise ValueError(f"num_caption_tokens must be >= 0, got {n}")
+    if alignment == "full_caption" or max_target_len is None:
+        return n
+    if max_target_len < 1:
+        raise ValueError(f"max_target_len must be >= 1 (EOS included), got {max_target_len}")
+    return min(n, int(max_target_len) - 1)
+
+
+def token_to_utterance(num_tokens: int, utt_valid: Sequence[bool], alignment: str = "official") -> np.ndarray:
     r"""Step 4: match tokens to utterances by relative position (official ``DecodeLocalizedNarratives``).
 
     Valid utterance k (1-based among the :math:`N_v` valid ones) sits at :math:`p_k = k / N_v`; invalid
     ones at −1 (never the nearest). Token j = 1..M sits at :math:`q_j = j / M`, rescaled onto the span of
     the valid utterances: :math:`q_j' = p_{min} + q_j (p_{max} - p_{min})` with :math:`p_{min} = 1/N_v`,
     :math:`p_{max} = 1`. Each token takes :math:`\arg\min_k (q_j' - p_k)^2` (ties → earlier utterance).
-    No string matching: works for any tokenizer.
+    No string matching: works for any tokenizer. M is :func:`num_aligned_tokens`.
 
-    Returns an M int array of utterance indices into the full list, −1 everywhere when no utterance is valid.
+    When no utterance is valid, ``"official"`` returns 0 for every token — in the release every
+    utterance then sits at −1, so all distances are equal and the arg-min is the first utterance —
+    and ``"full_caption"`` returns −1 (no target).
+
+    Returns an M int array of utterance indices into the full list (N ≥ 1 utterances for ``"official"``).
     """
+    check_alignment(alignment)
     valid = np.asarray(utt_valid, dtype=bool)
     m = int(num_tokens)
     if m == 0:
         return np.zeros(0, dtype=np.int64)
     n_valid = int(valid.sum())
     if n_valid == 0:
+        if alignment == "official" and len(valid):
+            return np.zeros(m, dtype=np.int64)                         # arg-min of N equal distances
         return np.full(m, -1, dtype=np.int64)
     utt_pos = np.where(valid, np.cumsum(valid) / n_valid, -1.0)        # N: k/N_v or −1
     p_min, p_max = 1.0 / n_valid, 1.0
@@ -273,10 +331,13 @@ class AlignedTrace:
     points           M×4 (x0, y0, x1, y1) normalised to the image and clipped to [0, 1]: the top-left
                      and bottom-right corners of the token's utterance box (``point_target="box"``), or
                      the centre twice (``point_target="center"``)
-    valid            M bool: the token has a target (False only when the narrative has no valid utterance)
+    valid            M bool: the token has a target. ``"official"``: True unless the narrative has no
+                     trace or utterance, or the gathered box is not finite (an all-invalid narrative
+                     whose trace times are all equal); ``"full_caption"``: False when the narrative has
+                     no valid utterance
     samples          M×S×2 the utterance's S trace samples (x, y), normalised, clipped to [0, 1]
                      (ground truth of the ``point_l1`` trace metric)
-    utterance_index  M int, index into ``narrative.timed_caption`` (−1 when invalid)
+    utterance_index  M int, index into ``narrative.timed_caption`` (−1 when no utterance is gathered)
     utterances       the per-utterance summaries the targets were taken from
     """
     points: np.ndarray
@@ -287,16 +348,18 @@ class AlignedTrace:
 
 
 def align_tokens_to_trace(record: Narrative | dict, tokens: Sequence[str] | int, num_samples: int = NUM_SAMPLES,
-                          point_target: str = "box") -> AlignedTrace:
+                          point_target: str = "box", alignment: str = "official") -> AlignedTrace:
     """The official LN trace → token alignment (PAPER_NOTES.md §2, steps 1–5).
 
     Args:
         record: a :class:`Narrative` or the raw JSON dict of one LN line.
-        tokens: the caption's tokens after tokenisation **without** EOS/BOS/pad (any tokenizer; only
-            their number M is used), or M itself.
+        tokens: the caption's tokens after tokenisation and truncation **without** EOS/BOS/pad (any
+            tokenizer; only their number M is used), or M itself — see :func:`num_aligned_tokens`.
         num_samples: trace samples per utterance (16 official).
         point_target: ``"box"`` — corners of the utterance's trace box (paper/official default);
             ``"center"`` — its time-averaged centre, repeated as (cx, cy, cx, cy).
+        alignment: ``"official"`` or ``"full_caption"`` — what happens when no utterance is valid
+            (:func:`token_to_utterance`).
 
     Returns:
         :class:`AlignedTrace`, all coordinates normalised to the image ([0, 1], (x, y), origin top-left).
@@ -307,9 +370,11 @@ def align_tokens_to_trace(record: Narrative | dict, tokens: Sequence[str] | int,
     narr = record if isinstance(record, Narrative) else parse_narrative(record)
     m = tokens if isinstance(tokens, int) else len(tokens)
     utt = utterance_traces(narr, num_samples)
-    idx = token_to_utterance(m, utt.valid)                             # step 4
+    idx = token_to_utterance(m, utt.valid, alignment)                  # step 4
     valid = idx >= 0
-    safe = np.where(valid, idx, 0)
+    if len(narr.trace_points()) <= 1:                                  # no interpolant: no target at all
+        valid[:] = False
+    safe = np.where(idx >= 0, idx, 0)
     if len(utt.valid) == 0:                                            # no utterance at all
         boxes, centers, samples = np.zeros((m, 4)), np.zeros((m, 2)), np.zeros((m, num_samples, 2))
     else:
@@ -318,6 +383,7 @@ def align_tokens_to_trace(record: Narrative | dict, tokens: Sequence[str] | int,
         points = boxes                                                 # (x0, y0, x1, y1) corners
     else:
         points = np.concatenate([centers, centers], axis=-1)           # (cx, cy, cx, cy)
-    points = np.clip(points, 0.0, 1.0) * valid[:, None]                # step 5: clip to [0, 1]
-    samples = np.clip(samples, 0.0, 1.0) * valid[:, None, None]
+    valid &= np.isfinite(points).all(-1) & np.isfinite(samples).all((-2, -1))
+    points = np.nan_to_num(np.clip(points, 0.0, 1.0)) * valid[:, None]  # step 5: clip to [0, 1]
+    samples = np.nan_to_num(np.clip(samples, 0.0, 1.0)) * valid[:, None, None]
     return AlignedTrace(points=points, valid=valid, samples=samples, utterance_index=idx, utterances=utt)

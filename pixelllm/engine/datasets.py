@@ -53,7 +53,8 @@ def task_dataset(task: str, split: str, cfg, paths, tokenizer, image_size: int, 
                               prompt=prompt, max_target_len=cfg.max_target_len, **kw)
     if task == "trace":
         ln = paths.data / cfg.ln_file.format(split=split)
-        return LNTraceDataset(ln, images, tokenizer, image_size, prompt=prompt, max_target_len=cfg.max_target_len, **kw)
+        return LNTraceDataset(ln, images, tokenizer, image_size, prompt=prompt, max_target_len=cfg.max_target_len,
+                              alignment=cfg.ln_alignment, **kw)
     raise ValueError(f"task {task!r}: the training CLI wires 'caption' and 'trace' (stages 1 and 2); "
                      "use the dataset classes of pixelllm.data.datasets directly for the others")
 

@@ -100,9 +100,18 @@ def _config_dict(config: Any) -> dict:
     return json.loads(json.dumps(config, sort_keys=True, default=str))   # tuples → lists, as stored
 
 
+#: config fields that only change what one task trains on: compared only when one of the two configs has
+#: that task in its ``tasks`` mixture (a captioning or SAM pretraining is the same recipe whatever the LN
+#: token alignment is).
+TASK_CONFIG_KEYS = {"ln_alignment": "trace", "ln_file": "trace"}
+
+
 def config_difference(stored: dict, wanted: dict) -> dict:
-    """``{key: (stored, wanted)}`` for every compared key whose value differs (volatile keys ignored)."""
+    """``{key: (stored, wanted)}`` for every compared key whose value differs (volatile keys ignored, and
+    :data:`TASK_CONFIG_KEYS` ignored when neither config trains their task)."""
     keys = (set(stored) | set(wanted)) - VOLATILE_CONFIG_KEYS
+    tasks = set(stored.get("tasks") or {}) | set(wanted.get("tasks") or {})
+    keys -= {k for k, task in TASK_CONFIG_KEYS.items() if task not in tasks}
     missing = object()
     return {k: (stored.get(k, "<absent>"), wanted.get(k, "<absent>")) for k in sorted(keys)
             if stored.get(k, missing) != wanted.get(k, missing)}

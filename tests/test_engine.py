@@ -372,6 +372,16 @@ def test_found_or_compute_reuses_only_a_matching_config(tmp_path, monkeypatch):
     assert len(calls) == 3
 
 
+def test_task_scoped_config_keys_compare_only_for_their_task():
+    from pixelllm.utils import config_difference
+
+    old = {"tasks": {"caption": 1.0}, "steps": 3}                      # stored before ln_alignment existed
+    assert config_difference(old, {"tasks": {"caption": 1.0}, "steps": 3, "ln_alignment": "official"}) == {}
+    trace_old = {"tasks": {"trace": 1.0}, "steps": 3}
+    assert config_difference(trace_old, {"tasks": {"trace": 1.0}, "steps": 3, "ln_alignment": "official"}) == {
+        "ln_alignment": ("<absent>", "official")}
+
+
 def test_resuming_a_finished_run_keeps_its_last_record_in_final_json(tmp_path):
     tr = make_trainer(toy_config(steps=3, ckpt_interval=1), out_dir=tmp_path)
     tr.fit()

@@ -219,5 +219,7 @@ def test_evaluate_pointing_end_to_end(world):
         assert 0.0 <= res[k] <= 1.0
     assert res["n_images_generated"] == 2 and len(res["generated"]) == 2
     assert res["n_phrases"] == sum(len(g["phrases"]) for g in res["generated"])
+    assert res["n_phrases_existing"] == sum(p["exists"] for g in res["generated"] for p in g["phrases"])
+    assert not any(p["hit"] and not p["exists"] for g in res["generated"] for p in g["phrases"])
     with pytest.raises(ValueError, match="return_trace_samples"):
         evaluate_pointing(model, LNTraceDataset(_ln(world, "test"), world / "images", tok, image_size=128), tok)

@@ -133,8 +133,10 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
     Returns ``pointing_accuracy``, ``pointing_accuracy_centre``, ``pointing_accuracy_random_object``,
     ``pointing_accuracy_target``,
     ``n_tokens`` (on-object tokens), ``n_narratives``, ``pointing_accuracy_generated``,
-    ``pointing_accuracy_generated_centre``, ``n_phrases``, ``n_images_generated`` and
-    ``generated`` (per image: ``image_id``, ``text``, ``phrases`` [{colour, shape, hit}]).
+    ``pointing_accuracy_generated_centre``, ``pointing_accuracy_generated_existing`` (only the phrases whose
+    colour + shape exists in the image: pointing apart from naming errors), ``n_phrases``,
+    ``n_phrases_existing``, ``n_images_generated`` and ``generated`` (per image: ``image_id``, ``text``,
+    ``phrases`` [{colour, shape, exists, hit}]).
     """
     import numpy as np
     from torch.utils.data import Subset
@@ -205,7 +207,7 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
     gen = generate_captions(model, dataset, tokenizer, prompt=prompt if prompt is not None else base.prompt,
                             batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
                             limit=caption_images, progress=progress)
-    hits, centre_hits, details = [], [], []
+    hits, centre_hits, exists, details = [], [], [], []
     for g in gen:
         h, w = g["image_size"]
         pts = np.asarray(g["points"], np.float64).reshape(-1, 4) / [w, h, w, h]      # normalised [0, 1]
@@ -214,13 +216,17 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
         hit = generated_pointing_hits(phrases, pts, objs)
         hits.append(hit)
         centre_hits.append(generated_pointing_hits(phrases, np.full_like(pts, 0.5), objs))
+        named = {(c, s) for c, s, _ in objs}
+        exists.append(np.array([(p["colour"], p["shape"]) in named for p in phrases], dtype=bool))
         details.append({"image_id": g["image_id"], "text": g["text"],
-                        "phrases": [{"colour": p["colour"], "shape": p["shape"], "hit": bool(k)}
-                                    for p, k in zip(phrases, hit)]})
-    H, C = np.concatenate(hits or [np.zeros(0, bool)]), np.concatenate(centre_hits or [np.zeros(0, bool)])
+                        "phrases": [{"colour": p["colour"], "shape": p["shape"], "exists": bool(e), "hit": bool(k)}
+                                    for p, e, k in zip(phrases, exists[-1], hit)]})
+    H, C, E = (np.concatenate(x or [np.zeros(0, bool)]) for x in (hits, centre_hits, exists))
     res.update(pointing_accuracy_generated=float(H.mean()) if len(H) else float("nan"),
                pointing_accuracy_generated_centre=float(C.mean()) if len(C) else float("nan"),
-               n_phrases=int(len(H)), n_images_generated=len(gen), generated=details)
+               pointing_accuracy_generated_existing=float(H[E].mean()) if E.any() else float("nan"),
+               n_phrases=int(len(H)), n_phrases_existing=int(E.sum()), n_images_generated=len(gen),
+               generated=details)
     return res
 
 

@@ -314,6 +314,18 @@ class LNTraceDataset(_TaskDataset):
     def __len__(self) -> int:
         return len(self.narratives)
 
+    def token_utterances(self, i: int) -> np.ndarray:
+        """Utterance index (into ``narratives[i].timed_caption``) of each target token of sample ``i``, the
+        image not loaded: T ints (T = ``len(self[i]["target_ids"])``, truncation included), −1 for the EOS
+        and for tokens without a valid utterance."""
+        from pixelllm.data.localized_narratives import align_tokens_to_trace
+
+        n = self.narratives[i]
+        ids = self._ids(n.caption, None)
+        idx = align_tokens_to_trace(n, len(ids) - 1, self.num_samples, self.point_target).utterance_index
+        t = min(len(ids), self.max_target_len)
+        return np.concatenate([idx[: t - 1], [-1]]).astype(np.int64)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         from pixelllm.data.localized_narratives import align_tokens_to_trace, num_aligned_tokens
 

@@ -144,6 +144,14 @@ def parse_narrative(obj: Any, path: str | os.PathLike | None = None, line: int |
     return narr
 
 
+def localized_narratives_files(folder: str | os.PathLike, pattern: str = "*.jsonl") -> list[Path]:
+    """The LN files of ``folder`` matching ``pattern``, sorted, without the pointing sidecars
+    (``*.pointing.jsonl``, :mod:`pixelllm.data.pointing`) that lie beside them."""
+    from pixelllm.data.pointing import POINTING_SUFFIX
+
+    return [p for p in sorted(Path(folder).glob(pattern)) if not p.name.endswith(POINTING_SUFFIX)]
+
+
 def iter_localized_narratives(path: str | os.PathLike, notes: SkipCounter | None = None) -> Iterator[Narrative]:
     """Stream the records of an LN ``.jsonl`` file (blank lines ignored).
 

@@ -108,13 +108,13 @@ def corpus_texts(data_root: str | os.PathLike, include_prompts: bool = True) -> 
     simply not used; real-format readers validate what is there."""
     from pixelllm.data.coco import load_coco_captions
     from pixelllm.data.errors import SkipCounter, read_json
-    from pixelllm.data.localized_narratives import iter_localized_narratives
+    from pixelllm.data.localized_narratives import iter_localized_narratives, localized_narratives_files
     from pixelllm.data.refcoco import load_refs
 
     root = Path(data_root)
     quiet = SkipCounter("corpus")            # the loaders' skips do not matter for a text corpus
     texts: list[str] = []
-    for p in sorted((root / "localized_narratives").glob("*.jsonl")):
+    for p in localized_narratives_files(root / "localized_narratives"):
         texts += [n.caption for n in iter_localized_narratives(p)]
     for p in sorted((root / "captions").glob("*.json")):
         texts += [c for r in load_coco_captions(p, skips=quiet) for c in r["captions"]]

@@ -1,8 +1,10 @@
-"""Evaluation of a captioner: teacher-forced loss terms and the trace metric, free-running captions, and
-the Trainer's default eval hook."""
+"""Evaluation of a captioner: teacher-forced loss terms and the trace metric, free-running captions, the
+pointing metrics (:func:`evaluate_pointing`), and the Trainer's default eval hook."""
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from typing import Callable
 
 from pixelllm.configs.base import TrainConfig
@@ -102,6 +104,130 @@ def _image_id_of(dataset, i: int) -> str:
     if hasattr(dataset, "items") and isinstance(dataset.items[i], tuple):
         return str(dataset.items[i][0]["image_id"])
     return str(dataset[i]["image_ids"])
+
+
+def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: str = "cpu",
+                      caption_images: int | None = None, max_new_tokens: int = 48, prompt: str | None = None,
+                      seed: int = 0, progress: bool = True) -> dict:
+    """``pointing_accuracy`` of a trace model on a synthetic LN split, teacher-forced and free-running
+    (PAPER_NOTES.md §2.8), with its baselines. One line in a notebook::
+
+        evaluate_pointing(model, ln_test, tok)   # ln_test = task_dataset("trace", "test", cfg, paths, tok,
+                                                 #     model.image_size, return_trace_samples=True), or a Subset
+
+    ``dataset``: an :class:`~pixelllm.data.datasets.LNTraceDataset` (or a ``Subset`` of one) built with
+    ``return_trace_samples=True`` and no flip, read from ``<data>/localized_narratives/
+    synthetic_{split}_localized_narratives.jsonl``; the pointing sidecar beside it, ``<data>/coco/
+    instances_{split}.json`` (boxes) and ``<data>/scenes.json`` (colours) are found from that path.
+
+    * teacher-forced (:func:`teacher_forced_eval`): tokens whose utterance is on one object; a hit when the
+      centre of the token's predicted box lies in that object's box. Baselines on the same tokens: the
+      image centre, and the box centre of a random object of the same image (seeded by ``seed``); and the
+      training target itself (``pointing_accuracy_target``: centre of the token's utterance trace box — the
+      ceiling a model that fits its targets reaches, below 1 because tokens are matched to utterances by
+      relative position, PAPER_NOTES.md §2.4).
+    * free-running (:func:`generate_captions` on the first ``caption_images`` images, ``prompt`` default the
+      dataset's): phrases "colour shape" of the generated caption; a hit when the shape noun's point lies
+      in the box of an object of that colour and shape; the image centre as baseline.
+
+    Returns ``pointing_accuracy``, ``pointing_accuracy_centre``, ``pointing_accuracy_random_object``,
+    ``pointing_accuracy_target``,
+    ``n_tokens`` (on-object tokens), ``n_narratives``, ``pointing_accuracy_generated``,
+    ``pointing_accuracy_generated_centre``, ``pointing_accuracy_generated_existing`` (only the phrases whose
+    colour + shape exists in the image: pointing apart from naming errors), ``n_phrases``,
+    ``n_phrases_existing``, ``n_images_generated`` and ``generated`` (per image: ``image_id``, ``text``,
+    ``phrases`` [{colour, shape, exists, hit}]).
+    """
+    import numpy as np
+    from torch.utils.data import Subset
+
+    from pixelllm.data import vocab as V
+    from pixelllm.data.pointing import load_object_boxes, load_pointing, pointing_path
+    from pixelllm.eval.trace import (centre_points, colour_shape_phrases, generated_pointing_hits,
+                                     pointing_accuracy, random_object_points)
+
+    base, indices = dataset, list(range(len(dataset)))
+    while isinstance(base, Subset):
+        indices = [base.indices[i] for i in indices]
+        base = base.dataset
+    if not hasattr(base, "token_utterances") or not getattr(base, "return_trace_samples", False):
+        raise ValueError("evaluate_pointing: dataset must be an LNTraceDataset (or a Subset of one) built with "
+                         "return_trace_samples=True")
+    if getattr(base, "hflip_prob", 0) > 0:
+        raise ValueError(f"evaluate_pointing: dataset flips images (hflip_prob={base.hflip_prob}); use 0")
+    if not base.narratives or not base.narratives[0].source:
+        raise ValueError("evaluate_pointing: the narratives must be read from an LN file (their source is unknown)")
+    ln_path = Path(base.narratives[0].source.rsplit(":", 1)[0])
+    m = re.fullmatch(r"synthetic_(\w+)_localized_narratives\.jsonl", ln_path.name)
+    if m is None:
+        raise ValueError(f"evaluate_pointing: {ln_path} is not a synthetic world LN file "
+                         "(synthetic_{split}_localized_narratives.jsonl)")
+    data = ln_path.parent.parent
+    table = load_pointing(pointing_path(ln_path), ln_path)
+    objects = load_object_boxes(data / "coco" / f"instances_{m.group(1)}.json", data / "scenes.json")
+
+    # --- teacher-forced
+    tf = teacher_forced_eval(model, dataset, batch_size=batch_size, device=device)
+    preds, targets, boxes, on, image_boxes = [], [], [], [], []
+    for pred, target, i in zip(tf["pred"], tf["targets"], indices):
+        n = base.narratives[i]
+        utt = base.token_utterances(i)
+        if len(utt) != len(pred):
+            raise RuntimeError(f"{n.source}: {len(pred)} predicted tokens but {len(utt)} target tokens")
+        key = (str(n.image_id), n.annotator_id)
+        if key not in table:
+            raise KeyError(f"{n.source}: narrative {key} has no line in {pointing_path(ln_path)}")
+        objs = {o.ann_id: o.box for o in objects.get(str(n.image_id), [])}
+        all_boxes = np.array(list(objs.values()), dtype=np.float64).reshape(-1, 4)
+        for j, u in enumerate(utt.tolist()):
+            ann = table[key][u] if u >= 0 else None
+            if ann is not None and ann not in objs:
+                raise KeyError(f"{n.source}: utterance {u} points at annotation {ann}, not an object of image "
+                               f"{n.image_id}")
+            if ann is None:
+                continue
+            preds.append(pred[j])
+            targets.append(target[j])
+            boxes.append(objs[ann])
+            on.append(True)
+            image_boxes.append(all_boxes)
+    P = np.asarray(preds, np.float64).reshape(-1, 4)
+    B = np.asarray(boxes, np.float64).reshape(-1, 4)
+    on_obj = np.asarray(on, bool)
+    T = np.asarray(targets, np.float64).reshape(-1, 4)
+    res = {"pointing_accuracy": pointing_accuracy(P, B, on_obj),
+           "pointing_accuracy_target": pointing_accuracy(T, B, on_obj),
+           "pointing_accuracy_centre": pointing_accuracy(centre_points(on_obj.shape), B, on_obj),
+           "pointing_accuracy_random_object": pointing_accuracy(random_object_points(image_boxes, seed), B, on_obj)
+           if len(on_obj) else float("nan"),
+           "n_tokens": int(on_obj.sum()), "n_narratives": len(indices)}
+
+    # --- free-running
+    shape_words = {**{s: s for s in V.SHAPES}, **{s + ("es" if s.endswith("s") else "s"): s for s in V.SHAPES}}
+    gen = generate_captions(model, dataset, tokenizer, prompt=prompt if prompt is not None else base.prompt,
+                            batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
+                            limit=caption_images, progress=progress)
+    hits, centre_hits, exists, details = [], [], [], []
+    for g in gen:
+        h, w = g["image_size"]
+        pts = np.asarray(g["points"], np.float64).reshape(-1, 4) / [w, h, w, h]      # normalised [0, 1]
+        phrases = colour_shape_phrases(g["tokens"], V.COLORS, shape_words)
+        objs = [(o.color, o.shape, o.box) for o in objects.get(str(g["image_id"]), [])]
+        hit = generated_pointing_hits(phrases, pts, objs)
+        hits.append(hit)
+        centre_hits.append(generated_pointing_hits(phrases, np.full_like(pts, 0.5), objs))
+        named = {(c, s) for c, s, _ in objs}
+        exists.append(np.array([(p["colour"], p["shape"]) in named for p in phrases], dtype=bool))
+        details.append({"image_id": g["image_id"], "text": g["text"],
+                        "phrases": [{"colour": p["colour"], "shape": p["shape"], "exists": bool(e), "hit": bool(k)}
+                                    for p, e, k in zip(phrases, exists[-1], hit)]})
+    H, C, E = (np.concatenate(x or [np.zeros(0, bool)]) for x in (hits, centre_hits, exists))
+    res.update(pointing_accuracy_generated=float(H.mean()) if len(H) else float("nan"),
+               pointing_accuracy_generated_centre=float(C.mean()) if len(C) else float("nan"),
+               pointing_accuracy_generated_existing=float(H[E].mean()) if E.any() else float("nan"),
+               n_phrases=int(len(H)), n_phrases_existing=int(E.sum()), n_images_generated=len(gen),
+               generated=details)
+    return res
 
 
 def make_eval_fn(cfg, paths, tokenizer, image_size: int, device: str = "cpu",

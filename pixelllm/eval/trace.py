@@ -192,3 +192,143 @@ def random_other_narrative(targets: Sequence, valid: Sequence | None = None,
         nearest = idx_d[np.abs(pos_i[:, None] - pos_d[None, :]).argmin(1)]  # T_i
         out.append(t_d[nearest].astype(np.float64) if len(t) else np.zeros_like(t, dtype=np.float64))
     return out
+
+
+# ------------------------------------------------------------------------------------------ pointing
+# ``pointing_accuracy`` (PAPER_NOTES.md §2.8): does a word's predicted location land on the object the
+# annotator's pointer was on while saying it? It needs the per-utterance pointing ground truth of the
+# synthetic world (``pixelllm.data.pointing``); real LN data has none.
+def mean_point(pred_points) -> np.ndarray:
+    """A token's single point: the mean of its predicted points.
+
+    Args:
+      pred_points: (..., 2k) flat (x0, y0, x1, y1, ...), k ≥ 1 points per token.
+    Returns:
+      (..., 2) float64 — for the trace head's two corners, the centre of the predicted box.
+    """
+    p = _np(pred_points, np.float64)
+    if p.ndim == 0 or p.shape[-1] % 2 or p.shape[-1] == 0:
+        raise ValueError(f"mean_point: last dim must hold (x, y) pairs, got shape {p.shape}")
+    return p.reshape(p.shape[:-1] + (p.shape[-1] // 2, 2)).mean(-2)
+
+
+def points_in_boxes(points, boxes) -> np.ndarray:
+    """Whether each point lies in its box, edges included.
+
+    Args:
+      points: (..., 2) (x, y).
+      boxes: (..., 4) (x0, y0, x1, y1) in the same frame (e.g. both normalised by the image size).
+    Returns:
+      (...) bool.
+    """
+    p, b = _np(points, np.float64), _np(boxes, np.float64)
+    if p.shape[-1] != 2 or b.shape[-1] != 4 or p.shape[:-1] != b.shape[:-1]:
+        raise ValueError(f"points_in_boxes: points (..., 2) and boxes (..., 4) must share leading dims, got "
+                         f"{p.shape} and {b.shape}")
+    return (p[..., 0] >= b[..., 0]) & (p[..., 0] <= b[..., 2]) & (p[..., 1] >= b[..., 1]) & (p[..., 1] <= b[..., 3])
+
+
+def pointing_accuracy(pred_points, boxes, on_object) -> float:
+    """Fraction of on-object tokens whose predicted point falls inside the object's box (PAPER_NOTES.md §2.8).
+
+    A token counts when its utterance is on one object (``on_object``); it is a hit when the mean of its
+    predicted points (:func:`mean_point`) lies in that object's box, edges included.
+
+    Args:
+      pred_points: N×4 two points per token (x0, y0, x1, y1), or N×2 one point.
+      boxes: N×4 (x0, y0, x1, y1) box of the object each token's utterance is on, in the frame of
+        ``pred_points`` (normalised [0, 1] by the image size in this repo); ignored where not ``on_object``.
+      on_object: N bool.
+    Returns:
+      hits / on-object tokens (float); NaN when no token is on an object.
+    """
+    v = _np(on_object).astype(bool)
+    hit = points_in_boxes(mean_point(pred_points), boxes)
+    if v.shape != hit.shape:
+        raise ValueError(f"pointing_accuracy: on_object {v.shape} must match the tokens {hit.shape}")
+    return float(hit[v].mean()) if v.any() else float("nan")
+
+
+def random_object_points(object_boxes: Sequence, rng: np.random.Generator | int | None = 0) -> np.ndarray:
+    """"A random object of the same image" baseline: each token points at the box centre of an object drawn
+    uniformly from its image's objects (the talked-about one included) — knows where the objects are, not
+    which one the words are about.
+
+    Args:
+      object_boxes: per token, a K_i×4 array (x0, y0, x1, y1) of the boxes of all objects of the token's
+        image (K_i ≥ 1; the same array may be shared by the tokens of one image).
+      rng: a numpy Generator or a seed (one draw per token, in order).
+    Returns:
+      N×2 float64 points.
+    """
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    out = np.zeros((len(object_boxes), 2))
+    for i, b in enumerate(object_boxes):
+        b = _np(b, np.float64).reshape(-1, 4)
+        if len(b) == 0:
+            raise ValueError(f"random_object_points: token {i} has no object to point at")
+        x0, y0, x1, y1 = b[rng.integers(len(b))]
+        out[i] = (x0 + x1) / 2, (y0 + y1) / 2
+    return out
+
+
+def words_of_tokens(tokens: Sequence[str], marker: str = "\u2581") -> list[tuple[str, list[int]]]:
+    """Group sub-word tokens into words → ``[(word, token indices)]``.
+
+    A token starting with ``marker`` (SentencePiece's "▁") starts a new word; any other token continues the
+    current one, except punctuation-only tokens, which are words of their own. Words are lower-cased and
+    stripped of the marker and surrounding punctuation (``"▁Circle"``, ``"."`` → ``"circle"``, ``""``).
+    """
+    words: list[tuple[str, list[int], bool]] = []                 # (text, token indices, has a letter/digit)
+    for i, t in enumerate(tokens):
+        starts = bool(marker) and t.startswith(marker)
+        body = t[len(marker):] if starts else t
+        alnum = any(c.isalnum() for c in body)
+        if starts or not alnum or not words or not words[-1][2]:
+            words.append((body, [i], alnum))
+        else:
+            words[-1] = (words[-1][0] + body, words[-1][1] + [i], True)
+    return [(w.strip(".,;:!?\"'()").lower(), idx) for w, idx, _ in words]
+
+
+def colour_shape_phrases(tokens: Sequence[str], colours, shape_words, marker: str = "\u2581") -> list[dict]:
+    """Phrases that name a colour and a shape: a colour word directly followed by a shape word ("a big red
+    circle" → ("red", "circle"); a size before the colour does not matter).
+
+    Args:
+      tokens: a generated caption's tokens (e.g. ``tokenizer.convert_ids_to_tokens``), EOS excluded.
+      colours: the colour words (e.g. ``pixelllm.data.vocab.COLORS``).
+      shape_words: shape noun → shape name, plurals included if wanted (``{"circle": "circle",
+        "circles": "circle", ...}``); a plain collection of shape names maps each to itself.
+    Returns:
+      ``[{"colour", "shape", "tokens": the shape noun's token indices}]`` in caption order.
+    """
+    shapes = dict(shape_words) if hasattr(shape_words, "items") else {s: s for s in shape_words}
+    colours = set(colours)
+    words = words_of_tokens(tokens, marker)
+    return [{"colour": a, "shape": shapes[b], "tokens": idx}
+            for (a, _), (b, idx) in zip(words, words[1:]) if a in colours and b in shapes]
+
+
+def generated_pointing_hits(phrases: Sequence[dict], pred_points, objects: Sequence) -> np.ndarray:
+    """Free-running pointing (PAPER_NOTES.md §2.8): a phrase naming colour + shape is a hit when its point
+    lies inside the box of an object of that colour and shape in the image.
+
+    The phrase's point is taken on its shape noun: the mean over the noun's tokens of each token's
+    :func:`mean_point` (the centre of its predicted box).
+
+    Args:
+      phrases: from :func:`colour_shape_phrases`.
+      pred_points: T×4 (or T×2) the caption's per-token points, in the frame of the boxes.
+      objects: the image's objects as ``(colour, shape, (x0, y0, x1, y1))``.
+    Returns:
+      bool array, one entry per phrase (False when the image has no object of that colour and shape).
+    """
+    pts = mean_point(pred_points)
+    hits = np.zeros(len(phrases), dtype=bool)
+    for k, ph in enumerate(phrases):
+        p = pts[list(ph["tokens"])].mean(0)
+        boxes = [b for c, s, b in objects if c == ph["colour"] and s == ph["shape"]]
+        hits[k] = bool(len(boxes)) and bool(points_in_boxes(np.broadcast_to(p, (len(boxes), 2)),
+                                                            np.asarray(boxes, np.float64)).any())
+    return hits

@@ -27,13 +27,17 @@ def prerequisite_config(name: str, cfg):
 
 
 def ensure_data(cfg, progress: bool = True) -> Path:
-    """``<run>/data``: the synthetic world of ``get_config("data")``."""
-    from pixelllm.data.synthetic import generate
+    """``<run>/data``: the synthetic world of ``get_config("data")``. A reused world made before the pointing
+    sidecars existed gets them added (re-drawn and checked against its narratives; nothing else changes,
+    so the world is not regenerated)."""
+    from pixelllm.data.synthetic import add_pointing_sidecars, generate
 
     dc = prerequisite_config("data", cfg)
     out = resolve_paths(cfg).data
     found_or_compute(out / "stats.json", lambda: generate(out, n_scenes=dc.n_scenes, image_size=dc.image_size,
                                                           seed=dc.seed, progress=progress), config=dc)
+    for p in add_pointing_sidecars(out):
+        print(f"added the pointing sidecar {p}")
     return out
 
 

@@ -244,7 +244,7 @@ def t5_corpus(data_root: str | os.PathLike) -> tuple[list[str], list[str]]:
     """
     from pixelllm.data.coco import load_coco_captions
     from pixelllm.data.errors import SkipCounter
-    from pixelllm.data.localized_narratives import iter_localized_narratives
+    from pixelllm.data.localized_narratives import iter_localized_narratives, localized_narratives_files
     from pixelllm.data.tokenizer import corpus_texts
 
     root = Path(data_root)
@@ -254,7 +254,7 @@ def t5_corpus(data_root: str | os.PathLike) -> tuple[list[str], list[str]]:
         cap = root / "captions" / f"captions_{split}.json"
         if cap.exists():
             held[split] += [c for r in load_coco_captions(cap, skips=quiet) for c in r["captions"]]
-        for p in sorted((root / "localized_narratives").glob(f"*_{split}_*.jsonl")):
+        for p in localized_narratives_files(root / "localized_narratives", f"*_{split}_*.jsonl"):
             held[split] += [n.caption for n in iter_localized_narratives(p)]
     excluded = {t.strip() for texts in held.values() for t in texts}
     train = [t for t in corpus_texts(root) if t.strip() not in excluded]

@@ -9,6 +9,8 @@ possibly partly occluding each other. For every scene the generator writes (layo
     captions/captions_{split}.json                    COCO captions: 5 short captions per image
     coco/instances_{split}.json                       COCO instances: visible-part RLE masks, bbox xywh
     localized_narratives/synthetic_{split}_localized_narratives.jsonl   official LN schema
+    localized_narratives/synthetic_{split}_localized_narratives.pointing.jsonl
+                                                      per utterance: annotation id under the pointer or null
     refcoco/refs(unc).p, refcoco/instances.json       refer API format, splits train/val/testA/testB
     vg/region_descriptions.json, vg/image_data.json, vg/densecap_splits.json
     stats.json                                        counts returned by :func:`generate`
@@ -51,7 +53,7 @@ from pixelllm.data.synthetic.language import (Descriptor, ParsedExpression, land
                                               relation_holds, resolve_expression)
 from pixelllm.data.synthetic.text import captions_for_scene, narrative_for_scene, region_phrases_for_object
 from pixelllm.data.synthetic.card import write_dataset_card
-from pixelllm.data.synthetic.world import assign_splits, generate
+from pixelllm.data.synthetic.world import add_pointing_sidecars, assign_splits, generate
 
 __all__ = [
     # constants
@@ -65,5 +67,5 @@ __all__ = [
     # text
     "captions_for_scene", "narrative_for_scene", "region_phrases_for_object",
     # card, world
-    "write_dataset_card", "assign_splits", "generate",
+    "write_dataset_card", "add_pointing_sidecars", "assign_splits", "generate",
 ]

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from pixelllm.data import vocab as V
+from pixelllm.data.pointing import pointing_record
 from pixelllm.data.synthetic.constants import EXPRESSION_CLASSES
 from pixelllm.data.synthetic.language import landmark_names, referring_expressions
-from pixelllm.data.synthetic.scene import Scene, render_scene, sample_scene
+from pixelllm.data.synthetic.scene import Scene, render_scene, sample_scene, visible_masks
 from pixelllm.data.synthetic.text import captions_for_scene, narrative_for_scene, region_phrases_for_object
 
 
@@ -36,7 +37,7 @@ def _rle_annotations(scene: Scene, masks: np.ndarray) -> list[dict]:
 def _annotate(scene: Scene, masks: np.ndarray, rng: np.random.Generator, oddity_rate: float) -> dict:
     """Every annotation of one image as plain data; ids that must be sequential are assigned later."""
     W, H = scene.width, scene.height
-    record, _targets, ln_info = narrative_for_scene(scene, rng, masks, oddity_rate)
+    record, targets, ln_info = narrative_for_scene(scene, rng, masks, oddity_rate)
     # RefCOCO: test images go to testA or testB by the shape group with more objects (ties at random)
     # and only that group's objects become targets, like RefCOCO's people / non-people test splits.
     groups = [V.SHAPE_TO_GROUP[o.shape] for o in scene.objects]
@@ -89,7 +90,25 @@ def _annotate(scene: Scene, masks: np.ndarray, rng: np.random.Generator, oddity_
     return {"image_id": scene.image_id, "split": scene.split, "scene": scene.to_json(),
             "coco": _rle_annotations(scene, masks), "captions": captions_for_scene(scene, rng),
             "ln": json.dumps(record, separators=(", ", ": ")), "ln_info": ln_info,
+            "pointing": pointing_record(record["image_id"], record["annotator_id"], targets),
             "refs": refs, "regions": regions, "vg_oddities": vg_odd}
+
+
+def scene_of(image_id: int, split: str, image_size: int, seed: int) -> tuple[np.random.Generator, Scene]:
+    """Scene ``image_id`` of the world of ``seed`` and its generator, in the state the annotations
+    (:func:`_annotate`, which starts with the narrative) draw from next."""
+    rng = np.random.default_rng([seed, image_id])
+    return rng, sample_scene(rng, image_size, image_id=image_id, split=split)
+
+
+def replay_narrative(image_id: int, split: str, image_size: int, seed: int,
+                     oddity_rate: float) -> tuple[str, list]:
+    """Re-draw the narrative of scene ``image_id`` without rendering or writing anything →
+    ``(LN line as written, per-utterance pointer targets)``; used to add the pointing sidecar to a world
+    made before it existed (:func:`pixelllm.data.synthetic.world.add_pointing_sidecars`)."""
+    rng, scene = scene_of(image_id, split, image_size, seed)
+    record, targets, _ = narrative_for_scene(scene, rng, visible_masks(scene), oddity_rate)
+    return json.dumps(record, separators=(", ", ": ")), targets
 
 
 def generate_chunk(args: tuple) -> list[dict]:
@@ -99,8 +118,7 @@ def generate_chunk(args: tuple) -> list[dict]:
     out_dir, items, image_size, seed, oddity_rate = args
     out = []
     for image_id, split in items:
-        rng = np.random.default_rng([seed, image_id])
-        scene = sample_scene(rng, image_size, image_id=image_id, split=split)
+        rng, scene = scene_of(image_id, split, image_size, seed)
         image, masks = render_scene(scene)
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, format="JPEG", quality=95, subsampling=0)

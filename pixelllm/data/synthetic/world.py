@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from pixelllm.data import vocab as V
-from pixelllm.data.synthetic.annotate import generate_chunk
+from pixelllm.data.pointing import dump_pointing, pointing_path, pointing_record
+from pixelllm.data.synthetic.annotate import generate_chunk, replay_narrative
 from pixelllm.data.synthetic.card import write_dataset_card
 from pixelllm.data.synthetic.constants import DEFAULT_ODDITY_RATE, EXPRESSION_CLASSES, SPLITS
 
@@ -97,6 +98,52 @@ def generate(out_dir: str | os.PathLike, n_scenes: int = 2000, image_size: int =
     return stats
 
 
+def add_pointing_sidecars(out_dir: str | os.PathLike, overwrite: bool = False) -> list[Path]:
+    """Add the pointing sidecar (:mod:`pixelllm.data.pointing`) beside every LN file of a world that lacks
+    it — a world generated before the sidecar existed — without regenerating or touching anything else.
+
+    Each narrative is re-drawn from the world's seed and config (``stats.json``) and must equal its LN line
+    byte for byte, so the sidecar provably belongs to these narratives; otherwise
+    :class:`~pixelllm.data.errors.DataFormatError` names the LN file and line. Returns the files written
+    (none when every sidecar is present and ``overwrite`` is False). About 2 ms per narrative.
+    """
+    from pixelllm.data.errors import DataFormatError
+    from pixelllm.utils import atomic_write_bytes
+
+    out = Path(out_dir)
+    lns = [out / "localized_narratives" / f"synthetic_{sp}_localized_narratives.jsonl" for sp in SPLITS]
+    todo = [ln for ln in lns if ln.is_file() and (overwrite or not pointing_path(ln).is_file())]
+    if not todo:
+        return []
+    stats_path = out / "stats.json"
+    conf = json.loads(stats_path.read_text()).get("config")
+    keys = ("n_scenes", "image_size", "seed", "split_fractions", "oddity_rate")
+    if not isinstance(conf, dict) or any(k not in conf for k in keys):
+        raise DataFormatError(stats_path, None, "config", f"needs {', '.join(keys)} to replay the narratives")
+    split_of = assign_splits(conf["n_scenes"], conf["seed"], conf["split_fractions"])
+    written = []
+    for ln in todo:
+        recs = []
+        for lineno, line in enumerate(ln.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            image_id = int(obj["image_id"])
+            if image_id not in split_of:
+                raise DataFormatError(ln, lineno, "image_id", f"{image_id} is not an image of this world "
+                                      f"(1..{conf['n_scenes']})")
+            replayed, targets = replay_narrative(image_id, split_of[image_id], conf["image_size"], conf["seed"],
+                                                 conf["oddity_rate"])
+            if replayed != line:
+                raise DataFormatError(ln, lineno, None, "re-drawing this narrative from the config in "
+                                      f"{stats_path} gives another record: the file was not made by generate() "
+                                      "with that config, so its pointing ground truth cannot be recovered")
+            recs.append(pointing_record(obj["image_id"], obj.get("annotator_id"), targets))
+        atomic_write_bytes(pointing_path(ln), dump_pointing(recs))
+        written.append(pointing_path(ln))
+    return written
+
+
 def _write_annotations(out: Path, results: list[dict], image_size: int) -> dict:
     """Merge the per-image results (in image-id order) into every annotation file; return counts."""
     from pixelllm.utils import atomic_write_bytes
@@ -136,6 +183,8 @@ def _write_annotations(out: Path, results: list[dict], image_size: int) -> dict:
         ln_path = f"localized_narratives/synthetic_{sp}_localized_narratives.jsonl"
         atomic_write_bytes(out / ln_path, lines.encode())
         stats["files"][ln_path] = {"records": len(rs)}
+        atomic_write_bytes(pointing_path(out / ln_path), dump_pointing([r["pointing"] for r in rs]))
+        stats["files"][str(pointing_path(ln_path))] = {"records": len(rs)}
         for r in rs:
             li = r["ln_info"]
             ln_counts["records"] += 1

@@ -32,6 +32,13 @@ DOC = REPO / "docs" / "GROUNDING_LAB.md"
 BEGIN, END = "<!-- lab-table:begin -->", "<!-- lab-table:end -->"
 
 POINTER = {"head": "pointer"}
+FROZEN = {"head": "pointer", "semantic_trainable": False}
+
+
+def both(**over) -> dict:
+    """The same overrides for stage 2 and referring (``model_overrides`` merged over each config's own)."""
+    return {"ln_trace": dict(over), "refcoco": dict(over)}
+
 
 #: recipe name → (what it tests, {"ln_trace": overrides, "refcoco": overrides}); overrides are
 #: ``get_config`` overrides (``model_overrides`` are merged over the config's own).
@@ -41,7 +48,9 @@ RECIPES: dict[str, tuple[str, dict]] = {
                 {"ln_trace": {"model_overrides": {"head": "spatial"}},
                  "refcoco": {"model_overrides": {"head": "spatial"}}}),
     "pointer": ("pointer head: soft-argmax centre + sub-cell offset, size MLP",
-                {"ln_trace": {"model_overrides": POINTER}, "refcoco": {"model_overrides": POINTER}}),
+                both(model_overrides=POINTER)),
+    "pointer_frozen_sem": ("pointer head, semantic ViT frozen (whole grid cached)",
+                           both(model_overrides=FROZEN)),
 }
 
 
@@ -56,26 +65,18 @@ def merged(cfg_name: str, recipe: dict, extra: dict, smoke: bool):
 
 
 def score_trace(model, cfg, paths, tok, n: int) -> dict:
-    """Teacher-forced per-word metrics on the first ``n`` LN val narratives."""
+    """Teacher-forced per-word metrics on the first ``n`` LN val narratives: ``point_l1`` and its
+    image-centre baseline, ``pointing_accuracy`` and its baselines (PAPER_NOTES.md §2.6, §2.8)."""
     from torch.utils.data import Subset
 
     from pixelllm.engine.datasets import task_dataset
-    from pixelllm.engine.evaluate import teacher_forced_eval
+    from pixelllm.engine.evaluate import evaluate_pointing
 
     val = task_dataset("trace", "val", cfg, paths, tok, model.image_size, return_trace_samples=True)
-    res = teacher_forced_eval(model, Subset(val, range(min(n, len(val)))), batch_size=32, cfg=cfg)
-    out = {"point_l1": res["point_l1"], "centre_l1": res["centre_l1"], "ce": res["ce"]}
-    try:  # pointing accuracy needs the world's pointing sidecar (written by the generator)
-        from pixelllm.eval.pointing import evaluate_pointing
-    except ImportError:
-        return out
-    try:
-        out.update({k: v for k, v in evaluate_pointing(model, Subset(val, range(min(n, len(val)))), tok,
-                                                        generated=False).items()
-                    if k.startswith("pointing_accuracy")})
-    except FileNotFoundError:
-        pass
-    return out
+    res = evaluate_pointing(model, Subset(val, range(min(n, len(val)))), tok, caption_images=0, progress=False)
+    keep = ("point_l1", "centre_l1", "ce", "pointing_accuracy", "pointing_accuracy_centre",
+            "pointing_accuracy_random_object", "pointing_accuracy_target")
+    return {k: res[k] for k in keep if k in res}
 
 
 def run_one(recipe_name: str, seed: int, trace_steps: int, refer_steps: int, n_eval: int, smoke: bool,

@@ -130,9 +130,10 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
       dataset's): phrases "colour shape" of the generated caption; a hit when the shape noun's point lies
       in the box of an object of that colour and shape; the image centre as baseline.
 
-    Returns ``pointing_accuracy``, ``pointing_accuracy_centre``, ``pointing_accuracy_random_object``,
+    ``caption_images=0`` skips the free-running part. Returns ``pointing_accuracy``, ``pointing_accuracy_centre``, ``pointing_accuracy_random_object``,
     ``pointing_accuracy_target``,
-    ``n_tokens`` (on-object tokens), ``n_narratives``, ``pointing_accuracy_generated``,
+    ``n_tokens`` (on-object tokens), ``n_narratives``, the teacher-forced ``point_l1`` / ``centre_l1`` / ``ce`` of
+    the same pass, ``pointing_accuracy_generated``,
     ``pointing_accuracy_generated_centre``, ``pointing_accuracy_generated_existing`` (only the phrases whose
     colour + shape exists in the image: pointing apart from naming errors), ``n_phrases``,
     ``n_phrases_existing``, ``n_images_generated`` and ``generated`` (per image: ``image_id``, ``text``,
@@ -200,7 +201,10 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
            "pointing_accuracy_centre": pointing_accuracy(centre_points(on_obj.shape), B, on_obj),
            "pointing_accuracy_random_object": pointing_accuracy(random_object_points(image_boxes, seed), B, on_obj)
            if len(on_obj) else float("nan"),
-           "n_tokens": int(on_obj.sum()), "n_narratives": len(indices)}
+           "n_tokens": int(on_obj.sum()), "n_narratives": len(indices),
+           **{k: tf[k] for k in ("point_l1", "centre_l1", "ce") if k in tf}}
+    if caption_images == 0:
+        return res
 
     # --- free-running
     shape_words = {**{s: s for s in V.SHAPES}, **{s + ("es" if s.endswith("s") else "s"): s for s in V.SHAPES}}

@@ -55,6 +55,8 @@ class PixelLLMConfig:
     semantic_num_heads: int = 3
     semantic_patch_size: int = 16
     out_size: int | None = None                # output grid side; None = the larger encoder grid
+    semantic_trainable: bool = True            # paper: EVA02 trains; False freezes it, so the whole grid of
+                                               # V(I) is frozen and the Trainer caches it per image
     # --- prompt feature extractor E ---------------------------------------------------------------------
     extractor_dim: int = 128
     extractor_depth: int = 2                   # paper 2, release 6
@@ -241,6 +243,8 @@ def build_pixelllm(name: str | PixelLLMConfig = "tiny", sam_checkpoint: str | Pa
         image_encoder = ImageEncoder(sam.image_encoder if cfg.encoder_mode != "semantic_only" else None,
                                      semantic, out_size=cfg.out_size, mode=cfg.encoder_mode,
                                      image_size=cfg.image_size)
+        if semantic is not None and not cfg.semantic_trainable:
+            semantic.requires_grad_(False)
         prompt_encoder = BoxPromptEncoder(sam.prompt_encoder)
         language_model = LanguageModel(_build_t5(cfg, t5, tokenizer, meta), mode=cfg.lm_mode,
                                        lora_rank=cfg.lora_rank, lora_scale=cfg.lora_scale,

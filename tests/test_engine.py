@@ -372,6 +372,20 @@ def test_found_or_compute_reuses_only_a_matching_config(tmp_path, monkeypatch):
     assert len(calls) == 3
 
 
+def test_lr_multipliers_make_param_groups_by_name_prefix():
+    from torch import nn
+
+    from pixelllm.engine.trainer import param_groups
+
+    net = nn.ModuleDict({"body": nn.Linear(3, 3), "trace_head": nn.Linear(3, 2)})
+    cfg = toy_config(lr=1e-3, weight_decay=0.1, lr_multipliers={"trace_head.": 5.0})
+    groups = param_groups(list(net.named_parameters()), cfg)
+    got = sorted((g["lr"], g["weight_decay"], sum(p.numel() for p in g["params"])) for g in groups)
+    assert got == sorted([(1e-3, 0.1, 9), (1e-3, 0.0, 3), (5e-3, 0.1, 6), (5e-3, 0.0, 2)])
+    with pytest.raises(ValueError, match="no trainable parameter starts with"):
+        param_groups(list(net.named_parameters()), toy_config(lr_multipliers={"head.": 2.0}))
+
+
 def test_task_scoped_config_keys_compare_only_for_their_task():
     from pixelllm.utils import config_difference
 

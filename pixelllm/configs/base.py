@@ -48,6 +48,7 @@ class TrainConfig:
     accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step (effective batch = batch_size × accum_steps)"})
     steps: int = field(default=1000, metadata={"help": "optimizer steps"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
+    lr_multipliers: dict = field(default_factory=dict, metadata={"help": "{parameter-name prefix: factor} times lr, e.g. {'trace_head.': 5.0} for a newly initialised head"})
     min_lr_ratio: float = field(default=0.0, metadata={"help": "cosine floor as a fraction of lr"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (official trace config: 0)"})

@@ -61,6 +61,23 @@ class NonFiniteLossError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------- LR schedule
+def param_groups(named: list, cfg) -> list[dict]:
+    """AdamW parameter groups: nanoGPT's split (weight decay on matrices, not on biases / norms /
+    embeddings-as-vectors) × the config's ``lr_multipliers`` ({module-name prefix: factor}, first match;
+    e.g. a newly initialised head learning faster than the pretrained parts). Each group's ``lr`` is
+    ``cfg.lr × factor`` (the schedule scales every group alike); empty groups are left out."""
+    mults = dict(getattr(cfg, "lr_multipliers", None) or {})
+    unknown = [k for k in mults if not any(n.startswith(k) for n, _ in named)]
+    if unknown:
+        raise ValueError(f"lr_multipliers: no trainable parameter starts with {unknown}")
+    groups: dict[tuple, list] = {}
+    for n, p in named:
+        factor = next((float(f) for k, f in mults.items() if n.startswith(k)), 1.0)
+        groups.setdefault((factor, p.dim() >= 2), []).append(p)
+    return [{"params": ps, "lr": cfg.lr * factor, "weight_decay": cfg.weight_decay if decay else 0.0}
+            for (factor, decay), ps in groups.items()]
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
     """Multiplier of the peak LR for optimizer step ``step`` (0-based):
     linear warm-up (step+1)/warmup for the first ``warmup_steps`` steps, then a half cosine from 1 down
@@ -197,15 +214,11 @@ class Trainer:
         random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
 
         self.model = model.to(self.device)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
-        # nanoGPT: decay matrices, not biases / norms / embeddings-as-vectors
-        decay = [p for p in self.params if p.dim() >= 2]
-        no_decay = [p for p in self.params if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=tuple(cfg.betas))
+        self.optimizer = torch.optim.AdamW(param_groups(named, cfg), lr=cfg.lr, betas=tuple(cfg.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                                     min_ratio=cfg.min_lr_ratio))
@@ -413,7 +426,7 @@ class Trainer:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
             else:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, float("inf")))
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = self.cfg.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)   # the base lr, whatever the group multipliers
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -51,6 +51,17 @@ RECIPES: dict[str, tuple[str, dict]] = {
                 both(model_overrides=POINTER)),
     "pointer_frozen_sem": ("pointer head, semantic ViT frozen (whole grid cached)",
                            both(model_overrides=FROZEN)),
+    "pointer_head_lr5": ("pointer head with 5x the lr of the pretrained parts",
+                         both(model_overrides=POINTER, lr_multipliers={"trace_head.": 5.0})),
+    "pointer_refer_mix": ("pointer head; referring boxes mixed into stage 2 (trace 2 : caption 1 : refer 1, GIoU 1)",
+                          {"ln_trace": {"model_overrides": POINTER, "giou_weight": 1.0,
+                                        "tasks": {"trace": 2.0, "caption": 1.0, "refer": 1.0},
+                                        "prompts": {"trace": "A long image caption:",
+                                                    "caption": "A short image caption:",
+                                                    "refer": "where is {expr}"}},
+                           "refcoco": {"model_overrides": POINTER}}),
+    "pointer_lambda1": ("pointer head, point weight lambda 1.0 instead of the paper's 0.1",
+                        both(model_overrides=POINTER, lambda_point=1.0)),
 }
 
 
@@ -87,7 +98,7 @@ def run_one(recipe_name: str, seed: int, trace_steps: int, refer_steps: int, n_e
     from pixelllm.engine.builder import build_model
     from pixelllm.engine.paths import resolve_paths
     from pixelllm.tasks.captioning import run_training
-    from pixelllm.tasks.referring.data import refexp_datasets
+    from pixelllm.data.refexp import refexp_datasets
     from pixelllm.tasks.referring.localization import evaluate_referring, referring_trainer
     from pixelllm.utils import run_dir
 

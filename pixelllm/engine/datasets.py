@@ -42,8 +42,13 @@ class MixtureDataset:
         return self.datasets[k][j]
 
 
+#: target tokens of a referring sample (expression + EOS) when mixed into another stage
+REFER_MAX_TARGET_LEN = 16
+
+
 def task_dataset(task: str, split: str, cfg, paths, tokenizer, image_size: int, **kw):
     """One task's dataset on a split of the synthetic world (real-format files)."""
+    from pixelllm.configs.refcoco import REFER_PROMPT
     from pixelllm.data.datasets import DEFAULT_PROMPTS, CaptionDataset, LNTraceDataset
 
     images = paths.data / cfg.image_dir
@@ -55,7 +60,12 @@ def task_dataset(task: str, split: str, cfg, paths, tokenizer, image_size: int, 
         ln = paths.data / cfg.ln_file.format(split=split)
         return LNTraceDataset(ln, images, tokenizer, image_size, prompt=prompt, max_target_len=cfg.max_target_len,
                               alignment=cfg.ln_alignment, **kw)
-    raise ValueError(f"task {task!r}: the training CLI wires 'caption' and 'trace' (stages 1 and 2); "
+    if task == "refer":   # referring boxes (RefCOCO train split), e.g. mixed into stage 2 as box supervision
+        from pixelllm.data.refexp import refexp_datasets
+
+        return refexp_datasets(paths.data, tokenizer, image_size, (split,), prompt=prompt or REFER_PROMPT,
+                               max_target_len=min(cfg.max_target_len, REFER_MAX_TARGET_LEN), **kw)[split]
+    raise ValueError(f"task {task!r}: training mixtures wire 'caption', 'trace' and 'refer'; "
                      "use the dataset classes of pixelllm.data.datasets directly for the others")
 
 

@@ -42,8 +42,9 @@ from __future__ import annotations
 from pixelllm.configs.refcoco import REFER_PROMPT
 from pixelllm.modeling.referring import (ReferringOutput, ReferringSegmenter, build_mask_head, clip_boxes_per_image,
                                          eos_positions, referring_forward)
-from pixelllm.tasks.referring.data import (BOX_TOLERANCE_PX, EVAL_SPLITS, SPLITS, check_refexp_records,
-                                           refexp_datasets, refexp_problem, training_datasets)
+from pixelllm.data.refexp import (BOX_TOLERANCE_PX, EVAL_SPLITS, SPLITS, check_refexp_records, refexp_datasets,
+                                  refexp_problem)
+from pixelllm.tasks.referring.data import training_datasets
 from pixelllm.tasks.referring.localization import (evaluate_referring, finetune_referring, predict_boxes,
                                                    predict_referring, referring_trainer)
 from pixelllm.tasks.referring.segmentation import (build_refseg_model, evaluate_refseg, load_refseg,

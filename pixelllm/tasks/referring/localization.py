@@ -19,7 +19,8 @@ import torch
 
 from pixelllm.configs.refcoco import REFER_PROMPT
 from pixelllm.modeling.referring import ReferringSegmenter, referring_forward
-from pixelllm.tasks.referring.data import eval_batches, expression_token_ids, gt_boxes_original, training_datasets
+from pixelllm.data.refexp import expression_token_ids
+from pixelllm.tasks.referring.data import eval_batches, gt_boxes_original, training_datasets
 
 
 # ------------------------------------------------------------------------------------------ read-out

@@ -25,8 +25,12 @@ import torch
 
 
 def grid_features(model, run: Path, tok, splits=("train", "test")) -> dict[str, torch.Tensor]:
-    """{str(image_id): C×h×w} frozen feature grid of every image of the VG ``splits`` (cached on disk)."""
+    """{str(image_id): C×h×w} frozen feature grid of every image of the VG ``splits`` (cached on disk).
+    ``model`` must have its whole image encoder frozen (:func:`freeze_for_loc_caption`)."""
     from pixelllm.tasks import region_caption as rc
+
+    if model.image_encoder_trainable:
+        raise ValueError("grid_features: freeze the image encoder first (freeze_for_loc_caption)")
 
     path = run / "lab" / "grid_features.pt"
     if path.is_file():
@@ -107,7 +111,7 @@ def probe(args) -> dict:
     cfg = get_config("loc_caption")
     paths = resolve_paths(cfg)
     tok = load_tokenizer(paths.tokenizer)
-    model = build_model(cfg, paths, tok, verbose=False).eval()
+    model = rc.freeze_for_loc_caption(build_model(cfg, paths, tok, verbose=False).eval(), False)
     feats = grid_features(model, paths.run, tok)
     objects = rc.scene_objects(paths.run / "data" / "scenes.json")
     S = model.image_size
@@ -157,7 +161,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=300, help="VG test regions evaluated")
     ap.add_argument("--checkpoint", default="", help="eval: a stage checkpoint (file or folder)")
     ap.add_argument("--log", default="", help="append the result as one JSON line here")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     if args.command == "run":
         res = run_experiment(args)
     elif args.command == "eval":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from pixelllm.data.vocab import COLORS, SHAPES
 from pixelllm.eval.region_attributes import (box_blind_chance, majority_chance, phrase_attributes,
                                              region_attribute_accuracy)
 from pixelllm.tasks.region_caption import region_attribute_targets, score_region_attributes
@@ -17,13 +18,13 @@ from pixelllm.tasks.region_caption import region_attribute_targets, score_region
     ("", (None, None)),
 ])
 def test_phrase_attributes_read_the_subject(text, expected):
-    assert phrase_attributes(text) == expected
+    assert phrase_attributes(text, list(COLORS), SHAPES) == expected
 
 
 def test_accuracy_needs_colour_and_shape():
     preds = ["red circle", "blue circle", "red square next to a red circle", "the star"]
     targets = [("red", "circle"), ("red", "circle"), ("red", "circle"), ("green", "star")]
-    m = region_attribute_accuracy(preds, targets)
+    m = region_attribute_accuracy(preds, targets, list(COLORS), SHAPES)
     assert m["region_attribute_accuracy"] == pytest.approx(1 / 4)
     assert m["colour_accuracy"] == pytest.approx(2 / 4)
     assert m["shape_accuracy"] == pytest.approx(3 / 4)
@@ -32,9 +33,9 @@ def test_accuracy_needs_colour_and_shape():
 
 def test_accuracy_rejects_mismatched_or_unknown_targets():
     with pytest.raises(ValueError, match="2 predictions for 1 targets"):
-        region_attribute_accuracy(["a", "b"], [("red", "circle")])
+        region_attribute_accuracy(["a", "b"], [("red", "circle")], list(COLORS), SHAPES)
     with pytest.raises(ValueError, match="target 0"):
-        region_attribute_accuracy(["a"], [("pink", "circle")])
+        region_attribute_accuracy(["a"], [("pink", "circle")], list(COLORS), SHAPES)
 
 
 def test_box_blind_chance_is_the_share_of_same_looking_objects_in_the_image():

@@ -15,6 +15,8 @@ image perfectly, is right for region r with probability (# objects of r's image 
 shape) / (# objects of the image) when it picks an object uniformly — the ceiling of every box-ignoring
 model that does not prefer the right object by luck. :func:`majority_chance` is the other classic
 baseline: always the most frequent (colour, shape) pair of the evaluated regions.
+
+The vocabulary is an argument (the synthetic world's is ``pixelllm.data.vocab.COLORS`` / ``SHAPES``).
 """
 from __future__ import annotations
 
@@ -22,36 +24,41 @@ import re
 from collections import Counter
 from typing import Hashable, Optional, Sequence
 
-from pixelllm.data.vocab import COLORS, SHAPES
-
-#: plural → singular shape words ("crosses" → "cross")
-_SHAPE_FORMS: dict[str, str] = {**{s: s for s in SHAPES}, **{s + "s": s for s in SHAPES}, "crosses": "cross"}
 _WORD = re.compile(r"[a-z]+")
 
 Attributes = tuple[Optional[str], Optional[str]]
 
 
-def phrase_attributes(text: str) -> Attributes:
+def shape_forms(shapes: Sequence[str]) -> dict[str, str]:
+    """Singular and plural word → shape ("crosses" → "cross", "stars" → "star")."""
+    out = {s: s for s in shapes}
+    out.update({(s + "es" if s.endswith(("s", "x", "ch", "sh")) else s + "s"): s for s in shapes})
+    return out
+
+
+def phrase_attributes(text: str, colours: Sequence[str], shapes: Sequence[str]) -> Attributes:
     """(colour, shape) of a phrase's subject: the first shape word (singular) and the last colour word
     before it; None for what the phrase does not name (a colour after the first shape word does not count).
 
-    >>> phrase_attributes("big green cross next to a red circle")
+    >>> phrase_attributes("big green cross next to a red circle", ["green", "red"], ["cross", "circle"])
     ('green', 'cross')
-    >>> phrase_attributes("the circle left of the blue star")
+    >>> phrase_attributes("the circle left of the blue star", ["blue"], ["circle", "star"])
     (None, 'circle')
     """
     if not isinstance(text, str):
         raise TypeError(f"phrase_attributes: expected a string, got {type(text).__name__}")
+    forms, colours = shape_forms(shapes), set(colours)
     colour = None
     for w in _WORD.findall(text.lower()):
-        if w in _SHAPE_FORMS:
-            return colour, _SHAPE_FORMS[w]
-        if w in COLORS:
+        if w in forms:
+            return colour, forms[w]
+        if w in colours:
             colour = w
     return colour, None
 
 
-def region_attribute_accuracy(predictions: Sequence[str], targets: Sequence[tuple[str, str]]) -> dict:
+def region_attribute_accuracy(predictions: Sequence[str], targets: Sequence[tuple[str, str]],
+                              colours: Sequence[str], shapes: Sequence[str]) -> dict:
     """Fraction of regions whose predicted phrase names the target (colour, shape) — both right
     (``region_attribute_accuracy``) — and each alone (``colour_accuracy``, ``shape_accuracy``), with
     ``num_regions``. ``predictions[i]`` is the caption of the region whose object has ``targets[i]``."""
@@ -60,10 +67,10 @@ def region_attribute_accuracy(predictions: Sequence[str], targets: Sequence[tupl
     if not targets:
         raise ValueError("region_attribute_accuracy: no regions")
     for i, (c, s) in enumerate(targets):
-        if c not in COLORS or s not in SHAPES:
+        if c not in colours or s not in shapes:
             raise ValueError(f"region_attribute_accuracy: target {i} = {(c, s)!r} is not a (colour, shape) of the "
-                             f"synthetic vocabulary")
-    got = [phrase_attributes(p) for p in predictions]
+                             f"vocabulary")
+    got = [phrase_attributes(p, colours, shapes) for p in predictions]
     col = [g[0] == t[0] for g, t in zip(got, targets)]
     shp = [g[1] == t[1] for g, t in zip(got, targets)]
     n = len(targets)

@@ -222,6 +222,7 @@ def score_region_attributes(results: Sequence[dict], objects: dict[int, list[dic
     (:func:`pixelllm.eval.region_attributes.region_attribute_accuracy`), with its chance baselines
     ``chance_box_blind`` (name a random object of the same image) and ``chance_majority`` (always the most
     frequent colour + shape), and ``num_skipped`` (regions matching no object)."""
+    from pixelllm.data.vocab import COLORS, SHAPES
     from pixelllm.eval.region_attributes import box_blind_chance, majority_chance, region_attribute_accuracy
 
     skips = SkipCounter("region attribute targets")
@@ -230,7 +231,7 @@ def score_region_attributes(results: Sequence[dict], objects: dict[int, list[dic
     skips.report()
     tg = [targets[i] for i in keep]
     ids = [int(results[i]["image_id"]) for i in keep]
-    out = region_attribute_accuracy([results[i]["text"] for i in keep], tg)
+    out = region_attribute_accuracy([results[i]["text"] for i in keep], tg, list(COLORS), SHAPES)
     per_image = {i: [(o["color"], o["shape"]) for o in objects[i]] for i in set(ids)}
     out["chance_box_blind"] = box_blind_chance(tg, ids, per_image)
     out["chance_majority"] = majority_chance(tg)

@@ -63,6 +63,10 @@ class PixelLLMConfig:
     extractor_heads: int = 4
     extractor_mlp_dim: int = 512
     num_queries: int = 32                      # paper 32 learnable tokens
+    roi_tokens: int = 0                        # k: + k×k ROIAlign tokens of the box (0 = paper's plain E)
+    box_key_embedding: bool = False            # learned in-box embedding added to E's keys
+    keep_prompt_outputs: bool = False          # E also outputs its 2 box-corner query outputs
+    sam_key_pe: bool = False                   # E's keys use the box prompt encoder's positional encoding
     # --- language model L ---------------------------------------------------------------------------------
     t5: str | None = None                      # T5ForConditionalGeneration.from_pretrained(dir or name)
     t5_config: dict[str, Any] = field(default_factory=dict)  # random init: T5Config kwargs over tiny_t5_config's
@@ -253,7 +257,10 @@ def build_pixelllm(name: str | PixelLLMConfig = "tiny", sam_checkpoint: str | Pa
         extractor = PromptFeatureExtractor(image_encoder.out_channels, prompt_encoder.embed_dim, d_model,
                                            dim=cfg.extractor_dim, depth=cfg.extractor_depth,
                                            num_heads=cfg.extractor_heads, mlp_dim=cfg.extractor_mlp_dim,
-                                           num_queries=cfg.num_queries)
+                                           num_queries=cfg.num_queries, roi_tokens=cfg.roi_tokens,
+                                           box_key_embedding=cfg.box_key_embedding,
+                                           keep_prompt_outputs=cfg.keep_prompt_outputs,
+                                           sam_key_pe=cfg.sam_key_pe)
         if cfg.head == "mlp":
             head = TraceHead(d_model, cfg.head_hidden_dim, cfg.head_layers, cfg.head_parametrization)
         elif cfg.head == "spatial":

@@ -22,7 +22,7 @@ from torch import nn
 
 from .image_encoder import ImageEncoder
 from .language_model import LanguageModel
-from .prompt_encoder import BoxPromptEncoder
+from .prompt_encoder import BoxPromptEncoder, whole_image_boxes
 from .prompt_extractor import PromptFeatureExtractor
 
 if TYPE_CHECKING:  # annotations only: build.py imports this module
@@ -128,7 +128,12 @@ class PixelLLM(nn.Module):
         """f_l = E(P(b), grid): B×N×D visual tokens for one box per row of ``grid`` (B×C×H×W). ``boxes``
         B×4 pixels of the input frame; None = whole image (0, 0, w, h) from ``image_sizes`` (or the frame)."""
         prompt = self.prompt_encoder(boxes, batch_size=grid.shape[0], image_sizes=image_sizes)  # B×2×P
-        return self.prompt_extractor(grid, prompt)
+        if not self.prompt_extractor.needs_boxes:
+            return self.prompt_extractor(grid, prompt)
+        if boxes is None:
+            boxes = whole_image_boxes(grid.shape[0], image_sizes, self.frame_hw, device=grid.device)
+        key_pe = (self.prompt_encoder.dense_pe(tuple(grid.shape[-2:])) if self.prompt_extractor.sam_key_pe else None)
+        return self.prompt_extractor(grid, prompt, boxes.to(grid.dtype), self.frame_hw, key_pe)
 
     def visual_tokens(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
                       image_sizes: torch.Tensor | None = None, features: torch.Tensor | None = None

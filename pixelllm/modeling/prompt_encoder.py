@@ -44,6 +44,11 @@ class BoxPromptEncoder(nn.Module):
         """(h, w) in pixels of the input frame the encoder expects."""
         return tuple(self.sam_prompt_encoder.input_image_size)
 
+    def dense_pe(self, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """C×H×W: the positional encoding the corner tokens use, evaluated at the centres of an H×W grid
+        tiling the input frame (SAM's ``get_dense_pe`` for any grid size)."""
+        return self.sam_prompt_encoder.pe_layer(tuple(grid_hw))
+
     def train(self, mode: bool = True) -> "BoxPromptEncoder":
         super().train(mode)
         self.sam_prompt_encoder.eval()  # frozen: always in eval mode

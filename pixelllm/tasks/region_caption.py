@@ -173,6 +173,72 @@ def evaluate_loc_caption(model, datasets: dict, tokenizer, prompt: str = REGION_
     return {"metrics": metrics, "predictions": results}
 
 
+def scene_objects(scenes_path: str | os.PathLike) -> dict[int, list[dict]]:
+    """{image_id: objects} of the synthetic world's ``scenes.json`` (each object: ``id``, ``shape``,
+    ``color``, ``size``, ``bbox`` [x, y, w, h] original pixels)."""
+    import json
+
+    p = Path(scenes_path)
+    if not p.is_file():
+        raise FileNotFoundError(f"scene_objects: {p} not found (the synthetic world's ground truth)")
+    data = json.loads(p.read_text())
+    if "images" not in data:
+        raise ValueError(f"{p}: no 'images' field")
+    return {int(im["image_id"]): list(im.get("objects", [])) for im in data["images"]}
+
+
+def region_attribute_targets(results: Sequence[dict], objects: dict[int, list[dict]], min_iou: float = 0.5,
+                             skips: SkipCounter | None = None) -> list[tuple[str, str] | None]:
+    """(colour, shape) of the object each region of ``results`` (dicts with ``image_id`` and ``bbox``
+    [x, y, w, h]) covers: the image's object of highest box IoU (``torchvision.ops.box_iou``), None when
+    that IoU is below ``min_iou`` or the image is unknown (counted in ``skips``)."""
+    import torch
+    from torchvision.ops import box_convert, box_iou
+
+    out: list[tuple[str, str] | None] = []
+    for r in results:
+        objs = objects.get(int(r["image_id"]))
+        if not objs:
+            if skips is not None:
+                skips.add("image without scene objects", detail=f"image {r['image_id']}")
+            out.append(None)
+            continue
+        a = box_convert(torch.tensor([r["bbox"]], dtype=torch.float32), "xywh", "xyxy")
+        b = box_convert(torch.tensor([o["bbox"] for o in objs], dtype=torch.float32), "xywh", "xyxy")
+        iou = box_iou(a, b)[0]
+        j = int(iou.argmax())
+        if float(iou[j]) < min_iou:
+            if skips is not None:
+                skips.add(f"region box matches no object (IoU < {min_iou})", detail=str(r.get("key", r["image_id"])))
+            out.append(None)
+            continue
+        out.append((objs[j]["color"], objs[j]["shape"]))
+    return out
+
+
+def score_region_attributes(results: Sequence[dict], objects: dict[int, list[dict]], min_iou: float = 0.5
+                            ) -> dict:
+    """region_attribute_accuracy of :func:`caption_regions` results against the synthetic world's objects
+    (:func:`pixelllm.eval.region_attributes.region_attribute_accuracy`), with its chance baselines
+    ``chance_box_blind`` (name a random object of the same image) and ``chance_majority`` (always the most
+    frequent colour + shape), and ``num_skipped`` (regions matching no object)."""
+    from pixelllm.data.vocab import COLORS, SHAPES
+    from pixelllm.eval.region_attributes import box_blind_chance, majority_chance, region_attribute_accuracy
+
+    skips = SkipCounter("region attribute targets")
+    targets = region_attribute_targets(results, objects, min_iou, skips)
+    keep = [i for i, t in enumerate(targets) if t is not None]
+    skips.report()
+    tg = [targets[i] for i in keep]
+    ids = [int(results[i]["image_id"]) for i in keep]
+    out = region_attribute_accuracy([results[i]["text"] for i in keep], tg, list(COLORS), SHAPES)
+    per_image = {i: [(o["color"], o["shape"]) for o in objects[i]] for i in set(ids)}
+    out["chance_box_blind"] = box_blind_chance(tg, ids, per_image)
+    out["chance_majority"] = majority_chance(tg)
+    out["num_skipped"] = len(targets) - len(keep)
+    return out
+
+
 # -------------------------------------------------------------------------------------------- training
 def freeze_for_loc_caption(model, train_image_encoder: bool):
     """``model`` (a PixelLLM) set up for this task: the trace head frozen (the task ignores the point

@@ -306,6 +306,16 @@ def test_plot_curves_jsonl_skips_bad_lines_and_smooths(tmp_path):
         P.plot_curves([{"step": 1, "loss": 1.0}], keys=("lossy",))
 
 
+def test_plot_pointing_bars_values_and_missing():
+    fig = P.plot_pointing({"pointing_accuracy": 0.6, "pointing_accuracy_target": 0.8, "pointing_accuracy_centre": 0.1,
+                           "pointing_accuracy_random_object": 0.3, "pointing_accuracy_generated": float("nan")})
+    tf, fr = fig.axes
+    heights = {p.get_gid(): p.get_height() for p in tf.patches}
+    assert heights == {"bar:pointing_accuracy": 0.6, "bar:pointing_accuracy_target": 0.8,
+                       "bar:pointing_accuracy_random_object": 0.3, "bar:pointing_accuracy_centre": 0.1}
+    assert [t.get_text() for t in fr.texts] == ["n/a", "n/a"]  # NaN and missing: empty slots
+
+
 def test_plot_curves_dict_of_runs():
     fig = P.plot_curves({"a": [{"loss": 2.0}, {"loss": 1.0}], "b": [{"step": 5, "loss": 4.0}]})
     ax = fig.axes[0]

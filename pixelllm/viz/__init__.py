@@ -47,12 +47,14 @@ _LAZY = {
     "split_phrases": "pixelllm.viz.trace",
     "phrase_text": "pixelllm.viz.trace",
     "phrase_colors": "pixelllm.viz.trace",
+    "default_highlights": "pixelllm.viz.trace",
     "plot_attention_grid": "pixelllm.viz.trace",
     "figure_attention": "pixelllm.viz.trace",
     # curves.py: training curves, metric tables
     "plot_curves": "pixelllm.viz.curves",
     "read_jsonl_records": "pixelllm.viz.curves",
     "plot_metric_table": "pixelllm.viz.curves",
+    "plot_pointing": "pixelllm.viz.curves",
     # output.py: PNG bytes, saving
     "figure_to_png": "pixelllm.viz.output",
     "save_figure": "pixelllm.viz.output",

@@ -711,6 +711,6 @@ def figure_attention(
 
 __all__ = [
     "narrative_to_trace", "plot_narrative_trace", "plot_word_points", "caption_colored", "word_groups",
-    "split_phrases", "phrase_text", "phrase_colors", "token_colors", "figure_word_trace", "figure_word_step",
+    "split_phrases", "phrase_text", "phrase_colors", "token_colors", "default_highlights", "figure_word_trace", "figure_word_step",
     "plot_attention_grid", "figure_attention",
 ]

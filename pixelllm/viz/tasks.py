@@ -181,8 +181,8 @@ def figure_dense_captions(detections: Sequence[dict], dataset, n: int = 4, top: 
         raise ValueError("figure_dense_captions: no detections to draw")
     ncols = max(1, min(ncols, len(items)))
     nrows = math.ceil(len(items) / ncols)
-    fig = Figure(figsize=(ncols * panel * 1.75, nrows * (panel + 0.35) + 0.4), layout="constrained")
-    grid = fig.add_gridspec(nrows, 2 * ncols, width_ratios=[1.0, 0.75] * ncols)
+    fig = Figure(figsize=(ncols * panel * 1.6, nrows * (panel + 0.35) + 0.4), layout="constrained")
+    grid = fig.add_gridspec(nrows, 2 * ncols, width_ratios=[1.0, 0.6] * ncols)
     for k, d in enumerate(items):
         r = recs[d["image_id"]]
         ax = fig.add_subplot(grid[k // ncols, 2 * (k % ncols)])

@@ -261,6 +261,10 @@ def test_plot_attention_grid_heatmap_covers_the_frame():
         P.plot_attention_grid(_ax(), _img(), np.ones(5), (2, 3))
     fig = P.figure_attention(_img(40, 40), ["a", "star"], np.ones((2, 4)), (2, 2), points=np.zeros((2, 2)))
     assert [a.get_title() for a in fig.axes] == ["“a”", "“star”"] and len(fig.legends) == 1
+    mlp = P.figure_attention(_img(40, 40), ["a"], None, (2, 2), points=np.array([[4.0, 6.0]]))  # no attention
+    assert _by_gid(mlp.axes[0], "attention").get_alpha() == 0.0
+    np.testing.assert_allclose(_by_gid(mlp.axes[0], "attention_point").get_offsets(), [[4.0, 6.0]])
+    assert len(mlp.legends[0].get_texts()) == 2  # no heatmap entry
 
 
 def test_figure_word_step_gt_point_and_title():

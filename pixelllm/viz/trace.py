@@ -689,21 +689,26 @@ def figure_attention(
     title: str | None = None,
 ) -> Figure:
     """One panel per word: where the pointer head looks (:func:`plot_attention_grid`) and the point it
-    predicts. ``attention``: K×N (one row per word), ``points``: K×2 / K×4 or None, ``words``: K titles.
+    predicts. ``attention``: K×N (one row per word), or None for a head without attention (the MLP head):
+    then only the image and the points are drawn. ``points``: K×2 / K×4 or None, ``words``: K titles.
     A key below says what the heatmap, dot and box are."""
-    a = to_numpy(attention).reshape(len(words), -1)
-    pts = None if points is None else to_numpy(points).reshape(len(words), -1)
     k = len(words)
+    a = None if attention is None else to_numpy(attention).reshape(k, -1)
+    pts = None if points is None else to_numpy(points).reshape(k, -1)
     fig = Figure(figsize=(panel_size * k, panel_size + 0.9), dpi=100, layout="constrained")
     axes = fig.subplots(1, k, squeeze=False)[0]
+    gh, gw = grid_hw
     for j, ax in enumerate(axes):
-        plot_attention_grid(ax, image, a[j], grid_hw, frame_hw, None if pts is None else pts[j],
+        plot_attention_grid(ax, image, np.zeros(gh * gw) if a is None else a[j], grid_hw, frame_hw,
+                            None if pts is None else pts[j], alpha=0.0 if a is None else 0.6,
                             title=_wrap_title(f"“{words[j]}”", panel_size, 10))
-    handles = [Line2D([], [], marker="s", ls="none", mfc=colormaps["magma"](0.9), mec="none", ms=10,
-                      label="attention over the grid cells (bright = high)"),
-               Line2D([], [], marker="o", ls="none", mfc="cyan", mec="black", ms=8, label="predicted point"),
+    handles = [Line2D([], [], marker="o", ls="none", mfc="cyan", mec="black", ms=8, label="predicted point"),
                Line2D([], [], color="0.3", ls="--", lw=1.5, label="predicted box")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=3 if k >= 3 else 1, fontsize=8, frameon=False)
+    if a is not None:
+        handles.insert(0, Line2D([], [], marker="s", ls="none", mfc=colormaps["magma"](0.9), mec="none", ms=10,
+                                 label="attention over the grid cells (bright = high)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles) if k >= 3 else 1, fontsize=8,
+               frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig

@@ -78,7 +78,11 @@ RESULTS = {
                                      "semantic_encoder/val_category_acc", "semantic_encoder/steps"]},
     "03": {"caption_pretraining.json": ["steps", "train_ce_last", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"]},
     "04": {"trace.json": ["stage1_steps", "stage2_steps", "point_l1", "centre_baseline",
-                          "random_other_narrative_baseline", "test_ce", "ratio_to_centre", "CIDEr-D", "METEOR"]},
+                          "random_other_narrative_baseline", "test_ce", "ratio_to_centre", "CIDEr-D", "METEOR",
+                          # the free-running pointing_accuracy_generated(_centre) are written too, but NaN when
+                          # the captions name no colour + shape (a SMOKE model's 8 tokens do not)
+                          "pointing_accuracy", "pointing_accuracy_centre", "pointing_accuracy_random_object",
+                          "pointing_accuracy_target"]},
     "05": {"referring.json": ["referring_localization/*/P@0.5", "referring_segmentation/*/cIoU",
                               "referring_segmentation/*/gIoU", "refseg_gt_box_prompt/*/cIoU", "train/refcoco_steps",
                               "train/refseg_steps"]},

@@ -194,22 +194,77 @@ def test_plot_narrative_trace_lines_in_pixels_and_colours():
         P.plot_narrative_trace(_ax(), img, d["trace"], word_spans=[(0, 9)], normalized=True)
 
 
-def test_figure_word_trace_panels():
+def test_split_phrases_and_word_groups():
+    toks = ["▁in", "▁this", "▁image", "▁we", "▁can", "▁see", "▁a", "▁big", "▁red", "▁st", "ar", "▁in", "▁the",
+            "▁top", "▁left", "▁corner", ",", "▁and", "▁a", "▁blue", "▁cube", "."]
+    assert P.word_groups(toks)[9] == [9, 10] and P.word_groups(toks)[14] == [15, 16]
+    ph = P.split_phrases(toks)
+    assert [P.phrase_text(toks, g) for g in ph] == ["in this image", "we can see", "a big red star",
+                                                   "in the top left corner", "and a blue cube"]
+    assert sorted(i for g in ph for i in g) == list(range(len(toks)))  # every token in exactly one phrase
+    assert P.split_phrases(["a", "red", "ball", "on", "the", "mat"]) == [[0, 1, 2], [3, 4, 5]]  # plain words
+    cols = P.phrase_colors(10)
+    assert not any(np.allclose(c, TAB10[7]) for c in cols)  # no grey
+    assert not np.allclose(cols[0], cols[1]) and np.allclose(cols[0], cols[9])  # 9 colours, cycling
+
+
+def test_figure_word_trace_one_point_per_word_phrase_panel_and_key():
     img = _img(64, 64)
-    words = ["▁a", "▁red", "▁ball"]
-    pts = np.array([[10.0, 10.0], [20.0, 30.0], [40.0, 50.0]])
+    words = ["▁a", "▁red", "▁st", "ar", "▁on", "▁the", "▁left"]
+    pts = np.array([[0.0, 0.0, 10.0, 10.0], [10.0, 10.0, 20.0, 20.0], [20.0, 20.0, 30.0, 30.0],
+                    [30.0, 30.0, 40.0, 40.0], [40.0, 0.0, 50.0, 10.0], [np.nan] * 4, [50.0, 0.0, 60.0, 10.0]])
     d = P.narrative_to_trace(LN_RECORD)
     fig = P.figure_word_trace(img, words, pts, gt_trace=d["trace"], gt_normalized=True, gt_spans=d["spans"],
-                              gt_words=d["utterances"], title="demo")
+                              gt_words=d["utterances"], title="demo", n_highlight=1)
     assert isinstance(fig, Figure)
-    img_ax, cap_ax, gt_ax, gt_cap = fig.axes
-    np.testing.assert_allclose(_by_gid(img_ax, "word_points").get_offsets(), pts)
-    assert [t.get_text() for t in cap_ax.texts] == ["a", "red", "ball"]
+    overview, star, cap_ax, gt_ax, gt_cap = fig.axes
+    # one point per word: "star" = mean of its two tokens' box centres; "the" has no valid point
+    np.testing.assert_allclose(_by_gid(overview, "word_points").get_offsets(),
+                               [[5, 5], [15, 15], [30, 30], [45, 5], [55, 5]])
+    cols = P.phrase_colors(2)
+    np.testing.assert_allclose(_by_gid(overview, "word_points").get_facecolors(), cols[[0, 0, 0, 1, 1]])
+    assert star.get_title() == "“a red star”"
+    np.testing.assert_allclose(_by_gid(star, "phrase_points:0").get_offsets(), [[5, 5], [15, 15], [30, 30]])
+    box = _by_gid(star, "phrase_box:0")  # mean of the phrase's 4 token boxes
+    assert box.get_bbox().bounds == (15.0, 15.0, 10.0, 10.0) and box.get_linestyle() == "--"
+    np.testing.assert_allclose(_by_gid(star, "context_points").get_offsets(), [[45, 5], [55, 5]])
+    assert [t.get_text() for t in cap_ax.texts] == ["a", "red", "st", "ar", "on", "the", "left"]
+    assert [t.get_fontweight() for t in cap_ax.texts][:4] == ["bold"] * 4  # highlighted phrase
+    np.testing.assert_allclose(cap_ax.texts[4].get_color(), cols[1])
     np.testing.assert_allclose(np.c_[_by_gid(gt_ax, "trace").get_xdata(), _by_gid(gt_ax, "trace").get_ydata()],
                                d["trace"] * 64)
     assert [t.get_text() for t in gt_cap.texts] == ["a red", "ball"]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[0].startswith("a word's point") and len(labels) == 3
     assert P.figure_to_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(P.figure_word_trace(img, words, pts).axes) == 2  # no ground truth: one panel
+    # the figure's content lies inside the canvas: a tight bbox is no larger than the figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg(fig).draw()
+    tight = fig.get_tightbbox(fig.canvas.get_renderer())
+    w, h = fig.get_size_inches()
+    assert tight.x0 >= -0.01 and tight.y0 >= -0.01 and tight.x1 <= w + 0.01 and tight.y1 <= h + 0.01
+    assert len(P.figure_word_trace(img, words, pts, highlight=[]).axes) == 2  # overview + caption
+    with pytest.raises(ValueError, match="phrase 5 out of range"):
+        P.figure_word_trace(img, words, pts, highlight=[5])
+
+
+def test_plot_attention_grid_heatmap_covers_the_frame():
+    ax = _ax()
+    att = np.arange(6.0)
+    P.plot_attention_grid(ax, _img(40, 60), att, (2, 3), point=[10.0, 10.0, 30.0, 20.0], title="star")
+    heat = _by_gid(ax, "attention")
+    np.testing.assert_allclose(heat.get_array(), att.reshape(2, 3) / 5.0)
+    assert heat.get_extent() == [0, 60, 40, 0]
+    np.testing.assert_allclose(_by_gid(ax, "attention_point").get_offsets(), [[20.0, 15.0]])
+    assert _by_gid(ax, "attention_box").get_bbox().bounds == (10.0, 10.0, 20.0, 10.0)
+    with pytest.raises(ValueError, match="5 weights for a 2×3 grid"):
+        P.plot_attention_grid(_ax(), _img(), np.ones(5), (2, 3))
+    fig = P.figure_attention(_img(40, 40), ["a", "star"], np.ones((2, 4)), (2, 2), points=np.zeros((2, 2)))
+    assert [a.get_title() for a in fig.axes] == ["“a”", "“star”"] and len(fig.legends) == 1
+    mlp = P.figure_attention(_img(40, 40), ["a"], None, (2, 2), points=np.array([[4.0, 6.0]]))  # no attention
+    assert _by_gid(mlp.axes[0], "attention").get_alpha() == 0.0
+    np.testing.assert_allclose(_by_gid(mlp.axes[0], "attention_point").get_offsets(), [[4.0, 6.0]])
+    assert len(mlp.legends[0].get_texts()) == 2  # no heatmap entry
 
 
 def test_figure_word_step_gt_point_and_title():
@@ -219,6 +274,9 @@ def test_figure_word_step_gt_point_and_title():
     ax = fig.axes[0]
     np.testing.assert_allclose(_by_gid(ax, "word_points:current").get_offsets(), pts[1].reshape(2, 2))
     np.testing.assert_allclose(_by_gid(ax, "gt_point:current").get_offsets(), gt[1].reshape(2, 2))
+    np.testing.assert_allclose(_by_gid(ax, "word_centre:current").get_offsets(), [[35.0, 10.0]])
+    assert _by_gid(ax, "word_box:current").get_bbox().bounds == (30.0, 5.0, 10.0, 10.0)
+    np.testing.assert_allclose(_by_gid(ax, "word_points").get_offsets(), [[15.0, 15.0]])  # earlier: centres
     assert "word 2/2" in fig._suptitle.get_text() and "cube" in fig._suptitle.get_text()
     fig0 = P.figure_word_step(_img(), ["▁a", "▁cube"], pts, 0, gt_points=gt)
     assert not [c for c in fig0.axes[0].collections if c.get_gid() == "gt_point:current"]  # unknown gt
@@ -250,6 +308,16 @@ def test_plot_curves_jsonl_skips_bad_lines_and_smooths(tmp_path):
     np.testing.assert_allclose(_by_gid(ax_l1, "curve:train").get_ydata(), [0.2])
     with pytest.raises(ValueError, match="lossy"):
         P.plot_curves([{"step": 1, "loss": 1.0}], keys=("lossy",))
+
+
+def test_plot_pointing_bars_values_and_missing():
+    fig = P.plot_pointing({"pointing_accuracy": 0.6, "pointing_accuracy_target": 0.8, "pointing_accuracy_centre": 0.1,
+                           "pointing_accuracy_random_object": 0.3, "pointing_accuracy_generated": float("nan")})
+    tf, fr = fig.axes
+    heights = {p.get_gid(): p.get_height() for p in tf.patches}
+    assert heights == {"bar:pointing_accuracy": 0.6, "bar:pointing_accuracy_target": 0.8,
+                       "bar:pointing_accuracy_random_object": 0.3, "bar:pointing_accuracy_centre": 0.1}
+    assert [t.get_text() for t in fr.texts] == ["n/a", "n/a"]  # NaN and missing: empty slots
 
 
 def test_plot_curves_dict_of_runs():
@@ -338,8 +406,14 @@ def test_figure_referring_grid_boxes_and_titles():
     gt, pred = _rects(ax)
     assert gt.get_bbox().bounds == (1.0, 2.0, 10.0, 10.0) and gt.get_linestyle() == "--"
     assert pred.get_bbox().bounds == (3.0, 4.0, 10.0, 10.0)
-    assert "(IoU 0.50)" in ax.get_title() and "\n" in ax.get_title()  # wrapped at 28 characters
-    assert len([i for i in fig.axes[1].images if i.get_gid() == "masks"]) == 0
+    assert "(IoU 0.50)" in ax.get_title() and "\n" in ax.get_title()  # wrapped to the panel, not cut
+    assert ax.get_title().replace("\n", " ") == "“the red cube on the left of the blue ball” (IoU 0.50)"
+    outline = [c for c in ax.collections if c.get_gid() == "mask_outline:0"]
+    assert len(outline) == 1 and not [i for i in ax.images if i.get_gid() == "masks"]  # outline, no fill
+    np.testing.assert_allclose(ax.images[0].get_array(), ex["image"])  # object colours untouched
+    assert not [c for c in fig.axes[1].collections if c.get_gid() == "mask_outline:0"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ground-truth box", "predicted box",
+                                                                  "predicted mask (outline)"]
 
 
 def test_figure_matching_colours_matched_proposals():
@@ -362,7 +436,8 @@ def test_figure_region_captions_panels():
            {"index": 0, "box_input": [1.0, 1.0, 5.0, 5.0], "text": "", "references": ["ball"]}]
     fig = P.figure_region_captions(res, [sample], n=5, ncols=3, title="t")
     assert len(fig.axes) == 2 and fig._suptitle.get_text() == "t"
-    assert fig.axes[0].get_title() == "a red cube\nref: red cube" and fig.axes[1].get_title().startswith("(empty)")
+    assert fig.axes[0].get_title() == "a red cube" and fig.axes[1].get_title() == "(empty)"
+    assert fig.axes[0].get_xlabel() == "reference: red cube" and len(fig.legends) == 1
     assert fig.axes[0].images[0].get_array().shape[:2] == (24, 32)  # padding cropped
     with pytest.raises(ValueError, match="no results"):
         P.figure_region_captions([], [sample])
@@ -382,8 +457,12 @@ def test_figure_dense_captions_top_boxes_over_ground_truth(tmp_path):
     ax = fig.axes[0]
     assert [r.get_bbox().bounds for r in _rects(ax)] == [(1.0, 2.0, 10.0, 5.0), (0.0, 0.0, 8.0, 8.0),
                                                          (2.0, 2.0, 7.0, 7.0)]
-    assert [t.get_text() for t in ax.texts] == ["red cube 0.90", "(empty) 0.50"]
-    assert ax.get_title() == "image 5"
+    assert [t.get_text() for t in ax.texts] == ["1", "2"]  # numbered on the image ...
+    lst = fig.axes[1]  # ... and listed beside it in the same colours
+    listed = [t for t in lst.texts if (t.get_gid() or "").startswith("caption_list:")]
+    assert [t.get_text() for t in listed] == ["red cube 0.90", "(empty) 0.50"]
+    np.testing.assert_allclose(listed[1].get_color(), _rects(ax)[2].get_edgecolor())
+    assert ax.get_title() == "image 5" and len(fig.legends) == 1
 
 
 def test_viz_imports_no_model_code():

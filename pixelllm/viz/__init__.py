@@ -34,6 +34,7 @@ _LAZY = {
     "show_scene": "pixelllm.viz.scene",
     "draw_boxes": "pixelllm.viz.scene",
     "overlay_masks": "pixelllm.viz.scene",
+    "outline_masks": "pixelllm.viz.scene",
     "grid_figure": "pixelllm.viz.scene",
     # trace.py: narrative traces, per-word points, the word<->trace figures
     "narrative_to_trace": "pixelllm.viz.trace",
@@ -42,10 +43,18 @@ _LAZY = {
     "caption_colored": "pixelllm.viz.trace",
     "figure_word_trace": "pixelllm.viz.trace",
     "figure_word_step": "pixelllm.viz.trace",
+    "word_groups": "pixelllm.viz.trace",
+    "split_phrases": "pixelllm.viz.trace",
+    "phrase_text": "pixelllm.viz.trace",
+    "phrase_colors": "pixelllm.viz.trace",
+    "default_highlights": "pixelllm.viz.trace",
+    "plot_attention_grid": "pixelllm.viz.trace",
+    "figure_attention": "pixelllm.viz.trace",
     # curves.py: training curves, metric tables
     "plot_curves": "pixelllm.viz.curves",
     "read_jsonl_records": "pixelllm.viz.curves",
     "plot_metric_table": "pixelllm.viz.curves",
+    "plot_pointing": "pixelllm.viz.curves",
     # output.py: PNG bytes, saving
     "figure_to_png": "pixelllm.viz.output",
     "save_figure": "pixelllm.viz.output",

@@ -174,4 +174,40 @@ def plot_metric_table(
     return ax
 
 
-__all__ = ["read_jsonl_records", "plot_curves", "plot_metric_table"]
+#: (result key, bar label) per group of :func:`plot_pointing`; the first bar of a group is the model.
+POINTING_BARS = {
+    "teacher-forced (on-object tokens)": [
+        ("pointing_accuracy", "model"), ("pointing_accuracy_target", "its training target\n(ceiling)"),
+        ("pointing_accuracy_random_object", "random object\nof the image"), ("pointing_accuracy_centre", "image centre")],
+    "free-running (generated \"colour shape\" phrases)": [
+        ("pointing_accuracy_generated", "model"), ("pointing_accuracy_generated_centre", "image centre")],
+}
+
+
+def plot_pointing(metrics: dict, title: str = "pointing accuracy") -> "Figure":
+    """Bar chart of a model's pointing accuracy against its baselines, one group per protocol (keys of
+    :data:`POINTING_BARS`, as ``pixelllm.engine.evaluate.evaluate_pointing`` returns them; a missing or NaN
+    value is drawn as an empty slot labelled "n/a"). The model's bar is dark, baselines light; each bar is
+    labelled with its value. Bars carry gid ``"bar:<key>"``. Returns the Figure."""
+    from matplotlib.figure import Figure
+
+    groups = [(name, bars) for name, bars in POINTING_BARS.items()]
+    widths = [len(b) for _, b in groups]
+    fig = Figure(figsize=(1.5 * sum(widths) + 1.0, 3.6), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(groups), sharey=True, gridspec_kw={"width_ratios": widths})
+    for ax, (name, bars) in zip(np.atleast_1d(axes), groups):
+        for j, (key, label) in enumerate(bars):
+            v = metrics.get(key)
+            ok = v is not None and np.isfinite(v)
+            ax.bar([j], [v if ok else 0.0], color="tab:blue" if j == 0 else "0.75", gid=f"bar:{key}")
+            ax.text(j, (v if ok else 0.0) + 0.02, f"{v:.2f}" if ok else "n/a", ha="center", va="bottom", fontsize=9)
+        ax.set_xticks(range(len(bars)), [lab for _, lab in bars], fontsize=8)
+        ax.set_ylim(0, 1.1)
+        ax.set_title(name, fontsize=9)
+        ax.spines[["top", "right"]].set_visible(False)
+    np.atleast_1d(axes)[0].set_ylabel("fraction of hits (point in the object's box)", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+__all__ = ["read_jsonl_records", "plot_curves", "plot_metric_table", "plot_pointing", "POINTING_BARS"]

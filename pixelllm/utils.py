@@ -106,12 +106,20 @@ def _config_dict(config: Any) -> dict:
 TASK_CONFIG_KEYS = {"ln_alignment": "trace", "ln_file": "trace"}
 
 
+#: config fields added after artifacts were made, with the value that reproduces what was done before they
+#: existed: an artifact whose stored config lacks the field matches a config holding that value.
+NEUTRAL_NEW_KEYS = {"lr_multipliers": {}}
+
+
 def config_difference(stored: dict, wanted: dict) -> dict:
-    """``{key: (stored, wanted)}`` for every compared key whose value differs (volatile keys ignored, and
-    :data:`TASK_CONFIG_KEYS` ignored when neither config trains their task)."""
+    """``{key: (stored, wanted)}`` for every compared key whose value differs (volatile keys ignored,
+    :data:`TASK_CONFIG_KEYS` ignored when neither config trains their task, a missing
+    :data:`NEUTRAL_NEW_KEYS` field equal to its neutral value)."""
     keys = (set(stored) | set(wanted)) - VOLATILE_CONFIG_KEYS
     tasks = set(stored.get("tasks") or {}) | set(wanted.get("tasks") or {})
     keys -= {k for k, task in TASK_CONFIG_KEYS.items() if task not in tasks}
+    keys -= {k for k, neutral in NEUTRAL_NEW_KEYS.items()
+             if (k not in stored and wanted.get(k) == neutral) or (k not in wanted and stored.get(k) == neutral)}
     missing = object()
     return {k: (stored.get(k, "<absent>"), wanted.get(k, "<absent>")) for k in sorted(keys)
             if stored.get(k, missing) != wanted.get(k, missing)}

@@ -103,6 +103,8 @@ ARMS: dict[str, dict] = {
     "enc_semantic_only": {"model_overrides": {"encoder_mode": "semantic_only"}, "downstream": False},
     # point target
     "target_center": {"point_target": "center", "downstream": False},
+    # trace head: the paper's MLP (baseline) vs the tiny preset's pointer head, same budget
+    "head_pointer": {"model_overrides": {"head": "pointer"}, "downstream": True},
     # Table 5 analogue: LM size × LM training; the LM starts from its text-only pretraining in every cell
     **{f"lm_{size}_{mode}": {"lm_size": size, "model_overrides": {"lm_mode": mode}, "init_lm": False, "downstream": False}
        for size in LM_SIZES for mode in ("frozen", "lora", "full")},
@@ -114,6 +116,7 @@ TABLES: dict[str, dict[str, str]] = {
     "lm": {f"{size}/{mode}": f"lm_{size}_{mode}" for size in LM_SIZES for mode in ("frozen", "lora", "full")},
     "encoder": {"sam_only": "enc_sam_only", "semantic_only": "enc_semantic_only", "both": "baseline"},
     "point_target": {"center": "target_center", "box": "baseline"},
+    "head": {"paper MLP": "baseline", "pointer (tiny preset)": "head_pointer"},
 }
 
 #: what the paper reports for each table (PAPER_NOTES.md §5; exact ablation numbers are not available).
@@ -123,6 +126,8 @@ PAPER_FINDINGS: dict[str, str] = {
     "lm": "Table 5: a larger LM helps, and LoRA beats a frozen LM",
     "encoder": "motivation for two encoders: frozen SAM localizes, the trainable semantic encoder names; both together are best",
     "point_target": "no ablation published; the release regresses the utterance-box corners",
+    "head": "no ablation published; the paper's head is the MLP on the decoder state. The pointer head "
+            "(soft-argmax over the grid + offset + size MLP) is this repo's tiny-preset deviation",
 }
 
 

@@ -4,10 +4,13 @@
 
 ``get_config(smoke)`` — referring localization: whole-image prompt box, text prompt "where is <expr>",
 target = the expression + EOS; the decoder state that emits EOS regresses the box (its two points =
-the corners). The MLP trace head reads that state with the ``center_size`` parametrisation and the box gets
-L1 (λ = 0.1, pixels) + GIoU: two raw corners collapsed to zero-area boxes at CPU scale while centre + size
-with L1 + GIoU trained well (PAPER_NOTES.md §8). The paper's ``corners`` head is one override away::
+the corners). The tiny preset reads that state with the pointer head of stage 2 (box centre = soft-argmax
+over the patch grid + a sub-cell offset, size = a small MLP; the semantic ViT frozen and the grid cached,
+as in stage 2) and the box gets L1 (λ = 0.1, pixels) + GIoU: two raw corners collapsed to zero-area boxes
+at CPU scale while centre + size with L1 + GIoU trained well (PAPER_NOTES.md §8, §9). The paper's MLP
+head, read as centre + size or as the paper's raw ``corners``, is one override away::
 
+    get_config(overrides=["model_overrides={'head': 'mlp', 'head_parametrization': 'center_size'}"])
     get_config(overrides=["model_overrides={'head': 'mlp', 'head_parametrization': 'corners'}", "giou_weight=0.0"])
 
 Initialised from the LN trace stage (``<run>/checkpoints/ln_trace``) when it exists, else from the
@@ -54,15 +57,15 @@ def get_config(smoke: bool = False) -> ReferringConfig:
         preset="tiny",
         smoke=smoke,
         init_from="ln_trace",                                   # falls back to the pretrained parts
-        model_overrides={"head": "mlp", "head_parametrization": "center_size"},
+        model_overrides={"head": "pointer", "semantic_trainable": False},   # tiny-preset recipe (docstring)
         tasks={"refer": 1.0},
         prompts={"refer": REFER_PROMPT},
         image_size=0,
         max_target_len=16,
         batch_size=32,
-        steps=400,
+        steps=800,
         lr=1e-3,
-        warmup_steps=50,
+        warmup_steps=80,
         weight_decay=0.0,
         grad_clip=1.0,
         lambda_point=0.1,                                       # paper λ, L1 in pixels of the input
@@ -70,7 +73,7 @@ def get_config(smoke: bool = False) -> ReferringConfig:
         giou_weight=1.0,
         log_interval=20,
         eval_interval=0,
-        ckpt_interval=200,
+        ckpt_interval=400,
         keep_last=1,
         eval_samples=64,
     )

@@ -343,6 +343,13 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     other = make_trainer(toy_config(steps=4, lr=0.5, ckpt_interval=1), out_dir=tmp_path)
     with pytest.raises(ConfigMismatchError, match="lr"):
         other.resume()
+    (tmp_path / "notes.txt").write_text("mine")
+    assert not other.resume(discard_mismatch=True) and other.step == 0   # that run removed, starts afresh
+    assert not list(tmp_path.glob("ckpt_*")) and not (tmp_path / "metrics.jsonl").exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine"                # nothing else touched
+    other.fit()
+    again = make_trainer(toy_config(steps=4, lr=0.5, ckpt_interval=1), out_dir=tmp_path)
+    assert again.resume(discard_mismatch=True) and again.step == 4       # its own run: resumed
 
 
 def test_found_or_compute_reuses_only_a_matching_config(tmp_path, monkeypatch):

@@ -280,9 +280,35 @@ class Trainer:
         """Seconds spent in the eval hook so far (training time excludes them)."""
         return self._eval_seconds
 
-    def resume(self, path: str | os.PathLike | None = None) -> bool:
+    def discard_mismatched_run(self, ignore: tuple = ("steps", "stage")) -> dict:
+        """Make ``out_dir`` resumable by this config: when its latest checkpoint was made by another config
+        (:meth:`config_difference`, ``ignore`` left out), or it holds a log but no checkpoint, remove that
+        run's checkpoints, ``metrics.jsonl`` and ``final.json`` (nothing else) and say so; :meth:`resume`
+        then starts from step 0. What a stage recomputed by :func:`pixelllm.utils.found_or_compute` needs
+        (its artifact no longer matches the config). Returns the difference ({} when nothing was removed)."""
+        out = self.out_dir
+        if out is None or not self.dist.is_main:
+            return {}
+        if ckpt.latest_checkpoint(out) is not None:
+            diff = self.config_difference(ckpt.load_checkpoint(out), ignore=ignore)
+            if not diff:
+                return {}
+            print(f"[{self.cfg.stage}] {out}: checkpoint made by another config "
+                  f"({'; '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in sorted(diff.items()))}); starting afresh")
+        else:
+            diff = {}
+        for f in [*ckpt.list_checkpoints(out), Path(out) / "metrics.jsonl", Path(out) / "final.json"]:
+            if f.is_file():
+                f.unlink()
+        return diff
+
+    def resume(self, path: str | os.PathLike | None = None, discard_mismatch: bool = False) -> bool:
         """Restore model (trainable weights), optimizer, scheduler, RNG and data position from ``path``
-        (file or folder; default ``out_dir``). Returns False when there is nothing to resume."""
+        (file or folder; default ``out_dir``). Returns False when there is nothing to resume. A checkpoint
+        of another config raises :class:`ConfigMismatchError`, unless ``discard_mismatch`` (``out_dir`` only):
+        then that run is removed first (:meth:`discard_mismatched_run`) and training starts from step 0."""
+        if discard_mismatch and path is None:
+            self.discard_mismatched_run()
         path = path or self.out_dir
         if path is None or ckpt.latest_checkpoint(path) is None:
             return False

@@ -41,15 +41,6 @@ class RecordedEval:
         return res
 
 
-def _discard_run(out_dir: Path) -> None:
-    """Remove the checkpoints, log and final record of a run in ``out_dir`` (nothing else)."""
-    from pixelllm.engine.checkpoint import list_checkpoints
-
-    for f in [*list_checkpoints(out_dir), out_dir / "metrics.jsonl", out_dir / "final.json"]:
-        if f.is_file():
-            f.unlink()
-
-
 def resume_and_fit(trainer) -> dict:
     """Resume ``trainer`` from its ``out_dir`` and train to ``config.steps``.
 
@@ -58,18 +49,7 @@ def resume_and_fit(trainer) -> dict:
     wrote a checkpoint: the run then starts from step 0. Returns ``{"resumed_at": step | None,
     "steps_run", "seconds"}`` — this call's optimizer steps and its training seconds (evaluation
     excluded, :attr:`Trainer.eval_seconds`)."""
-    from pixelllm.engine.checkpoint import latest_checkpoint, load_checkpoint
-
-    out = trainer.out_dir
-    if out is not None:
-        if latest_checkpoint(out) is not None:
-            diff = trainer.config_difference(load_checkpoint(out), ignore=())
-            if diff:
-                print(f"[{trainer.cfg.stage}] {out}: checkpoint made by another config "
-                      f"({', '.join(sorted(diff))}); starting afresh")
-                _discard_run(out)
-        else:
-            _discard_run(out)
+    trainer.discard_mismatched_run(ignore=())
     resumed = trainer.resume()
     if resumed and trainer.progress:
         print(f"[{trainer.cfg.stage}] resumed from {trainer.last_checkpoint} at step {trainer.step}")

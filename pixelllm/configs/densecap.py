@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pixelllm.configs.base import TrainConfig
+from pixelllm.configs.loc_caption import BOX_PROMPT_FIX
 
 
 @dataclass
@@ -40,6 +41,7 @@ def get_config(smoke: bool = False) -> DenseCapConfig:
         preset="tiny",
         smoke=smoke,
         init_from="ln_trace,loc_caption",   # existing ones loaded in this order; none → pretrained parts only
+        model_overrides=dict(BOX_PROMPT_FIX),   # the location-conditioned captioner's extractor
         tasks={"region_caption": 1.0},
         prompts={"region_caption": "an object of"},
         max_target_len=24,

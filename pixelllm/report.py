@@ -45,11 +45,15 @@ GOALS = [
     ("SAM mask IoU (held-out, box prompt)", ("pretrained", "sam_mask_iou"), 0.85, "min"),
     ("LN point_l1", ("trace", "point_l1"), 0.06, "max"),
     ("LN point_l1 / centre baseline", ("trace", "ratio_to_centre"), 1 / 3, "max"),
+    ("LN pointing accuracy (teacher-forced)", ("trace", "pointing_accuracy"), 0.85, "min"),
+    ("LN pointing accuracy (generated captions)", ("trace", "pointing_accuracy_generated"), 0.75, "min"),
     ("LN caption CIDEr-D", ("trace", "CIDEr-D"), 1.0, "min"),
     ("trace-head generation overhead", ("bench", "trace_overhead"), 0.05, "max"),
-    ("referring P@0.5 (worst split)", ("referring", "p05_min"), 0.90, "min"),
-    ("referring segmentation cIoU (all)", ("referring", "ciou_all"), 0.80, "min"),
+    ("stage-2 training speed-up, new vs landed recipe", ("throughput", "stage2_speedup"), 3.0, "min"),
+    ("referring P@0.5 (worst split)", ("referring", "p05_min"), 0.85, "min"),
+    ("referring segmentation cIoU (all)", ("referring", "ciou_all"), 0.70, "min"),
     ("location-conditioned CIDEr-D (VG)", ("loccap", "vg_cider"), 1.5, "min"),
+    ("location-conditioned region attribute accuracy", ("loccap", "region_attribute_accuracy"), 0.85, "min"),
     ("DenseCap mAP", ("densecap", "map"), 0.30, "min"),
 ]
 
@@ -78,7 +82,9 @@ def collect(d: Path) -> dict[str, Any]:
     if tr:
         s["trace"] = {k: _num(tr.get(k)) for k in (
             "stage2_steps", "point_l1", "centre_baseline", "random_other_narrative_baseline", "ratio_to_centre",
-            "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")}
+            "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "pointing_accuracy", "pointing_accuracy_centre",
+            "pointing_accuracy_random_object", "pointing_accuracy_target", "pointing_accuracy_generated",
+            "pointing_accuracy_generated_centre")}
     rf = _load(d, "referring.json")
     if rf:
         loc, seg = rf.get("referring_localization", {}), rf.get("referring_segmentation", {})
@@ -96,6 +102,14 @@ def collect(d: Path) -> dict[str, Any]:
         s["loccap"] = {ds: {k: _num(m.get(ds, {}).get(k)) for k in ("METEOR", "CIDEr-D", "BLEU-4", "ROUGE-L")}
                        for ds in ("vg", "refcocog") if ds in m}
         s["loccap"]["vg_cider"] = _num(m.get("vg", {}).get("CIDEr-D"))
+        ra = lc.get("region_attributes", {})
+        for k in ("region_attribute_accuracy", "colour_accuracy", "shape_accuracy", "chance_box_blind",
+                  "chance_majority"):
+            if k in ra:
+                s["loccap"][k] = _num(ra[k])
+    tp = _load(d, "throughput.json")
+    if tp:
+        s["throughput"] = {"stage2_speedup": _num(tp.get("stage2_speedup"))}
     dc = _load(d, "densecap.json")
     if dc:
         s["densecap"] = {"map": _num(dc.get("map")), "map_detection": _num(dc.get("map_detection"))}

@@ -86,9 +86,10 @@ RESULTS = {
     "05": {"referring.json": ["referring_localization/*/P@0.5", "referring_segmentation/*/cIoU",
                               "referring_segmentation/*/gIoU", "refseg_gt_box_prompt/*/cIoU", "train/refcoco_steps",
                               "train/refseg_steps"]},
-    "06": {"loc_caption.json": ["metrics/*/METEOR", "metrics/*/CIDEr-D", "train/steps"]},
+    "06": {"loc_caption.json": ["metrics/*/METEOR", "metrics/*/CIDEr-D", "train/steps",
+                                "region_attributes/region_attribute_accuracy", "region_attributes/chance_box_blind"]},
     "07": {"densecap.json": ["map", "map_detection", "ap_table/*", "train/steps"]},
-    "08": {"ablations.json": ["loc_supervision/*/*/mean", "encoder/*/*/mean", "point_target/*/*/mean",
+    "08": {"ablations.json": ["loc_supervision/*/*/mean", "encoder/*/*/mean", "point_target/*/*/mean", "head/*/*/mean",
                               "lm/*/*/mean", "protocol/steps"]},
 }
 

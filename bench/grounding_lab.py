@@ -31,8 +31,10 @@ LOG = REPO / "results" / "grounding_lab.jsonl"
 DOC = REPO / "docs" / "GROUNDING_LAB.md"
 BEGIN, END = "<!-- lab-table:begin -->", "<!-- lab-table:end -->"
 
-POINTER = {"head": "pointer"}
-FROZEN = {"head": "pointer", "semantic_trainable": False}
+PAPER_MLP = {"head": "mlp", "semantic_trainable": True}                       # the paper's head and encoder
+PAPER_MLP_BOX = {**PAPER_MLP, "head_parametrization": "center_size"}           # + boxes as centre + size
+POINTER = {"head": "pointer", "semantic_trainable": True}
+FROZEN = {"head": "pointer", "semantic_trainable": False}                      # the configs of record
 
 
 def both(**over) -> dict:
@@ -41,27 +43,34 @@ def both(**over) -> dict:
 
 
 #: recipe name → (what it tests, {"ln_trace": overrides, "refcoco": overrides}); overrides are
-#: ``get_config`` overrides (``model_overrides`` are merged over the config's own).
+#: ``get_config`` overrides (``model_overrides`` are merged over the config's own), so every recipe names
+#: its head and whether the semantic ViT trains.
 RECIPES: dict[str, tuple[str, dict]] = {
-    "paper_mlp": ("paper head: 4-layer MLP on h_i, corners (trace); centre+size at EOS (refer)", {}),
-    "spatial": ("two attention-weighted corners over the 8x8 grid",
-                {"ln_trace": {"model_overrides": {"head": "spatial"}},
-                 "refcoco": {"model_overrides": {"head": "spatial"}}}),
-    "pointer": ("pointer head: soft-argmax centre + sub-cell offset, size MLP",
+    "paper_mlp": ("paper head: 4-layer MLP on h_i, corners (trace); centre+size at EOS (refer); ViT trains",
+                  {"ln_trace": {"model_overrides": PAPER_MLP}, "refcoco": {"model_overrides": PAPER_MLP_BOX}}),
+    "spatial": ("two attention-weighted corners over the 8x8 grid; ViT trains",
+                both(model_overrides={"head": "spatial", "semantic_trainable": True})),
+    "pointer": ("pointer head: soft-argmax centre + sub-cell offset, size MLP; ViT trains",
                 both(model_overrides=POINTER)),
-    "pointer_frozen_sem": ("pointer head, semantic ViT frozen (whole grid cached)",
+    "pointer_frozen_sem": ("pointer head, semantic ViT frozen (whole grid cached) = the configs of record",
                            both(model_overrides=FROZEN)),
-    "pointer_head_lr5": ("pointer head with 5x the lr of the pretrained parts",
-                         both(model_overrides=POINTER, lr_multipliers={"trace_head.": 5.0})),
-    "pointer_refer_mix": ("pointer head; referring boxes mixed into stage 2 (trace 2 : caption 1 : refer 1, GIoU 1)",
-                          {"ln_trace": {"model_overrides": POINTER, "giou_weight": 1.0,
+    "mlp_frozen_sem": ("paper MLP head, semantic ViT frozen (head change alone, same budget)",
+                       {"ln_trace": {"model_overrides": {**PAPER_MLP, "semantic_trainable": False}},
+                        "refcoco": {"model_overrides": {**PAPER_MLP_BOX, "semantic_trainable": False}}}),
+    "pointer_head_lr5": ("pointer head (ViT frozen) with 5x the lr of the pretrained parts",
+                         both(model_overrides=FROZEN, lr_multipliers={"trace_head.": 5.0})),
+    "pointer_refer_mix": ("pointer head (ViT frozen); referring boxes mixed into stage 2 (trace 2 : caption 1 : refer 1, GIoU 1)",
+                          {"ln_trace": {"model_overrides": FROZEN, "giou_weight": 1.0,
                                         "tasks": {"trace": 2.0, "caption": 1.0, "refer": 1.0},
                                         "prompts": {"trace": "A long image caption:",
                                                     "caption": "A short image caption:",
                                                     "refer": "where is {expr}"}},
-                           "refcoco": {"model_overrides": POINTER}}),
-    "pointer_lambda1": ("pointer head, point weight lambda 1.0 instead of the paper's 0.1",
-                        both(model_overrides=POINTER, lambda_point=1.0)),
+                           "refcoco": {"model_overrides": FROZEN}}),
+    "pointer_lambda1": ("pointer head (ViT frozen), point weight lambda 1.0 instead of the paper's 0.1",
+                        both(model_overrides=FROZEN, lambda_point=1.0)),
+    "pointer_trace_only": ("pointer head (ViT frozen), stage 2 on LN only (no short captions mixed in)",
+                           {"ln_trace": {"model_overrides": FROZEN, "tasks": {"trace": 1.0}},
+                            "refcoco": {"model_overrides": FROZEN}}),
 }
 
 

@@ -226,6 +226,7 @@ def test_decoded_image_cache_gives_identical_samples(world, tmp_path):
     files = {p.image_path(r) for p in plain for r in p._image_records()}
     assert len(store) == store.misses == len(files)
     assert store.hits == 2 * sum(len(p) for p in plain) - len(files)
+    assert len(cached[0].aligned) == len(cached[0]) and plain[0].aligned == {}
     flipped = RegionCaptionDataset(refcoco_records(root), img, tok, image_size=64, hflip_prob=1.0)
     ref = [flipped[i]["images"] for i in range(3)]
     enable_image_cache(flipped)

@@ -141,6 +141,8 @@ class DecodedImages:
     (3·S² bytes, 48 KiB at S = 128) replaces the JPEG decode + resize of every later epoch. The float
     image is rebuilt by :meth:`ResizePad.pad` exactly as :meth:`ResizePad.image` makes it, so the
     numbers are identical. One store can serve several datasets on the same images (a task mixture).
+    Datasets with it also keep their other decoded per-sample work (:class:`LNTraceDataset`: the
+    token↔trace alignment).
     With DataLoader workers (``num_workers`` > 0) each worker fills its own copy."""
 
     def __init__(self) -> None:
@@ -359,6 +361,9 @@ class LNTraceDataset(_TaskDataset):
         self.narratives = narratives
         self.prompt, self.point_target = prompt, point_target
         self.return_trace_samples, self.num_samples = return_trace_samples, num_samples
+        #: narrative index → (token ids, alignment), kept when the decoded cache is on (enable_image_cache):
+        #: the alignment interpolates every utterance's trace, most of a sample's CPU time
+        self.aligned: dict[int, tuple[list[int], Any]] = {}
 
     def _image_records(self):
         return [self._rec(n) for n in self.narratives]
@@ -378,8 +383,13 @@ class LNTraceDataset(_TaskDataset):
         flip = self._flip()
         image, h, w = self._image(rec, flip)
         s = self._base(rec, image, h, w, self.prompt)
-        ids = self._ids(n.caption, None)                                   # full caption + EOS
-        al = align_tokens_to_trace(n, len(ids) - 1, self.num_samples, self.point_target)
+        hit = self.aligned.get(i) if self.decoded is not None else None
+        if hit is None:                                                    # decoded once with the cache on
+            ids = self._ids(n.caption, None)                               # full caption + EOS
+            hit = (ids, align_tokens_to_trace(n, len(ids) - 1, self.num_samples, self.point_target))
+            if self.decoded is not None:
+                self.aligned[i] = hit
+        ids, al = list(hit[0]), hit[1]
         corners = np.round(al.points * [w, h, w, h])                       # official: integer original pixels
         pts = self.transform.boxes(corners, h, w, flip)                    # M×4, resized frame
         valid = torch.from_numpy(al.valid)

@@ -181,7 +181,7 @@ class Trainer:
             ``requires_grad=False`` — only trainable parameters go to AdamW and into checkpoints.
         config: TrainConfig (uses batch_size, accum_steps, steps, lr, warmup_steps, min_lr_ratio,
             weight_decay, betas, grad_clip, amp, lambda_point, label_smoothing, giou_weight, seed,
-            log/eval/ckpt intervals, keep_last, num_workers, cache_sam_features, cache_images, num_threads,
+            log/eval/ckpt intervals, keep_last, num_workers, cache_sam_features, cache_decoded, num_threads,
             augment).
         train_dataset / collate_fn: map-style dataset and the collate producing the batch dict.
         out_dir: checkpoints and ``metrics.jsonl`` (None = nothing written).
@@ -228,7 +228,7 @@ class Trainer:
                 find_unused_parameters=cfg.ddp_find_unused)
 
         self.dataset, self.collate_fn = train_dataset, collate_fn
-        self.decoded = enable_image_cache(train_dataset) if getattr(cfg, "cache_images", False) else None
+        self.decoded = enable_image_cache(train_dataset) if getattr(cfg, "cache_decoded", False) else None
         self.sampler = ResumableSampler(train_dataset, self.dist.world_size, self.dist.rank, shuffle=True, seed=cfg.seed)
         if len(self.sampler.inner) < self.local_batch:
             raise ValueError(f"{len(train_dataset)} training samples < one batch of {cfg.batch_size}")

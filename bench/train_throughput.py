@@ -295,10 +295,14 @@ def flops_per_sample(trainer) -> float:
 
 # ------------------------------------------------------------------------------------------------- main
 def _recipe_overrides(recipe: dict, base: dict) -> dict:
+    """``base`` config overrides with the recipe's on top (``model_overrides`` merged); a SMOKE ``base``
+    (``batch_size`` 4) keeps its batch so that a few samples still make batches."""
     over = copy.deepcopy(base)
     for k, v in recipe.get("overrides", {}).items():
         over[k] = {**over.get(k, {}), **v} if k == "model_overrides" else v
-    return over
+    if base.get("smoke_batch"):
+        over["batch_size"] = base["smoke_batch"]
+    return {k: v for k, v in over.items() if k != "smoke_batch"}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -327,6 +331,9 @@ def main(argv: list[str] | None = None) -> dict:
             "num_threads": args.threads}
     if smoke:
         base["batch_size"] = 4
+        stage2_base = {**base, "smoke_batch": 4}
+    else:
+        stage2_base = base
 
     peak = matmul_peak_gflops(512 if args.quick else 1024)
     result: dict[str, Any] = {"threads": torch.get_num_threads(), "matmul_peak_gflops": peak, "quick": args.quick,
@@ -349,8 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- stage 2: current vs new, interleaved blocks
     if "ln_trace" in stages:
-        trainers = {"current": stage_trainer("ln_trace", smoke, _recipe_overrides(CURRENT_RECIPE, base), CURRENT_RECIPE),
-                    "new": stage_trainer("ln_trace", smoke, _recipe_overrides(NEW_RECIPE, base), NEW_RECIPE)}
+        trainers = {"current": stage_trainer("ln_trace", smoke, _recipe_overrides(CURRENT_RECIPE, stage2_base), CURRENT_RECIPE),
+                    "new": stage_trainer("ln_trace", smoke, _recipe_overrides(NEW_RECIPE, stage2_base), NEW_RECIPE)}
         times: dict[str, list] = {k: [] for k in trainers}
         steps_of = {k: max(1, round(steps * 32 / tr.cfg.batch_size)) if not smoke else steps
                     for k, tr in trainers.items()}                              # ~ the same samples per block
@@ -382,12 +389,12 @@ def main(argv: list[str] | None = None) -> dict:
         # ---- one lever at a time on top of the current recipe (each against its own current block)
         levers = {} if args.no_levers else {k: v for k, v in LEVERS.items() if not (smoke and v.get("compile"))}
         rows = {}
-        cur = stage_trainer("ln_trace", smoke, _recipe_overrides(CURRENT_RECIPE, base), CURRENT_RECIPE)
+        cur = stage_trainer("ln_trace", smoke, _recipe_overrides(CURRENT_RECIPE, stage2_base), CURRENT_RECIPE)
         run_steps(cur, epoch_steps(cur) + 1)
         for name, lever in tqdm(levers.items(), desc="stage-2 levers"):
             recipe = {**CURRENT_RECIPE, **lever, "overrides": _recipe_overrides(lever, CURRENT_RECIPE.get("overrides", {}))}
             t0 = _clock()
-            tr = stage_trainer("ln_trace", smoke, _recipe_overrides(recipe, base), recipe)
+            tr = stage_trainer("ln_trace", smoke, _recipe_overrides(recipe, stage2_base), recipe)
             n = max(1, round(steps * 32 / tr.cfg.batch_size)) if not smoke else steps
             run_steps(tr, epoch_steps(tr) + 1)
             warm_wall = _since(t0)[0]

@@ -17,7 +17,7 @@ Writes ``results/throughput.json``:
 Times are this process's CPU seconds (stable on a shared 2-core CPU; 1 torch thread by default), wall
 clock beside. Ratios within one run are what count.
 
-    python bench/train_throughput.py [--steps 4] [--blocks 3] [--max-samples 64] [--quick]
+    python bench/train_throughput.py [--steps 4] [--blocks 3] [--max-samples 64] [--compile] [--quick]
 
 ``--quick`` (SMOKE run folder, a few steps, stage 2 + the tiny-T5 pretraining) is for the tests.
 """
@@ -105,11 +105,10 @@ def stage_trainer(name: str, smoke: bool, overrides: dict, recipe: dict | None =
     over = {**overrides, **({"model_overrides": model_over} if model_over else {})}
     cfg = get_config(name, smoke=smoke, overrides=over)
     if name in ("sam_tiny", "t5_tiny", "semantic_tiny"):
-        from pixelllm.engine.paths import resolve_paths as rp
         from pixelllm.pretrain.prerequisites import ensure_data, ensure_tokenizer
 
         ensure_data(cfg, progress=False)
-        paths = rp(cfg)
+        paths = resolve_paths(cfg)
         if name == "sam_tiny":
             from pixelllm.pretrain.sam import sam_trainer
             return sam_trainer(cfg, paths.data, None, progress=False)
@@ -318,6 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch threads, set once (1: least sensitive to load)")
     ap.add_argument("--stages", default=None, help="comma-separated stages (default all; --quick: t5_tiny,ln_trace)")
     ap.add_argument("--no-levers", action="store_true", help="skip the one-lever rows")
+    ap.add_argument("--compile", action="store_true",
+                    help="also the torch.compile row (minutes of compilation per target length on a 2-core CPU)")
     ap.add_argument("--quick", action="store_true", help="SMOKE run folder, 2 steps, 1 block, no compile row")
     ap.add_argument("--out", default=None, help="results JSON (default results/throughput.json)")
     args = ap.parse_args(argv)
@@ -387,7 +388,8 @@ def main(argv: list[str] | None = None) -> dict:
         del trainers
 
         # ---- one lever at a time on top of the current recipe (each against its own current block)
-        levers = {} if args.no_levers else {k: v for k, v in LEVERS.items() if not (smoke and v.get("compile"))}
+        levers = {} if args.no_levers else {k: v for k, v in LEVERS.items()
+                                            if not (v.get("compile") and (smoke or not args.compile))}
         rows = {}
         cur = stage_trainer("ln_trace", smoke, _recipe_overrides(CURRENT_RECIPE, stage2_base), CURRENT_RECIPE)
         run_steps(cur, epoch_steps(cur) + 1)

@@ -79,7 +79,7 @@ def knobs(smoke: bool, **params: Any) -> SimpleNamespace:
 VOLATILE_CONFIG_KEYS = frozenset({
     "run_dir", "data_dir", "out_dir", "tokenizer_dir", "sam_checkpoint", "t5_dir", "device", "num_workers",
     "log_interval", "eval_interval", "ckpt_interval", "keep_last", "time_limit_s", "progress",
-    "eval_batch_size", "ddp_find_unused"})
+    "eval_batch_size", "ddp_find_unused", "cache_decoded", "num_threads"})
 
 
 class ConfigMismatchError(RuntimeError):

@@ -197,3 +197,44 @@ def test_datasets_on_the_synthetic_world(world):
     assert len(cd) == 5 * len(cd.records) and not cd[0]["point_valid"].any()
     assert tok.decode(cd[0]["prompt_ids"], skip_special_tokens=True) == "a short image caption:"
     assert cd.missing_images() == [] and rd.missing_images() == []
+
+
+def test_decoded_image_cache_gives_identical_samples(world, tmp_path):
+    """enable_image_cache: the same tensors as decoding each time (flip included), one decode per file, one
+    store shared by a mixture's datasets and reached through Subset."""
+    from torch.utils.data import Subset
+
+    from pixelllm.data.datasets import enable_image_cache
+    from pixelllm.engine.datasets import MixtureDataset
+
+    root, tok, _ = world
+    img = root / "images"
+    ln = root / "localized_narratives" / "synthetic_train_localized_narratives.jsonl"
+    caps = root / "captions" / "captions_train.json"
+    plain = [LNTraceDataset(ln, img, tok, image_size=64), CaptionDataset(caps, img, tok, image_size=64)]
+    cached = [LNTraceDataset(ln, img, tok, image_size=64), CaptionDataset(caps, img, tok, image_size=64)]
+    mix = MixtureDataset({"trace": Subset(cached[0], range(len(cached[0]))), "caption": cached[1]},
+                         {"trace": 1.0, "caption": 1.0})
+    store = enable_image_cache(mix)
+    assert cached[0].decoded is store and cached[1].decoded is store and plain[0].decoded is None
+    for _ in range(2):                                                        # 2nd pass: all hits
+        for p, c in zip(plain, cached):
+            for i in range(len(p)):
+                a, b = p[i], c[i]
+                assert torch.equal(a["images"], b["images"]) and torch.equal(a["points"], b["points"])
+                assert torch.equal(a["image_sizes"], b["image_sizes"]) and torch.equal(a["orig_sizes"], b["orig_sizes"])
+    files = {p.image_path(r) for p in plain for r in p._image_records()}
+    assert len(store) == store.misses == len(files)
+    assert store.hits == 2 * sum(len(p) for p in plain) - len(files)
+    assert len(cached[0].aligned) == len(cached[0]) and plain[0].aligned == {}
+    flipped = RegionCaptionDataset(refcoco_records(root), img, tok, image_size=64, hflip_prob=1.0)
+    ref = [flipped[i]["images"] for i in range(3)]
+    enable_image_cache(flipped)
+    for i in range(3):
+        assert torch.equal(flipped[i]["images"], ref[i]) and torch.equal(flipped[i]["images"], ref[i])
+
+
+def refcoco_records(root):
+    from pixelllm.data.refcoco import RefCOCO
+
+    return RefCOCO(root)

@@ -63,6 +63,8 @@ class TrainConfig:
     # --- loop ----------------------------------------------------------------------------------------
     seed: int = field(default=0, metadata={"help": "seeds model init, dropout and the data order"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    cache_decoded: bool = field(default=True, metadata={"help": "keep what is decoded per training sample once: the resized image as uint8 (pixelllm.data.datasets.DecodedImages) and the LN token-trace alignment; identical numbers, no JPEG decoding or trace interpolation after the first epoch"})
+    num_threads: int = field(default=0, metadata={"help": "torch intra-op threads, set once when the Trainer starts (0 = leave torch's setting)"})
     cache_sam_features: bool = field(default=True, metadata={"help": "cache frozen-SAM features per image id (when frozen and no augmentation)"})
     log_interval: int = field(default=10, metadata={"help": "steps between metrics.jsonl records"})
     eval_interval: int = field(default=0, metadata={"help": "steps between eval-hook calls (0 = only at the end)"})

@@ -72,18 +72,28 @@ class ResizePad:
         return scale, nh, nw
 
     def image(self, img, flip: bool = False) -> torch.Tensor:
-        """PIL image (any mode) → 3×S×S float32 in [0, 1], content in the top-left h'×w'."""
+        """PIL image (any mode) → 3×S×S float32 in [0, 1], content in the top-left h'×w'
+        (= :meth:`pad` of :meth:`resized`)."""
+        return self.pad(self.resized(img), flip)
+
+    def resized(self, img) -> torch.Tensor:
+        """PIL image (any mode) → its resized content, 3×h'×w' uint8 (what :class:`DecodedImages` keeps)."""
         from PIL import Image
 
         img = img.convert("RGB")
         _, nh, nw = self.geometry(img.height, img.width)
         if (nh, nw) != (img.height, img.width):
             img = img.resize((nw, nh), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def pad(self, content: torch.Tensor, flip: bool = False) -> torch.Tensor:
+        """3×h'×w' uint8 resized content → 3×S×S float32 in [0, 1] (÷255), optionally flipped, zero-padded
+        bottom/right."""
+        x = content.float() / 255.0
         if flip:
             x = x.flip(-1)
         out = torch.zeros(3, self.size, self.size)
-        out[:, :nh, :nw] = x
+        out[:, : x.shape[1], : x.shape[2]] = x
         return out
 
     def mask(self, m: np.ndarray, flip: bool = False) -> torch.Tensor:
@@ -124,6 +134,60 @@ def xywh_to_xyxy(b: Sequence[float]) -> list[float]:
     return [x, y, x + w, y + h]
 
 
+# ----------------------------------------------------------------------------------- decoded images
+class DecodedImages:
+    """Each image file decoded and resized once, kept as uint8 3×h'×w' with its original (h, w), keyed by
+    (path, S). A training run reads every image once per epoch; keeping the decoded uint8 content
+    (3·S² bytes, 48 KiB at S = 128) replaces the JPEG decode + resize of every later epoch. The float
+    image is rebuilt by :meth:`ResizePad.pad` exactly as :meth:`ResizePad.image` makes it, so the
+    numbers are identical. One store can serve several datasets on the same images (a task mixture).
+    Datasets with it also keep their other decoded per-sample work (:class:`LNTraceDataset`: the
+    token↔trace alignment).
+    With DataLoader workers (``num_workers`` > 0) each worker fills its own copy."""
+
+    def __init__(self) -> None:
+        self.store: dict[tuple[str, int], tuple[torch.Tensor, int, int]] = {}
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def get(self, path: Path, transform: ResizePad, load: Callable[[], Any]) -> tuple[torch.Tensor, int, int]:
+        """(uint8 3×h'×w' content, original h, original w) of ``path`` at ``transform.size``; ``load()``
+        returns the PIL image on a miss."""
+        key = (str(path), transform.size)
+        hit = self.store.get(key)
+        if hit is None:
+            img = load()
+            hit = self.store[key] = (transform.resized(img), img.height, img.width)
+            self.misses += 1
+        else:
+            self.hits += 1
+        return hit
+
+
+def enable_image_cache(dataset, store: DecodedImages | None = None) -> DecodedImages:
+    """Give every task dataset inside ``dataset`` (itself, a ``Subset``'s ``.dataset``, a mixture's
+    ``.datasets``, a view's ``.dataset``) one shared :class:`DecodedImages` store; returns the store.
+    Datasets that decode images their own way are left as they are."""
+    store = store if store is not None else DecodedImages()
+    seen: set[int] = set()
+
+    def walk(d) -> None:
+        if d is None or id(d) in seen:
+            return
+        seen.add(id(d))
+        if isinstance(d, _TaskDataset):
+            d.decoded = store
+        inner = getattr(d, "datasets", None)
+        for child in (inner.values() if isinstance(inner, dict) else inner or ()):
+            walk(child)
+        walk(getattr(d, "dataset", None))
+
+    walk(dataset)
+    return store
+
+
 # --------------------------------------------------------------------------------------------- base
 class _TaskDataset(Dataset):
     """Shared machinery: image loading, tokenisation with EOS, whole-image boxes, flips."""
@@ -141,6 +205,7 @@ class _TaskDataset(Dataset):
         self.hflip_prob = hflip_prob
         self.image_path_fn = image_path_fn
         self.skips = SkipCounter(type(self).__name__)
+        self.decoded: DecodedImages | None = None      # set by enable_image_cache
         eos = getattr(tokenizer, "eos_token_id", None)
         self.eos_id = 1 if eos is None else int(eos)
 
@@ -164,6 +229,15 @@ class _TaskDataset(Dataset):
                 return im.convert("RGB")
         except (UnidentifiedImageError, OSError) as e:
             raise OSError(f"{type(self).__name__}: cannot read image {path}: {e}") from None
+
+    def _image(self, rec: dict, flip: bool) -> tuple[torch.Tensor, int, int]:
+        """(3×S×S float image in [0, 1], original h, original w) of ``rec``: decoded from its file, or the
+        uint8 content kept in :attr:`decoded` (:func:`enable_image_cache`) padded back — identical values."""
+        if self.decoded is None:
+            img = self._load_image(rec)
+            return self.transform.image(img, flip), img.height, img.width
+        content, h, w = self.decoded.get(self.image_path(rec), self.transform, lambda: self._load_image(rec))
+        return self.transform.pad(content, flip), h, w
 
     def missing_images(self) -> list[Path]:
         """Every image path of the dataset that does not exist (check before a long run)."""
@@ -192,11 +266,11 @@ class _TaskDataset(Dataset):
             ids = ids[: max_len - 1] + [self.eos_id]
         return ids
 
-    def _base(self, rec: dict, img, flip: bool, prompt: str) -> dict[str, Any]:
-        h, w = img.height, img.width
+    def _base(self, rec: dict, image: torch.Tensor, h: int, w: int, prompt: str) -> dict[str, Any]:
+        """The keys every task shares; ``image`` = :meth:`_image`'s 3×S×S tensor of an h×w original."""
         _, nh, nw = self.transform.geometry(h, w)
         return {
-            "images": self.transform.image(img, flip),
+            "images": image,
             "image_sizes": torch.tensor([nh, nw]),
             "orig_sizes": torch.tensor([h, w]),
             "image_ids": str(rec["image_id"]),
@@ -241,8 +315,9 @@ class CaptionDataset(_TaskDataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec, cap = self.items[i]
-        img, flip = self._load_image(rec), self._flip()
-        s = self._base(rec, img, flip, self.prompt)
+        flip = self._flip()
+        image, h, w = self._image(rec, flip)
+        s = self._base(rec, image, h, w, self.prompt)
         s.update(self._no_points(self._ids(cap, self.max_target_len)))
         s["meta"] = {"caption": cap}
         return s
@@ -303,6 +378,9 @@ class LNTraceDataset(_TaskDataset):
         self.narratives = narratives
         self.prompt, self.point_target = prompt, point_target
         self.return_trace_samples, self.num_samples = return_trace_samples, num_samples
+        #: narrative index → (token ids, alignment), kept when the decoded cache is on (enable_image_cache):
+        #: the alignment interpolates every utterance's trace, most of a sample's CPU time
+        self.aligned: dict[int, tuple[list[int], Any]] = {}
 
     def _image_records(self):
         return [self._rec(n) for n in self.narratives]
@@ -318,11 +396,12 @@ class LNTraceDataset(_TaskDataset):
         """Utterance index (into ``narratives[i].timed_caption``) of each target token of sample ``i``, the
         image not loaded: T ints (T = ``len(self[i]["target_ids"])``, truncation included), −1 for the EOS
         and for tokens without a valid utterance."""
-        from pixelllm.data.localized_narratives import align_tokens_to_trace
+        from pixelllm.data.localized_narratives import align_tokens_to_trace, num_aligned_tokens
 
         n = self.narratives[i]
         ids = self._ids(n.caption, None)
-        idx = align_tokens_to_trace(n, len(ids) - 1, self.num_samples, self.point_target).utterance_index
+        m = num_aligned_tokens(len(ids) - 1, self.max_target_len, self.alignment)
+        idx = align_tokens_to_trace(n, m, self.num_samples, self.point_target, self.alignment).utterance_index
         t = min(len(ids), self.max_target_len)
         return np.concatenate([idx[: t - 1], [-1]]).astype(np.int64)
 
@@ -331,12 +410,17 @@ class LNTraceDataset(_TaskDataset):
 
         n = self.narratives[i]
         rec = self._rec(n)
-        img, flip = self._load_image(rec), self._flip()
-        s = self._base(rec, img, flip, self.prompt)
-        ids = self._ids(n.caption, None)                                   # full caption + EOS
-        m = num_aligned_tokens(len(ids) - 1, self.max_target_len, self.alignment)
-        al = align_tokens_to_trace(n, m, self.num_samples, self.point_target, self.alignment)
-        h, w = img.height, img.width
+        flip = self._flip()
+        image, h, w = self._image(rec, flip)
+        s = self._base(rec, image, h, w, self.prompt)
+        hit = self.aligned.get(i) if self.decoded is not None else None
+        if hit is None:                                                    # decoded once with the cache on
+            ids = self._ids(n.caption, None)                               # full caption + EOS
+            m = num_aligned_tokens(len(ids) - 1, self.max_target_len, self.alignment)
+            hit = (ids, align_tokens_to_trace(n, m, self.num_samples, self.point_target, self.alignment))
+            if self.decoded is not None:
+                self.aligned[i] = hit
+        ids, al = list(hit[0]), hit[1]
         corners = np.round(al.points * [w, h, w, h])                       # official: integer original pixels
         pts = self.transform.boxes(corners, h, w, flip)                    # M×4, resized frame
         valid = torch.from_numpy(al.valid)
@@ -386,12 +470,12 @@ class RefExpDataset(_TaskDataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.records[i]
-        img, flip = self._load_image(rec), self._flip()
+        flip = self._flip()
+        image, h, w = self._image(rec, flip)
         expr = rec["expression"]
-        s = self._base(rec, img, flip, self.prompt.format(expr=expr))
+        s = self._base(rec, image, h, w, self.prompt.format(expr=expr))
         ids = self._ids(self.target.format(expr=expr), self.max_target_len) if self.target else [self.eos_id]
         s.update(self._no_points(ids))
-        h, w = img.height, img.width
         s["points"][-1] = self.transform.boxes(xywh_to_xyxy(rec["bbox"]), h, w, flip)   # EOS ← box
         s["point_valid"][-1] = True
         if self.return_masks:
@@ -437,9 +521,10 @@ class RegionCaptionDataset(_TaskDataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec, bbox, phrase, rid = self.items[i]
-        img, flip = self._load_image(rec), self._flip()
-        s = self._base(rec, img, flip, self.prompt)
-        s["boxes"] = self.transform.boxes(xywh_to_xyxy(bbox), img.height, img.width, flip)
+        flip = self._flip()
+        image, h, w = self._image(rec, flip)
+        s = self._base(rec, image, h, w, self.prompt)
+        s["boxes"] = self.transform.boxes(xywh_to_xyxy(bbox), h, w, flip)
         s.update(self._no_points(self._ids(phrase, self.max_target_len)))
         s["meta"] = {"region_id": rid, "phrase": phrase, "bbox": list(bbox)}
         return s

@@ -39,7 +39,7 @@ import time
 import warnings
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from pixelllm.engine import checkpoint as ckpt
 from pixelllm.engine import distributed as dist_utils
 from pixelllm.engine.distributed import DistInfo
+from pixelllm.data.datasets import enable_image_cache
 from pixelllm.modeling.losses import POINT_TASKS, count_targets, pixelllm_loss
 from pixelllm.utils import ConfigMismatchError, config_difference, write_json
 
@@ -155,10 +156,18 @@ def computes_own_loss(model: torch.nn.Module) -> bool:
     return bool(getattr(ckpt.unwrap(model), "computes_own_loss", False))
 
 
-def forward_batch(model: torch.nn.Module, batch: dict, features: Optional[torch.Tensor] = None):
-    """Call a captioner on the batch-dict keys its forward accepts; returns (logits B×T×V, points B×T×4|None)."""
+def forward_keys(model: torch.nn.Module) -> tuple[str, ...]:
+    """The batch-dict keys (of :data:`FORWARD_KEYS`) that a captioner's forward accepts."""
     names = _forward_arg_names(model)
-    kw = {k: batch[k] for k in FORWARD_KEYS if k in batch and (names is None or k in names)}
+    return tuple(k for k in FORWARD_KEYS if names is None or k in names)
+
+
+def forward_batch(model: torch.nn.Module, batch: dict, features: Optional[torch.Tensor] = None,
+                  keys: Optional[Sequence[str]] = None):
+    """Call a captioner on the batch-dict keys its forward accepts (``keys``: :func:`forward_keys` of the
+    model, computed once by the caller; None = inspect it now); returns (logits B×T×V, points B×T×4|None)."""
+    keys = forward_keys(model) if keys is None else keys
+    kw = {k: batch[k] for k in keys if k in batch}
     if features is not None:
         kw["features"] = features
     out = model(**kw)
@@ -189,7 +198,8 @@ class Trainer:
             ``requires_grad=False`` — only trainable parameters go to AdamW and into checkpoints.
         config: TrainConfig (uses batch_size, accum_steps, steps, lr, warmup_steps, min_lr_ratio,
             weight_decay, betas, grad_clip, amp, lambda_point, label_smoothing, giou_weight, seed,
-            log/eval/ckpt intervals, keep_last, num_workers, cache_sam_features, augment).
+            log/eval/ckpt intervals, keep_last, num_workers, cache_sam_features, cache_decoded, num_threads,
+            augment).
         train_dataset / collate_fn: map-style dataset and the collate producing the batch dict.
         out_dir: checkpoints and ``metrics.jsonl`` (None = nothing written).
         eval_fn: optional hook ``eval_fn(model, step) -> dict`` run on rank 0 (model in eval mode,
@@ -201,6 +211,8 @@ class Trainer:
                  out_dir: str | os.PathLike | None = None, eval_fn: Optional[Callable] = None,
                  loss_fn: Callable = pixelllm_loss, dist_info: Optional[DistInfo] = None, progress: bool = True):
         cfg = self.cfg = config
+        if getattr(cfg, "num_threads", 0) > 0:          # once, here, not per step
+            torch.set_num_threads(cfg.num_threads)
         self.dist = dist_info or DistInfo(device=dist_utils.resolve_device(cfg.device))
         self.device = torch.device(self.dist.device)
         self.out_dir = Path(out_dir) if out_dir else None
@@ -229,6 +241,7 @@ class Trainer:
                 find_unused_parameters=cfg.ddp_find_unused)
 
         self.dataset, self.collate_fn = train_dataset, collate_fn
+        self.decoded = enable_image_cache(train_dataset) if getattr(cfg, "cache_decoded", False) else None
         self.sampler = ResumableSampler(train_dataset, self.dist.world_size, self.dist.rank, shuffle=True, seed=cfg.seed)
         if len(self.sampler.inner) < self.local_batch:
             raise ValueError(f"{len(train_dataset)} training samples < one batch of {cfg.batch_size}")
@@ -242,6 +255,7 @@ class Trainer:
             self.cache = FeatureCache(encode)
 
         self.own_loss = computes_own_loss(model)
+        self.forward_keys = None if self.own_loss else forward_keys(model)
         self.stopped_early = False
         self.step = self.epoch = self.batch_in_epoch = 0
         self.history: list[dict] = []         # one record per optimizer step (all ranks)
@@ -428,7 +442,7 @@ class Trainer:
                         out = {k: v / cfg.accum_steps for k, v in out.items() if not k.startswith("n_")}
                     else:
                         with self._autocast():
-                            logits, points = forward_batch(self.net, b, feats)
+                            logits, points = forward_batch(self.net, b, feats, self.forward_keys)
                         out = self.loss_fn(logits, points, b, lambda_point=cfg.lambda_point,
                                            label_smoothing=cfg.label_smoothing, giou_weight=cfg.giou_weight,
                                            num_tokens=n_tok, num_points=n_pt)

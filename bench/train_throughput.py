@@ -30,26 +30,31 @@ import statistics
 import time
 from typing import Any, Callable
 
-#: The stage-2 recipe as the engine ran it before its speed levers (decode every image every epoch).
-CURRENT_RECIPE: dict[str, Any] = {"overrides": {"cache_decoded": False}}
+#: The stage-2 recipe as it was before the grounding recipe: the paper's MLP head, the semantic ViT trained,
+#: targets cut at 64 tokens with the whole-caption alignment, every image decoded at every step.
+CURRENT_RECIPE: dict[str, Any] = {"overrides": {
+    "cache_decoded": False, "max_target_len": 64, "ln_alignment": "full_caption", "warmup_steps": 60,
+    "model_overrides": {"head": "mlp", "semantic_trainable": True}}}
 
-#: THE new stage-2 recipe, in one place. ``overrides``: ln_trace config fields; ``freeze_image_encoder``:
-#: the semantic ViT frozen too, so the whole image-feature grid is cached per image; ``compile``:
-#: ``torch.compile`` of the model. The numerics-preserving engine levers (``cache_decoded``, ``num_threads``)
-#: are config defaults; the others change what is trained and are the lead's choice. Batch 64 with a
-#: retuned LR measured 0.99x alone (longer padded targets per batch), so it is left out.
-NEW_RECIPE: dict[str, Any] = {
-    "overrides": {"cache_decoded": True, "model_overrides": {"num_queries": 16}},
-    "freeze_image_encoder": True,
-}
+#: THE new stage-2 recipe, in one place: the ln_trace config of record (pointer head, semantic ViT frozen so
+#: the whole grid is cached, 128 target tokens, decoded images cached). ``overrides``: ln_trace config fields
+#: on top of it; ``freeze_image_encoder``: freeze the whole image encoder in the bench; ``compile``:
+#: ``torch.compile`` of the model.
+NEW_RECIPE: dict[str, Any] = {"overrides": {}}
 
 #: Each lever alone on top of :data:`CURRENT_RECIPE` (one row each). LR retuned with the batch by the
 #: square-root rule (AdamW): lr · sqrt(64 / 32).
 LEVERS: dict[str, dict[str, Any]] = {
     "cache_decoded": {"overrides": {"cache_decoded": True}},
-    "freeze_semantic_vit": {"freeze_image_encoder": True},
+    "freeze_semantic_vit": {"overrides": {"model_overrides": {"semantic_trainable": False}}},
+    "pointer_head": {"overrides": {"model_overrides": {"head": "pointer"}}},
+    "max_target_len_128": {"overrides": {"max_target_len": 128, "ln_alignment": "official"}},
     "batch_64_lr_1.4e-3": {"overrides": {"batch_size": 64, "lr": 1.4e-3}},
     "num_queries_16": {"overrides": {"model_overrides": {"num_queries": 16}}},
+    "new_recipe_num_queries_16": {"overrides": {"cache_decoded": True, "max_target_len": 128,
+                                                "ln_alignment": "official",
+                                                "model_overrides": {"head": "pointer", "semantic_trainable": False,
+                                                                    "num_queries": 16}}},
     "torch_compile": {"compile": True},
 }
 

@@ -36,6 +36,7 @@ reproduce: setup
 	$(PY) bench/trace_overhead.py
 	$(PY) bench/synthetic_speed.py
 	$(PY) bench/visual_reliance.py
+	$(PY) bench/train_throughput.py
 	$(PY) -m pixelllm.report
 
 report: setup

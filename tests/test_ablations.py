@@ -29,11 +29,12 @@ def _diff(a, b) -> set[str]:
     ("loc_none", {"loc_supervision"}, lambda c: c.loc_supervision == "none"),
     ("loc_box", {"loc_supervision"}, lambda c: c.loc_supervision == "box"),
     ("target_center", {"point_target"}, lambda c: c.point_target == "center"),
-    ("enc_sam_only", {"model_overrides"}, lambda c: c.model_overrides == {"encoder_mode": "sam_only"}),
-    ("enc_semantic_only", {"model_overrides"}, lambda c: c.model_overrides == {"encoder_mode": "semantic_only"}),
-    ("lm_tiny_frozen", {"model_overrides", "init_lm"}, lambda c: c.model_overrides == {"lm_mode": "frozen"} and not c.init_lm),
-    ("lm_tiny_lora", {"model_overrides", "init_lm"}, lambda c: c.model_overrides == {"lm_mode": "lora"} and c.lm_size == "tiny"),
-    ("lm_large_full", {"model_overrides", "init_lm", "lm_size"}, lambda c: c.model_overrides == {"lm_mode": "full"} and c.lm_size == "large"),
+    ("enc_sam_only", {"model_overrides"}, lambda c: c.model_overrides == {"head": "pointer", "encoder_mode": "sam_only"}),
+    ("enc_semantic_only", {"model_overrides"}, lambda c: c.model_overrides == {"head": "pointer", "encoder_mode": "semantic_only"}),
+    ("lm_tiny_frozen", {"model_overrides", "init_lm"}, lambda c: c.model_overrides == {"head": "pointer", "lm_mode": "frozen"} and not c.init_lm),
+    ("lm_tiny_lora", {"model_overrides", "init_lm"}, lambda c: c.model_overrides == {"head": "pointer", "lm_mode": "lora"} and c.lm_size == "tiny"),
+    ("lm_large_full", {"model_overrides", "init_lm", "lm_size"}, lambda c: c.model_overrides == {"head": "pointer", "lm_mode": "full"} and c.lm_size == "large"),
+    ("head_mlp", {"model_overrides"}, lambda c: c.model_overrides == {"head": "mlp", "head_parametrization": "corners"}),
 ])
 @pytest.mark.parametrize("smoke", [False, True])
 def test_arm_differs_from_baseline_only_in_its_field(arm, fields, check, smoke):
@@ -45,13 +46,15 @@ def test_arm_differs_from_baseline_only_in_its_field(arm, fields, check, smoke):
     assert C.get_arm_config(arm, smoke=smoke, overrides={"steps": 7}).steps == 7
 
 
-def test_baseline_is_the_paper_recipe_and_tables_cover_every_arm():
+def test_baseline_is_the_tiny_recipe_and_tables_cover_every_arm():
     b = C.get_config()
-    assert (b.loc_supervision, b.point_target, b.lm_size, b.init_lm, b.model_overrides) == ("dense", "box", "tiny", True, {})
+    assert (b.loc_supervision, b.point_target, b.lm_size, b.init_lm) == ("dense", "box", "tiny", True)
+    assert b.model_overrides == {"head": "pointer"}
     assert b.tasks == {"trace": 1.0} and b.lambda_point == 0.1 and b.label_smoothing == 0.1 and b.init_from == "pretrain"
     used = {arm for rows in C.TABLES.values() for arm in rows.values()}
     assert used == set(C.ARMS)
-    assert {C.TABLES[t][r] for t, r in (("loc_supervision", "dense"), ("encoder", "both"), ("point_target", "box"))} == {"baseline"}
+    assert {C.TABLES[t][r] for t, r in (("loc_supervision", "dense"), ("encoder", "both"), ("point_target", "box"),
+                                        ("head", "pointer (tiny preset)"))} == {"baseline"}
     s = C.get_config(smoke=True)
     assert s.steps <= 3 and s.refer_steps <= 3 and s.loccap_steps <= 3
     # fixed step counts, no wall-clock cap: time_limit_s is only the safety net (0 = off)

@@ -60,8 +60,9 @@ class AblationConfig(TrainConfig):
 
 
 def get_config(smoke: bool = False) -> AblationConfig:
-    """The baseline arm = the paper's recipe at the tiny preset: dense per-word trace supervision, both
-    encoders, tiny T5 + LoRA, utterance-box corners. The numbers notebook 08 runs: a fixed step count per
+    """The baseline arm = the tiny preset's recipe: the paper's dense per-word trace supervision, both
+    encoders, tiny T5 + LoRA, utterance-box corners, read by the tiny preset's pointer head (PAPER_NOTES.md
+    §9; the arm ``head_mlp`` has the paper's MLP head). The numbers notebook 08 runs: a fixed step count per
     arm and per downstream fine-tune, sized for its 20-minute budget on a 2-core CPU (no wall-clock cap;
     ``time_limit_s`` stays the safety net, 0 = off). The larger T5 of the Table 5 arms is pretrained with the
     ``t5_tiny`` config's fixed steps (``pixelllm.pretrain.prerequisites.ensure_t5``)."""
@@ -70,6 +71,7 @@ def get_config(smoke: bool = False) -> AblationConfig:
         preset="tiny",
         smoke=smoke,
         init_from="pretrain",
+        model_overrides={"head": "pointer"},
         tasks={"trace": 1.0},
         prompts={"trace": "A long image caption:"},
         max_target_len=64,
@@ -103,8 +105,8 @@ ARMS: dict[str, dict] = {
     "enc_semantic_only": {"model_overrides": {"encoder_mode": "semantic_only"}, "downstream": False},
     # point target
     "target_center": {"point_target": "center", "downstream": False},
-    # trace head: the paper's MLP (baseline) vs the tiny preset's pointer head, same budget
-    "head_pointer": {"model_overrides": {"head": "pointer"}, "downstream": True},
+    # trace head: the tiny preset's pointer head (baseline) vs the paper's MLP, same budget
+    "head_mlp": {"model_overrides": {"head": "mlp", "head_parametrization": "corners"}, "downstream": True},
     # Table 5 analogue: LM size × LM training; the LM starts from its text-only pretraining in every cell
     **{f"lm_{size}_{mode}": {"lm_size": size, "model_overrides": {"lm_mode": mode}, "init_lm": False, "downstream": False}
        for size in LM_SIZES for mode in ("frozen", "lora", "full")},
@@ -116,7 +118,7 @@ TABLES: dict[str, dict[str, str]] = {
     "lm": {f"{size}/{mode}": f"lm_{size}_{mode}" for size in LM_SIZES for mode in ("frozen", "lora", "full")},
     "encoder": {"sam_only": "enc_sam_only", "semantic_only": "enc_semantic_only", "both": "baseline"},
     "point_target": {"center": "target_center", "box": "baseline"},
-    "head": {"paper MLP": "baseline", "pointer (tiny preset)": "head_pointer"},
+    "head": {"paper MLP": "head_mlp", "pointer (tiny preset)": "baseline"},
 }
 
 #: what the paper reports for each table (PAPER_NOTES.md §5; exact ablation numbers are not available).

@@ -21,19 +21,29 @@ def test_readme_results_block_matches_summary_json():
 
 def test_collect_judges_goals_from_the_json(tmp_path):
     (tmp_path / "trace.json").write_text(json.dumps(
-        {"point_l1": 0.05, "centre_baseline": 0.2, "ratio_to_centre": 0.25, "CIDEr-D": 0.8}))
+        {"point_l1": 0.05, "centre_baseline": 0.2, "ratio_to_centre": 0.25, "CIDEr-D": 0.8,
+         "pointing_accuracy": 0.9, "pointing_accuracy_generated": 0.5}))
     (tmp_path / "referring.json").write_text(json.dumps({
-        "referring_localization": {"val": {"P@0.5": 0.95}, "testA": {"P@0.5": 0.97}, "testB": {"P@0.5": 0.85}},
+        "referring_localization": {"val": {"P@0.5": 0.95}, "testA": {"P@0.5": 0.97}, "testB": {"P@0.5": 0.84}},
         "referring_segmentation": {"all": {"cIoU": 0.81}}}))
+    (tmp_path / "loc_caption.json").write_text(json.dumps({
+        "metrics": {"vg": {"CIDEr-D": 1.2}}, "region_attributes": {"region_attribute_accuracy": 0.86,
+                                                                    "chance_box_blind": 0.37}}))
+    (tmp_path / "throughput.json").write_text(json.dumps({"stage2_speedup": 2.9}))
     s = report.collect(tmp_path)
     goals = {g["goal"]: g for g in s["goals"]}
     assert goals["LN point_l1"]["met"] is True
     assert goals["LN caption CIDEr-D"]["met"] is False
-    assert s["referring"]["p05_min"] == 0.85 and goals["referring P@0.5 (worst split)"]["met"] is False
+    assert goals["LN pointing accuracy (teacher-forced)"]["met"] is True
+    assert goals["LN pointing accuracy (generated captions)"]["met"] is False
+    assert s["referring"]["p05_min"] == 0.84 and goals["referring P@0.5 (worst split)"]["met"] is False
     assert goals["referring segmentation cIoU (all)"]["met"] is True
+    assert goals["location-conditioned region attribute accuracy"]["met"] is True
+    assert s["loccap"]["chance_box_blind"] == 0.37
+    assert goals["stage-2 training speed-up, new vs landed recipe"]["met"] is False
     assert goals["DenseCap mAP"]["met"] is None          # not run → neither met nor missed
     md = report.report_markdown(s)
-    assert "| testB | 85.0 | 86.8 | -1.8 |" in md       # ours in percent beside the paper, with the difference
+    assert "| testB | 84.0 | 86.8 | -2.8 |" in md       # ours in percent beside the paper, with the difference
 
 
 def test_update_readme_replaces_only_the_block(tmp_path):

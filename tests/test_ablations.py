@@ -307,3 +307,10 @@ def test_run_ablations_runs_every_arm_seed_once_and_reuses_the_cache(tmp_path):
     assert len(calls) == 3
     rep = A.build_report(res)
     assert rep["point_target"]["box"]["test_ce"]["mean"] == pytest.approx(1.5)
+
+
+def test_every_table_has_metrics_to_plot_and_print():
+    from pixelllm.tasks.ablations.report import TABLE_METRICS
+
+    assert set(TABLE_METRICS) == set(C.TABLES)
+    assert all(TABLE_METRICS[t] for t in C.TABLES)

@@ -15,6 +15,7 @@ TABLE_METRICS: dict[str, tuple[str, ...]] = {
     "lm": ("test_ce", "point_l1", "CIDEr-D", "METEOR"),
     "encoder": ("point_l1", "test_ce", "CIDEr-D"),
     "point_target": ("point_l1", "test_ce"),
+    "head": ("point_l1", "refer_P@0.5", "CIDEr-D", "test_ce"),
 }
 LOWER_IS_BETTER = ("test_ce", "point_l1", "centre_l1")
 

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 from collections import Counter
-from typing import Any
+from typing import Any, Iterator
 
 log = logging.getLogger("pixelllm.data")
 
@@ -148,6 +148,21 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise DataFormatError(path, e.lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed object)`` of every non-blank line of a JSON-lines file; a malformed line
+    raises :class:`DataFormatError` naming file:line."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        for lineno, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                yield lineno, json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(path, lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
 
 
 def read_coco_images(path: str | os.PathLike, sizes_optional: bool = False) -> tuple[dict[int, dict], list]:

@@ -26,7 +26,6 @@ Two alignments are offered (PAPER_NOTES.md §2.4, §2.7), chosen by the ``alignm
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from pixelllm.data.errors import DataFormatError, SkipCounter, check_type, require
+from pixelllm.data.errors import DataFormatError, SkipCounter, check_type, read_json_lines, require
 
 NUM_SAMPLES = 16          # samples per utterance trace (official ``num_samples_per_trace``)
 CENTER_EPS = 1e-5         # an utterance whose time-averaged centre has a coordinate <= this is invalid
@@ -158,15 +157,8 @@ def iter_localized_narratives(path: str | os.PathLike, notes: SkipCounter | None
     A malformed JSON line raises :class:`DataFormatError` naming ``file:line``; so does a missing or
     ill-typed field (naming the field, e.g. ``timed_caption[2].start_time``).
     """
-    with open(path, encoding="utf-8") as f:
-        for lineno, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(path, lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
-            yield parse_narrative(obj, path, lineno, notes)
+    for lineno, obj in read_json_lines(path):
+        yield parse_narrative(obj, path, lineno, notes)
 
 
 def load_localized_narratives(path: str | os.PathLike, require_trace: bool = True,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from pixelllm.data.errors import DataFormatError, check_type, require
+from pixelllm.data.errors import DataFormatError, check_type, read_json, read_json_lines, require
 
 POINTING_SUFFIX = ".pointing.jsonl"
 
@@ -76,23 +76,15 @@ def load_pointing(path: str | os.PathLike, ln_path: str | os.PathLike | None = N
     """
     out: PointingTable = {}
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(path, lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
-            rec = parse_pointing(obj, path, lineno)
-            key = (rec["image_id"], rec["annotator_id"])
-            if key in out:
-                raise DataFormatError(path, lineno, "image_id", f"narrative {key} appears twice")
-            out[key] = rec["pointing"]
-            records.append((lineno, rec))
+    for lineno, obj in read_json_lines(path):
+        rec = parse_pointing(obj, path, lineno)
+        key = (rec["image_id"], rec["annotator_id"])
+        if key in out:
+            raise DataFormatError(path, lineno, "image_id", f"narrative {key} appears twice")
+        out[key] = rec["pointing"]
+        records.append((lineno, rec))
     if ln_path is not None:
-        with open(ln_path, encoding="utf-8") as f:
-            ln = [json.loads(t) for t in f if t.strip()]
+        ln = [obj for _, obj in read_json_lines(ln_path)]
         if len(ln) != len(records):
             raise DataFormatError(path, None, None, f"{len(records)} records but {ln_path} has {len(ln)}")
         for (lineno, rec), obj in zip(records, ln):
@@ -127,8 +119,8 @@ def load_object_boxes(instances_path: str | os.PathLike,
 
     An annotation whose image or colour is unknown raises :class:`DataFormatError` naming the file and
     the annotation."""
-    inst = json.loads(Path(instances_path).read_text())
-    scenes = json.loads(Path(scenes_path).read_text())
+    inst = read_json(instances_path)
+    scenes = read_json(scenes_path)
     colour = {int(o["id"]): o["color"] for s in scenes.get("images", []) for o in s.get("objects", [])}
     sizes = {int(im["id"]): (float(im["width"]), float(im["height"])) for im in inst.get("images", [])}
     cats = {int(c["id"]): c["name"] for c in inst.get("categories", [])}

@@ -64,6 +64,16 @@ def as_rgb(image: Any) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
+def as_masks(masks: Any) -> np.ndarray:
+    """N bool masks as an N×H×W bool array (an H×W mask becomes N = 1); any other shape raises."""
+    m = to_numpy(masks).astype(bool)
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3:
+        raise ValueError(f"masks: expected N×H×W bool, got shape {m.shape}")
+    return m
+
+
 def image_hw(image: Any) -> tuple[int, int]:
     """(H, W) of ``image`` (any layout :func:`as_rgb` accepts)."""
     a = as_rgb(image)

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from pixelllm.viz.inputs import as_rgb, resolve_colors, to_numpy
+from pixelllm.viz.inputs import as_masks, as_rgb, resolve_colors, to_numpy
 
 
 def show_image(ax: Axes, image: Any):
@@ -71,11 +71,7 @@ def overlay_masks(ax: Axes, masks: Any, colors: Any = None, alpha: float = 0.45)
     Mask ``i`` is painted in ``colors[i]`` with opacity ``alpha`` (later masks on top of earlier ones);
     pixels outside every mask are fully transparent.
     """
-    m = to_numpy(masks).astype(bool)
-    if m.ndim == 2:
-        m = m[None]
-    if m.ndim != 3:
-        raise ValueError(f"masks: expected N×H×W bool, got shape {m.shape}")
+    m = as_masks(masks)
     n, h, w = m.shape
     cols = resolve_colors(colors, n)
     rgba = np.zeros((h, w, 4), dtype=np.float32)
@@ -94,11 +90,7 @@ def outline_masks(ax: Axes, masks: Any, colors: Any = None, linewidth: float = 2
     """
     import matplotlib.patheffects as pe
 
-    m = to_numpy(masks).astype(bool)
-    if m.ndim == 2:
-        m = m[None]
-    if m.ndim != 3:
-        raise ValueError(f"masks: expected N×H×W bool, got shape {m.shape}")
+    m = as_masks(masks)
     n, h, w = m.shape
     cols = resolve_colors(colors, n)
     xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5  # pixel centres in the (0, W, H, 0) frame

@@ -396,31 +396,32 @@ class LNTraceDataset(_TaskDataset):
         """Utterance index (into ``narratives[i].timed_caption``) of each target token of sample ``i``, the
         image not loaded: T ints (T = ``len(self[i]["target_ids"])``, truncation included), −1 for the EOS
         and for tokens without a valid utterance."""
-        from pixelllm.data.localized_narratives import align_tokens_to_trace, num_aligned_tokens
-
-        n = self.narratives[i]
-        ids = self._ids(n.caption, None)
-        m = num_aligned_tokens(len(ids) - 1, self.max_target_len, self.alignment)
-        idx = align_tokens_to_trace(n, m, self.num_samples, self.point_target, self.alignment).utterance_index
+        ids, al = self._alignment(i)
         t = min(len(ids), self.max_target_len)
-        return np.concatenate([idx[: t - 1], [-1]]).astype(np.int64)
+        return np.concatenate([al.utterance_index[: t - 1], [-1]]).astype(np.int64)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def _alignment(self, i: int) -> tuple[list[int], Any]:
+        """(full caption ids + EOS, :class:`AlignedTrace` of its M kept tokens) of narrative ``i``; kept in
+        :attr:`aligned` when the decoded cache is on (:func:`enable_image_cache`)."""
         from pixelllm.data.localized_narratives import align_tokens_to_trace, num_aligned_tokens
 
-        n = self.narratives[i]
-        rec = self._rec(n)
-        flip = self._flip()
-        image, h, w = self._image(rec, flip)
-        s = self._base(rec, image, h, w, self.prompt)
         hit = self.aligned.get(i) if self.decoded is not None else None
-        if hit is None:                                                    # decoded once with the cache on
+        if hit is None:
+            n = self.narratives[i]
             ids = self._ids(n.caption, None)                               # full caption + EOS
             m = num_aligned_tokens(len(ids) - 1, self.max_target_len, self.alignment)
             hit = (ids, align_tokens_to_trace(n, m, self.num_samples, self.point_target, self.alignment))
             if self.decoded is not None:
                 self.aligned[i] = hit
-        ids, al = list(hit[0]), hit[1]
+        return list(hit[0]), hit[1]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        n = self.narratives[i]
+        rec = self._rec(n)
+        flip = self._flip()
+        image, h, w = self._image(rec, flip)
+        s = self._base(rec, image, h, w, self.prompt)
+        ids, al = self._alignment(i)
         corners = np.round(al.points * [w, h, w, h])                       # official: integer original pixels
         pts = self.transform.boxes(corners, h, w, flip)                    # M×4, resized frame
         valid = torch.from_numpy(al.valid)

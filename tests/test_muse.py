@@ -190,6 +190,14 @@ def test_dataset_items_and_collate(world):
     assert torch.equal(b["masks"][1], s["masks"]) and b["questions"][1] == r["question"]
     with pytest.raises(ValueError, match="empty"):
         muse_collate([])
+    from pixelllm.data.datasets import enable_image_cache
+
+    store = enable_image_cache(torch.utils.data.Subset(ds, [i, j, i]))
+    assert ds.decoded is store
+    cached = [ds[i], ds[j], ds[i]]
+    assert torch.equal(cached[0]["image"], s["image"]) and torch.equal(cached[2]["image"], s["image"])
+    other = int(recs[i]["image_id"] != recs[j]["image_id"])
+    assert (store.misses, store.hits) == (1 + other, 2 - other)           # each image decoded once
 
 
 def test_rle_string_counts_matches_pycocotools():

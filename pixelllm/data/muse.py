@@ -344,3 +344,14 @@ def target_masks_np(rec: dict) -> np.ndarray:
 
     return np.stack([decode_segmentation(t["segmentation"], rec["height"], rec["width"]).astype(bool)
                      for t in rec["answers"]])
+
+
+def object_masks(data_root: str | os.PathLike, split: str) -> dict[int, np.ndarray]:
+    """image id → N×H×W bool masks of every object of the image (``coco/instances_{split}.json`` of a
+    synthetic world, annotation order): the predictions of the trivial "every object" answer, a floor for
+    multi-target scores (PAPER_NOTES.md §7.1)."""
+    from pixelllm.data.coco import CocoInstances
+
+    inst = CocoInstances(Path(data_root) / "coco" / f"instances_{split}.json")
+    return {i: np.stack([inst.mask(o["id"]).astype(bool) for o in inst.objects(i)])
+            for i in inst.image_ids() if inst.objects(i)}

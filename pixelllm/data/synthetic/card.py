@@ -106,8 +106,9 @@ def _muse_section(muse: dict | None) -> list[str]:
     L = ["", "## Multi-target questions (PixelLM MUSE-like)", "",
          "`muse/synthetic_{split}_muse.json`, made from `scenes.json` and the COCO instances by "
          "`pixelllm.data.synthetic.muse.write_muse` (a world without them gets them from `ensure_data`, nothing "
-         f"else changes). {QUESTIONS_PER_IMAGE} questions per image whose answers name 1–{MAX_TARGETS} objects, "
-         "each with its instance mask (the COCO RLE), box and the character span of its phrase in the answer; "
+         f"else changes). Up to {QUESTIONS_PER_IMAGE} questions per image of ≥ 2 objects whose answers name "
+         f"1–{MAX_TARGETS} of its objects, never all of them, each with its instance mask (the COCO RLE), box and "
+         "the character span of its phrase in the answer; "
          "schema in `pixelllm/data/muse.py` and `docs/PAPER_NOTES.md` §7.1. Example: \"segment every red shape\" → "
          "\"the red circle, the red star and the red square\".", "",
          "| split | questions | images | " + " | ".join(f"{k} target{'s' * (k != '1')}" for k in ks)

@@ -7,7 +7,9 @@ visible box and area) and ``coco/instances_{split}.json`` (its visible-part RLE 
 so a world made before this module existed gets the files without being regenerated
 (:func:`write_muse`, called by ``ensure_data`` and by :func:`~pixelllm.data.synthetic.world.generate`).
 
-Question templates (each target set is computed from the scene and checked to hold 1–4 objects):
+Question templates (each target set is computed from the scene and must hold 1–4 objects and leave at
+least one object of the image out — "segment every shape" would need no reading, and trivial answers
+score high enough already, PAPER_NOTES.md §7.1 — so a scene with a single object gets no question):
 
     colour        "segment every red shape"              all objects of a colour
     shape         "find every circle"                    all objects of a shape
@@ -21,7 +23,6 @@ Question templates (each target set is computed from the scene and checked to ho
                                                          only when no object is within a margin of the rule
     position      "segment every shape on the left"      image thirds of the box centre, with a margin
     exclusion     "find every shape except the red star" / "... every shape that is not blue"
-    all           "segment every shape"                  every object (scenes of ≤ 4 objects)
 
 The answer names the targets left to right (box centre x, then y) as "the <colour> <shape>" — with the
 size word and/or the position phrase when another object shares colour and shape
@@ -55,7 +56,7 @@ QUESTIONS_PER_IMAGE = 4
 #: of the rule's threshold (the answer would hinge on a pixel)
 RULE_MARGIN = 0.02
 VERBS = ("segment", "find", "show")
-TEMPLATES = ("colour", "shape", "colour_shape", "size", "superlative", "relation", "position", "exclusion", "all")
+TEMPLATES = ("colour", "shape", "colour_shape", "size", "superlative", "relation", "position", "exclusion")
 SIZE_RANK = {s: k for k, s in enumerate(V.SIZES)}             # small 0 < medium 1 < big 2
 
 
@@ -119,12 +120,13 @@ def answer_of(targets: list[dict], scene: dict) -> tuple[str, list[str], list[li
 
 def candidate_questions(scene: dict) -> list[tuple[str, str, tuple[int, ...]]]:
     """Every (template, noun phrase, target ids in answer order) the templates (module docstring) give for
-    one ``scenes.json`` image, with 1 ≤ K ≤ :data:`MAX_TARGETS` targets; noun phrases are unique."""
+    one ``scenes.json`` image, with 1 ≤ K ≤ :data:`MAX_TARGETS` targets and K < the number of objects; noun
+    phrases are unique."""
     objs, W, H = scene["objects"], int(scene["width"]), int(scene["height"])
     out: dict[str, tuple[str, tuple[int, ...]]] = {}
 
     def add(template: str, np_: str, sel: list[dict]) -> None:
-        if 1 <= len(sel) <= MAX_TARGETS and np_ not in out:
+        if 1 <= len(sel) <= min(MAX_TARGETS, len(objs) - 1) and np_ not in out:
             out[np_] = (template, tuple(o["id"] for o in _reading_order(sel)))
 
     colours = sorted({o["color"] for o in objs}, key=list(V.COLORS).index)
@@ -180,7 +182,6 @@ def candidate_questions(scene: dict) -> list[tuple[str, str, tuple[int, ...]]]:
             add("exclusion", f"every shape except the {d.text()}", [o for o in objs if o["id"] != lm["id"]])
     for c in colours:
         add("exclusion", f"every shape that is not {c}", [o for o in objs if o["color"] != c])
-    add("all", "every shape", list(objs))
     return [(t, np_, ids) for np_, (t, ids) in out.items()]
 
 

@@ -26,7 +26,8 @@ N = 64
 def world(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("muse_world")
-    generate(out, n_scenes=N, image_size=128, seed=0, split_fractions=(0.625, 0.1875, 0.1875), workers=1, progress=False)
+    generate(out, n_scenes=N, image_size=128, seed=0, split_fractions=(0.625, 0.1875, 0.1875), workers=1,
+             progress=False)
     return out
 
 
@@ -99,8 +100,8 @@ def test_masks_are_the_worlds_instance_masks_and_answers_name_each_target(world)
             for t in r["answers"]:
                 a, o = anns[t["id"]], objs[t["id"]]
                 assert a["image_id"] == r["image_id"]
-                got = mask_utils.decode({"size": t["segmentation"]["size"], "counts": t["segmentation"]["counts"].encode()})
-                ref = mask_utils.decode({"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"].encode()})
+                got, ref = (mask_utils.decode({"size": x["segmentation"]["size"],
+                                               "counts": x["segmentation"]["counts"].encode()}) for x in (t, a))
                 assert got.shape == (r["height"], r["width"]) and (got == ref).all() and got.sum() == o["area"]
                 assert t["bbox"] == o["bbox"] and t["category_name"] == o["shape"]
                 phrase = r["answer"][t["phrase_span"][0]:t["phrase_span"][1]]
@@ -281,7 +282,8 @@ def test_dataset_missing_image_and_too_many_targets(tmp_path, caplog):
     two = _one_record(id=2, answer="the red circle and the red circle",
                       answers=[_target(), _target(id=11, phrase_span=[19, 33])])
     _write(tmp_path, [_one_record(), two])
-    with pytest.raises(FileNotFoundError, match=r"question id 1 \(image_id 1\): field 'file_name': image .*000000000001\.jpg not found"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"question id 1 \(image_id 1\): field 'file_name': image .*000000000001\.jpg not found"):
         MuseDataset(tmp_path, "val", None, image_size=8)
     (tmp_path / "images").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "000000000001.jpg")

@@ -196,9 +196,10 @@ def load_muse(path: str | os.PathLike) -> list[dict]:
             raise DataFormatError(path, None, pre + "answers", f"a target is listed twice (ids {ids})")
         ta = require(q, "text_answer", str, path, None, pre, optional=True)
         if ta is not None and ta.count(SEG_PLACEHOLDER) != len(targets):
-            raise DataFormatError(path, None, pre + "text_answer",
-                                  f"{ta.count(SEG_PLACEHOLDER)} {SEG_PLACEHOLDER} placeholders for {len(targets)} targets")
-        rec["text_answer"] = ta if ta is not None else text_answer_of(rec["answer"], [t["phrase_span"] for t in rec["answers"]])
+            raise DataFormatError(path, None, pre + "text_answer", f"{ta.count(SEG_PLACEHOLDER)} {SEG_PLACEHOLDER} "
+                                                                   f"placeholders for {len(targets)} targets")
+        spans = [t["phrase_span"] for t in rec["answers"]]
+        rec["text_answer"] = ta if ta is not None else text_answer_of(rec["answer"], spans)
         out.append(rec)
     return out
 
@@ -272,11 +273,14 @@ class MuseDataset(Dataset):
         return len(self.records)
 
     def _load(self, p: Path):
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(p) as im:
-            im.load()
-            return im.convert("RGB")
+        try:
+            with Image.open(p) as im:
+                im.load()
+                return im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as e:
+            raise OSError(f"MuseDataset: cannot read image {p}: {e}") from None
 
     def _image(self, rec: dict) -> tuple[torch.Tensor, int, int]:
         p = self.image_root / rec["file_name"]

@@ -397,3 +397,25 @@ def test_every_object_floor_never_has_the_right_count(world):
     assert out["count_accuracy"] == 0.0                      # no question asks for every object
     want = np.mean([len(r["answers"]) / len(scenes[r["image_id"]]["objects"]) for r in recs])
     assert out["giou"] == pytest.approx(want)                # K perfect pairs + (n − K) empty-GT pairs per question
+
+
+def test_phrase_token_spans_with_the_worlds_tokenizer(world, tmp_path):
+    from pixelllm.data.muse import phrase_token_spans
+    from pixelllm.data.tokenizer import corpus_texts, train_tokenizer
+
+    tok = train_tokenizer(corpus_texts(world), tmp_path / "tok", vocab_size=300)
+    text = "the red circle, the big red star on the left and the red square"
+    ids, spans = phrase_token_spans(tok, text, [[0, 14], [16, 44], [49, 63]])
+    assert ids == tok(text)["input_ids"] and ids[-1] == tok.eos_token_id
+    words = [tok.decode(ids[a:b]).strip() for a, b in spans]
+    assert words == ["the red circle", "the big red star on the left", "the red square"]
+    ds = MuseDataset(world, "val", tok, image_size=64)
+    i = next(k for k, r in enumerate(ds.records) if len(r["answers"]) > 1)
+    s = ds[i]
+    assert s["phrase_token_spans"].shape == (s["num_targets"], 2)
+    for (a, b), t in zip(s["phrase_token_spans"].tolist(), ds.records[i]["answers"]):
+        assert tok.decode(s["answer_ids"][a:b].tolist()).strip() == t["rephrased_name"]
+    b = muse_collate([ds[0], s])
+    n = len(s["answer_ids"])
+    assert torch.equal(b["answer_ids"][1, :n], s["answer_ids"]) and b["answer_mask"][1].sum() == n
+    assert torch.equal(b["phrase_token_spans"][1, : s["num_targets"]], s["phrase_token_spans"])

@@ -214,6 +214,24 @@ def text_answer_of(answer: str, spans: Sequence[Sequence[int]]) -> str:
     return "".join(out) + answer[last:]
 
 
+def phrase_token_spans(tokenizer, text: str, spans: Sequence[Sequence[int]]) -> tuple[list[int], list[list[int]]]:
+    """Token ids of ``text`` (as ``tokenizer(text)`` gives them, EOS included) and, per character span
+    [start, end) of ``spans``, the [first, last + 1) token indices that cover it — where a model puts the
+    box of a named target (PixelLLM: the phrase's last token) or its segmentation tokens (PixelLM: after
+    it). Needs a fast tokenizer (``return_offsets_mapping``); a token's leading space does not count as
+    covering a phrase. Raises ValueError for a span no token covers."""
+    enc = tokenizer(text, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    out = []
+    for a, b in spans:
+        hit = [k for k, (s, e) in enumerate(offsets) if e > s and s + (len(text[s:e]) - len(text[s:e].lstrip())) < b
+               and e > a]
+        if not hit:
+            raise ValueError(f"phrase_token_spans: no token covers characters [{a}, {b}) of {text!r}")
+        out.append([hit[0], hit[-1] + 1])
+    return ids, out
+
+
 # ------------------------------------------------------------------------------------------ dataset
 class MuseDataset(Dataset):
     """The questions of ``<data_root>/muse/synthetic_{split}_muse.json`` with their images and per-target
@@ -231,10 +249,12 @@ class MuseDataset(Dataset):
     ``num_targets``  K                                  ``id``           question id
     ``template``     str                                ``category_ids`` long [K]
 
-    Text stays text: the model side inserts its segmentation tokens (``text_answer``) and tokenises.
-    ``tokenizer`` is kept as :attr:`tokenizer` for that. Questions with more than ``max_targets`` targets are
-    skipped (counted in :attr:`skips`). Every image file must exist (checked here, FileNotFoundError naming
-    the question). ``decoded`` (:class:`~pixelllm.data.datasets.DecodedImages`, or
+    With a (fast) ``tokenizer`` the item also has ``answer_ids`` long [T] (``tokenizer(answer)``, EOS
+    included) and ``phrase_token_spans`` long [K, 2] ([first, last + 1) token of each target's phrase,
+    :func:`phrase_token_spans`); without one, text stays text and the model side tokenises (e.g. after
+    putting its segmentation tokens at ``text_answer``'s ``{seg}``). Questions with more than
+    ``max_targets`` targets are skipped (counted in :attr:`skips`). Every image file must exist (checked
+    here, FileNotFoundError naming the question). ``decoded`` (:class:`~pixelllm.data.datasets.DecodedImages`, or
     :func:`~pixelllm.data.datasets.enable_image_cache`) keeps decoded images across epochs.
     """
 
@@ -307,7 +327,14 @@ class MuseDataset(Dataset):
                 "masks": masks, "boxes": boxes.reshape(len(targets), 4),
                 "phrase_spans": torch.tensor([t["phrase_span"] for t in targets], dtype=torch.long),
                 "category_ids": torch.tensor([t["category_id"] for t in targets], dtype=torch.long),
-                "num_targets": len(targets)}
+                "num_targets": len(targets), **self._tokens(rec)}
+
+    def _tokens(self, rec: dict) -> dict[str, torch.Tensor]:
+        if self.tokenizer is None:
+            return {}
+        ids, spans = phrase_token_spans(self.tokenizer, rec["answer"], [t["phrase_span"] for t in rec["answers"]])
+        return {"answer_ids": torch.tensor(ids, dtype=torch.long),
+                "phrase_token_spans": torch.tensor(spans, dtype=torch.long).reshape(-1, 2)}
 
 
 def muse_collate(samples: Sequence[dict]) -> dict[str, Any]:
@@ -316,7 +343,8 @@ def muse_collate(samples: Sequence[dict]) -> dict[str, Any]:
     ``images`` [B, 3, S, S]; ``masks`` bool [B, Kmax, S, S]; ``boxes`` [B, Kmax, 4]; ``phrase_spans``
     long [B, Kmax, 2]; ``category_ids`` long [B, Kmax]; ``target_mask`` bool [B, Kmax] (True = a real
     target); ``num_targets`` long [B]; lists ``questions``, ``answers``, ``text_answers``, ``templates``,
-    ``image_ids``, ``ids``."""
+    ``image_ids``, ``ids``; with a tokenizer also ``answer_ids`` long [B, T] (pad 0), ``answer_mask`` bool
+    [B, T] and ``phrase_token_spans`` long [B, Kmax, 2]."""
     if not samples:
         raise ValueError("muse_collate: empty list of samples")
     b = len(samples)
@@ -336,6 +364,15 @@ def muse_collate(samples: Sequence[dict]) -> dict[str, Any]:
         for key in ("masks", "boxes", "phrase_spans", "category_ids"):
             out[key][i, :k] = s[key]
         out["target_mask"][i, :k] = True
+    if all("answer_ids" in s for s in samples):
+        t = max(len(s["answer_ids"]) for s in samples)
+        out["answer_ids"] = torch.zeros(b, t, dtype=torch.long)            # pad id 0 (T5 convention)
+        out["answer_mask"] = torch.zeros(b, t, dtype=torch.bool)
+        out["phrase_token_spans"] = torch.zeros(b, kmax, 2, dtype=torch.long)
+        for i, s in enumerate(samples):
+            n = len(s["answer_ids"])
+            out["answer_ids"][i, :n], out["answer_mask"][i, :n] = s["answer_ids"], True
+            out["phrase_token_spans"][i, : int(s["num_targets"])] = s["phrase_token_spans"]
     for key, name in (("question", "questions"), ("answer", "answers"), ("text_answer", "text_answers"),
                       ("template", "templates"), ("image_id", "image_ids"), ("id", "ids")):
         out[name] = [s[key] for s in samples]

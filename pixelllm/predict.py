@@ -564,6 +564,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         box = parse_box(args.box) if args.box is not None else None
         if args.expr is not None and not args.expr.strip():
             raise PredictError("--expr is empty")
+        for im in args.image:            # a bad image or box is reported before any model is loaded
+            pil = load_image(im)
+            if box is not None and args.task == "region":
+                check_box(box, pil.width, pil.height, str(im))
         import torch
 
         torch.set_num_threads(max(1, args.threads))

@@ -57,9 +57,12 @@ def draw_ground_truth(ax, gt: Mapping[str, Any] | None) -> None:
     if len(boxes):
         draw_boxes(ax, boxes, labels=list(gt.get("labels") or [""] * len(boxes)), colors=GT_COLOUR,
                    linewidth=1.2, linestyle="--", fontsize=7)
-        for p in ax.patches:
-            if (p.get_gid() or "").startswith("box:"):
-                p.set_gid("gt_" + p.get_gid())
+        for art in [*ax.patches, *ax.texts]:
+            gid = art.get_gid() or ""
+            if gid.startswith(("box:", "box_label:")):
+                art.set_gid("gt_" + gid)
+                if gid.startswith("box_label:"):          # dark text on the white label
+                    art.set_color("black")
     if gt.get("masks") is not None and len(gt["masks"]):
         for cs in outline_masks(ax, gt["masks"], colors=GT_COLOUR, linewidth=0.8, halo=False):
             cs.set_gid("gt_" + cs.get_gid())

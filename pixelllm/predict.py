@@ -295,7 +295,8 @@ def caption(images: ImageLike | Sequence[ImageLike], model: Stage | str | os.Pat
 
     Returns one dict per image: ``text``, ``tokens`` (SentencePiece pieces), ``token_ids``, ``points``
     T×4 (x0, y0, x1, y1) per token — the trace head's two points, original pixels — and ``words``
-    (``text``, ``tokens`` indices, ``point`` = mean centre of its tokens' points, original pixels).
+    (``text``, ``tokens`` indices, ``point`` = mean centre of its tokens' points, original pixels; words made
+    only of special tokens such as ``<pad>``, which an undertrained model can emit, are left out).
     """
     import torch
 
@@ -313,7 +314,8 @@ def caption(images: ImageLike | Sequence[ImageLike], model: Stage | str | os.Pat
     for i, r in enumerate(res):
         one = {k: batch[k][i:i + 1] for k in ("orig_sizes", "image_sizes")}
         pts = to_original(r["points"].reshape(-1, 4), one).numpy() if len(r["points"]) else np.zeros((0, 4))
-        groups = word_groups(r["tokens"])
+        special = set(getattr(st.tokenizer, "all_special_tokens", ()))
+        groups = [g for g in word_groups(r["tokens"]) if any(r["tokens"][k] not in special for k in g)]
         centres = word_centres(pts, groups, np.ones(len(pts), bool))
         text = [t for t, _ in clean_tokens(r["tokens"])]
         words = [{"text": "".join(text[k] for k in g).strip(), "tokens": list(g), "point": _listify(c)}

@@ -176,12 +176,13 @@ class Playground:
         self.expr_text = w.Text(value=first[0] if first else "", placeholder="the red circle",
                                 description="expression")
         self.expr_button = w.Button(description="Find", tooltip="box + mask of the expression")
-        self.box_fields = [w.FloatText(value=v, description=n, layout=w.Layout(width="130px"))
+        self.box_fields = [w.FloatText(value=v, description=n, layout=w.Layout(width="120px"),
+                                       style={"description_width": "24px"})
                            for n, v in zip(("x0", "y0", "x1", "y1"), self._default_box())]
         self.region_button = w.Button(description="Describe", tooltip="caption of the box")
         self.gt_checkbox = w.Checkbox(value=False, description="ground truth")
         self.status = w.HTML()
-        self.image = w.Image(format="png")
+        self.image = w.Image(format="png", layout=w.Layout(max_width=f"{int(panel * dpi)}px"))
 
         self.dropdown.observe(self._on_select, names="value")
         self.upload_button.observe(self._on_upload, names="value")
@@ -249,7 +250,7 @@ class Playground:
 
     def refresh(self) -> None:
         self.figure = self.render()
-        self.image.value = figure_to_png(self.figure)
+        self.image.value = figure_to_png(self.figure, dpi=self.dpi)
 
     def _say(self, html: str) -> None:
         self.status.value = html

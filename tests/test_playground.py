@@ -163,5 +163,8 @@ def test_figure_prediction_of_each_task():
     dense = {"task": "dense", "regions": [{"box": [1, 1, 9, 9], "score": 0.8, "text": "a"},
                                           {"box": [20, 5, 30, 20], "score": 0.5, "text": "b"}]}
     assert {"box:0", "box:1"} <= _gids(figure_prediction(img, dense))
+    empty = figure_prediction(img, {"task": "caption", "tokens": ["<pad>", "<pad>"], "points": [[0, 0, 1, 1]] * 2,
+                                    "words": []})
+    assert "empty" in empty.axes[0].get_title() and not empty.axes[1].texts      # no <pad> written out
     with pytest.raises(ValueError, match="not one of"):
         figure_prediction(img, {"task": "nope"})

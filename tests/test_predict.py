@@ -250,3 +250,12 @@ def test_cli_writes_json_and_overlay(run_folder, images, tmp_path, capsys):
     assert d["task"] == "caption" and d["width"] == 200 and d["overlay"] == str(out_png)
     with Image.open(out_png) as im:
         assert im.format == "PNG" and im.width > 100
+
+
+def test_predictor_one_image_per_call(run_folder, images):
+    """What the playground calls: one image in, one result out, each task from the run folder's stage."""
+    pred = P.Predictor(run_folder)
+    r = pred.caption(np.asarray(Image.open(images[0])))
+    assert r["task"] == "caption" and r["image"] == "image[0]" and (r["width"], r["height"]) == (200, 100)
+    with pytest.raises(P.PredictError, match="no checkpoint for 'region'"):
+        pred.region(images[0], [0, 0, 10, 10])

@@ -97,16 +97,19 @@ def figure_prediction(image: Any, result: Mapping[str, Any], highlight: int | No
     draw_ground_truth(ax, gt)
     title = ""
     if task == "caption":
-        tokens = list(result.get("tokens", []))
-        cols, _ = caption_colours(tokens)
         words = result.get("words", [])
-        wcols = np.array([cols[wd["tokens"][0]] for wd in words]) if words else np.zeros((0, 4))
+        keep = [k for wd in words for k in wd["tokens"]]          # the words' tokens (no <pad>, no EOS)
+        tokens = [result.get("tokens", [])[k] for k in keep]
+        cols, _ = caption_colours(tokens)
+        first = np.cumsum([0] + [len(wd["tokens"]) for wd in words])[:-1]   # each word's first shown token
+        wcols = cols[first] if words else np.zeros((0, 4))
         pts = np.array([wd["point"] for wd in words], dtype=np.float64).reshape(-1, 2)
         plot_word_points(ax, None, [wd["text"] for wd in words], pts, colors=wcols, highlight=highlight,
                          fade=0.55 if highlight is not None else 1.0)
-        tok_hl = words[highlight]["tokens"][0] if highlight is not None and 0 <= highlight < len(words) else None
+        tok_hl = int(first[highlight]) if highlight is not None and 0 <= highlight < len(words) else None
         caption_colored(cap_ax, tokens, colors=cols, highlight=tok_hl, fontsize=10)
-        title = "caption — a point per word" + (f": “{words[highlight]['text']}”" if tok_hl is not None else "")
+        title = ("caption — a point per word" + (f": “{words[highlight]['text']}”" if tok_hl is not None else "")
+                 if words else "caption — empty (the model generated no word)")
     elif task in ("locate", "segment"):
         mask = result.get("mask_array")
         if mask is None and result.get("mask"):

@@ -94,6 +94,8 @@ def test_caption_and_word_slider(pg):
     cap = pg.figure.axes[1]
     boxed = [t for t in cap.texts if t.get_bbox_patch() is not None]
     assert [t.get_gid() for t in boxed] == ["caption_word:2"]
+    pg.highlight_word(1)                                   # called directly: the slider follows
+    assert pg.word_slider.value == 1 and pg.word == 1
     with pytest.raises(IndexError):
         pg.highlight_word(3)
 

@@ -337,6 +337,12 @@ class Playground:
         if not 0 <= int(j) < len(self.words):
             raise IndexError(f"Playground.highlight_word: word {j} not in 0..{len(self.words) - 1}")
         self.word = int(j)
+        if self.word_slider.value != self.word:            # called directly: move the slider with it
+            self._busy = True
+            try:
+                self.word_slider.value = self.word
+            finally:
+                self._busy = False
         pt = self.result["words"][self.word]["point"]
         self._say(f"<b>caption</b>: {self.result.get('text', '')} — word {self.word + 1}/{len(self.words)}: "
                   f"<b>{self.words[self.word]}</b> at ({pt[0]:.0f}, {pt[1]:.0f})")

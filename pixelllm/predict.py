@@ -214,10 +214,11 @@ def load(task: str, checkpoint: str | os.PathLike, device: str = "cpu", cache: b
     """The stage ``task`` reads (:func:`find_checkpoint`), rebuilt with the package's loaders
     (:func:`~pixelllm.engine.builder.load_stage_model`, :func:`~pixelllm.tasks.referring.load_refseg`,
     :func:`~pixelllm.tasks.densecap.build_densecap`) from the run folder that holds it. Loaded stages are
-    cached per (task, file, device) unless ``cache`` is False."""
-    from pixelllm.data.datasets import DEFAULT_PROMPTS
+    cached per (task, file, device) unless ``cache`` is False. A checkpoint of another stage, an unreadable
+    one, or a run folder without the parts the stage needs raises :class:`PredictError`."""
+    from pixelllm.configs.base import apply_overrides
     from pixelllm.data.tokenizer import load_tokenizer
-    from pixelllm.engine.builder import checkpoint_config, load_stage_model
+    from pixelllm.engine.builder import checkpoint_config
     from pixelllm.engine.paths import resolve_paths
 
     file = find_checkpoint(task, checkpoint)
@@ -226,7 +227,7 @@ def load(task: str, checkpoint: str | os.PathLike, device: str = "cpu", cache: b
         return _CACHE[key]
     try:
         cfg, _ = checkpoint_config(file)
-    except Exception as e:  # not a checkpoint of this package
+    except Exception as e:  # not a checkpoint of this package (any reader error)
         raise PredictError(f"cannot read checkpoint {file}: {type(e).__name__}: {e}") from None
     stage = getattr(cfg, "stage", "?")
     if stage not in TASK_STAGES[task]:
@@ -236,28 +237,43 @@ def load(task: str, checkpoint: str | os.PathLike, device: str = "cpu", cache: b
     run = run_of(file)
     overrides = {"run_dir": str(run)} if run is not None and not cfg.run_dir else None
     if overrides:
-        cfg, _ = checkpoint_config(file, overrides)
-    tok = load_tokenizer(resolve_paths(cfg).tokenizer)
-    prompts = getattr(cfg, "prompts", {}) or {}
-    if task == "segment":
-        from pixelllm.tasks.referring import load_refseg
-
-        model, _ = load_refseg(file, tok, device=device, overrides=overrides)
-        prompt = prompts.get("refer", DEFAULT_PROMPTS["refer"])
-    elif task == "dense":
-        from pixelllm.tasks.densecap import build_densecap
-
-        model = build_densecap(cfg, tok, device=device, checkpoint=file, verbose=False)
-        prompt = prompts.get("region_caption", DEFAULT_PROMPTS["region_caption"])
-    else:
-        model, _ = load_stage_model(file, tok, device=device, overrides=overrides)
-        prompt = {"caption": prompts.get("trace") or prompts.get("caption") or DEFAULT_PROMPTS["trace"],
-                  "locate": prompts.get("refer", DEFAULT_PROMPTS["refer"]),
-                  "region": prompts.get("region_caption", DEFAULT_PROMPTS["region_caption"])}[task]
+        cfg = apply_overrides(cfg, overrides)
+    tok_dir = resolve_paths(cfg).tokenizer
+    if not (tok_dir / "tokenizer_config.json").is_file():
+        raise PredictError(f"no tokenizer at {tok_dir} (a run folder holds one under tokenizer/; {file} is not "
+                           "inside <run>/checkpoints/<stage>/)")
+    tok = load_tokenizer(tok_dir)
+    try:
+        model, prompt = build_stage(task, cfg, file, tok, device, overrides)
+    except (FileNotFoundError, OSError) as e:          # a part of the run (SAM, T5, an init stage) is missing
+        raise PredictError(f"cannot load the {stage} stage of {file}: {e}") from None
     out = Stage(task, stage, model.eval(), tok, prompt, file, run or resolve_paths(cfg).run, cfg)
     if cache:
         _CACHE[key] = out
     return out
+
+
+def build_stage(task: str, cfg, file: Path, tokenizer, device: str = "cpu",
+                overrides: Mapping[str, Any] | None = None) -> tuple[Any, str]:
+    """(the model ``task`` runs, rebuilt from checkpoint ``file`` of config ``cfg``; the stage's text prompt)."""
+    from pixelllm.data.datasets import DEFAULT_PROMPTS
+    from pixelllm.engine.builder import load_stage_model
+
+    prompts = getattr(cfg, "prompts", {}) or {}
+    if task == "segment":
+        from pixelllm.tasks.referring import load_refseg
+
+        model, _ = load_refseg(file, tokenizer, device=device, overrides=overrides)
+        return model, prompts.get("refer", DEFAULT_PROMPTS["refer"])
+    if task == "dense":
+        from pixelllm.tasks.densecap import build_densecap
+
+        model = build_densecap(cfg, tokenizer, device=device, checkpoint=file, verbose=False)
+        return model, prompts.get("region_caption", DEFAULT_PROMPTS["region_caption"])
+    model, _ = load_stage_model(file, tokenizer, device=device, overrides=overrides)
+    return model, {"caption": prompts.get("trace") or prompts.get("caption") or DEFAULT_PROMPTS["trace"],
+                   "locate": prompts.get("refer", DEFAULT_PROMPTS["refer"]),
+                   "region": prompts.get("region_caption", DEFAULT_PROMPTS["region_caption"])}[task]
 
 
 def as_stage(task: str, model: Stage | str | os.PathLike, device: str = "cpu") -> Stage:
@@ -593,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["TASKS", "TASK_STAGES", "PredictError", "Predictor", "Stage", "caption", "check_box", "decode_rle", "dense",
-           "find_checkpoint", "load", "load_image", "locate", "mask_rle", "parse_box", "predict", "prepare_images",
+           "build_stage", "find_checkpoint", "load", "load_image", "locate", "mask_rle", "parse_box", "predict", "prepare_images",
            "region", "segment", "example_images", "to_json", "to_original"]
 
 if __name__ == "__main__":

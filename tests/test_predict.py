@@ -50,6 +50,8 @@ def stages(world):
     run, tok = world
     cfg = _cfg("ln_trace", run_dir=str(run))
     model = build_model(cfg, resolve_paths(cfg), tok, verbose=False).eval()
+    # an untrained LM mostly emits <pad>: keep it to real pieces so that captions have words to check
+    model.language_model.t5.generation_config.suppress_tokens = [tok.pad_token_id, tok.eos_token_id, tok.unk_token_id]
     torch.manual_seed(0)
     seg = ReferringSegmenter(model, build_mask_head(model, adapter_depth=1, adapter_num_heads=2,
                                                     adapter_mlp_dim=32)).eval()
@@ -202,6 +204,11 @@ def test_load_from_a_run_folder(run_folder, stages, images):
     st = P.load("caption", run_folder, cache=False)
     assert st.stage == "ln_trace" and st.run == run_folder.resolve() and st.checkpoint.name == "ckpt_0000001.pt"
     assert st.prompt == "A long image caption:"
+    ref = stages["caption"].model
+    mine = st.model.state_dict()
+    assert all(torch.equal(v, mine[k]) for k, v in ref.state_dict().items())     # the same weights, frozen parts too
+    st.model.language_model.t5.generation_config.suppress_tokens = \
+        ref.language_model.t5.generation_config.suppress_tokens
     a = P.caption([images[0]], st, max_new_tokens=5)[0]
     b = P.caption([images[0]], stages["caption"], max_new_tokens=5)[0]
     assert a["tokens"] == b["tokens"] and np.allclose(a["points"], b["points"])
@@ -215,6 +222,19 @@ def test_wrong_stage_and_missing_stage(run_folder):
         P.load("segment", run_folder / "checkpoints" / "ln_trace")
     with pytest.raises(P.PredictError, match="no checkpoint for 'dense'.*checkpoints/densecap"):
         P.load("dense", run_folder)
+
+
+def test_unreadable_or_homeless_checkpoint(run_folder, tmp_path, monkeypatch):
+    junk = tmp_path / "ckpt_0000001.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(P.PredictError, match=r"cannot read checkpoint .*ckpt_0000001.pt"):
+        P.load("caption", junk)
+    monkeypatch.setenv("PIXELLLM_RUNS", str(tmp_path / "runs"))  # the default run folder is empty too
+    alone = tmp_path / "elsewhere" / "model.pt"                # outside <run>/checkpoints/<stage>/: no tokenizer
+    alone.parent.mkdir()
+    alone.write_bytes((run_folder / "checkpoints" / "ln_trace" / "ckpt_0000001.pt").read_bytes())
+    with pytest.raises(P.PredictError, match="no tokenizer at"):
+        P.load("caption", alone, cache=False)
 
 
 def _cli(capsys, *argv):

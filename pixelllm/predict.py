@@ -587,7 +587,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if box is not None and args.task == "region":
                 check_box(box, pil.width, pil.height, str(im))
         import torch
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()         # stderr is for errors: no weight-loading progress bars
+        hf_logging.set_verbosity_error()
         torch.set_num_threads(max(1, args.threads))
         results = predict(args.task, args.image, args.checkpoint, args.expr, box, args.device)
     except PredictError as e:

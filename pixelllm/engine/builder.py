@@ -94,24 +94,30 @@ def build_model(cfg, paths: Paths | None = None, tokenizer=None, device: str = "
     return model.to(device)
 
 
-def checkpoint_config(checkpoint: str | os.PathLike):
+def checkpoint_config(checkpoint: str | os.PathLike, overrides: Mapping[str, object] | None = None):
     """(the config stored in a checkpoint — file or folder → latest — as its config class, the checkpoint
     state). The class is the one of the registry config of the same ``stage`` when it has the stored
-    fields, else :class:`~pixelllm.configs.TrainConfig`."""
+    fields, else :class:`~pixelllm.configs.TrainConfig`. ``overrides``: fields set on top of the stored
+    ones (e.g. ``{"run_dir": ...}`` for a run folder that moved: the stored config says where the run's
+    parts were, not where they are now)."""
     from pixelllm.configs import config_from_json
+    from pixelllm.configs.base import apply_overrides
     from pixelllm.engine.checkpoint import load_checkpoint
 
     state = load_checkpoint(checkpoint)
-    return config_from_json(state["config"]), state
+    cfg = config_from_json(state["config"])
+    return (apply_overrides(cfg, dict(overrides)) if overrides else cfg), state
 
 
-def load_stage_model(checkpoint: str | os.PathLike, tokenizer=None, device: str = "cpu"):
+def load_stage_model(checkpoint: str | os.PathLike, tokenizer=None, device: str = "cpu",
+                     overrides: Mapping[str, object] | None = None):
     """A stage's PixelLLM rebuilt from its checkpoint (file, or folder → latest): built from the stored
-    config without initialisation, then the checkpoint's trainable weights over the ``init_from`` ones
-    (so parts a fine-tuning froze keep the earlier stage's weights) → (model in eval mode, config)."""
+    config (with ``overrides``, see :func:`checkpoint_config`) without initialisation, then the
+    checkpoint's trainable weights over the ``init_from`` ones (so parts a fine-tuning froze keep the
+    earlier stage's weights) → (model in eval mode, config)."""
     from pixelllm.engine.checkpoint import load_trainable_state_dict
 
-    cfg, state = checkpoint_config(checkpoint)
+    cfg, state = checkpoint_config(checkpoint, overrides)
     model = build_model(cfg, resolve_paths(cfg), tokenizer, device=device, verbose=False)
     load_trainable_state_dict(model, state["model"], strict=False)
     return model.eval(), cfg

@@ -125,6 +125,12 @@ def config_difference(stored: dict, wanted: dict) -> dict:
             if stored.get(k, missing) != wanted.get(k, missing)}
 
 
+def strict_mode() -> bool:
+    """``$PIXELLLM_STRICT`` is set (not "" or "0"): an artifact or a checkpoint folder made by another
+    config is refused (:class:`ConfigMismatchError`) instead of being recomputed or set aside."""
+    return os.environ.get("PIXELLLM_STRICT", "") not in ("", "0")
+
+
 def _exists(p: Path) -> bool:
     return p.is_file() or (p.is_dir() and any(p.iterdir()))
 
@@ -141,7 +147,7 @@ def found_or_compute(path: str | os.PathLike, compute: Callable[[], Any], force:
     ``force=True`` (or ``$FORCE=1``) always recomputes."""
     p = Path(path)
     force = force or os.environ.get("FORCE", "") not in ("", "0")
-    strict = os.environ.get("PIXELLLM_STRICT", "") not in ("", "0") if strict is None else strict
+    strict = strict_mode() if strict is None else strict
     wanted = _config_dict(config) if config is not None else None
     reuse = _exists(p) and not force
     if reuse and wanted is not None:

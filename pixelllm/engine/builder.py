@@ -5,6 +5,8 @@
   ``init_from`` checkpoint, in order (:func:`load_matching`);
 * :func:`resolve_inits` — ``init_from`` (comma-separated stage names under ``<run>/checkpoints`` or paths)
   as checkpoint files;
+* :func:`init_checksums` — the SHA-256 of each of those checkpoints (stored in the checkpoints of the stage
+  they initialise, so that a stage whose initialisation was retrained is not reused);
 * :func:`load_matching` — the one way an initialisation is loaded: every tensor whose name and shape fit,
   the rest reported;
 * :func:`load_stage_model` — a trained (or interrupted) stage's PixelLLM rebuilt from the config stored in
@@ -42,6 +44,19 @@ def resolve_inits(cfg, paths: Paths, required: bool = False) -> list[Path]:
         raise FileNotFoundError(f"init_from={cfg.init_from!r}: no checkpoint under {paths.checkpoints} nor at "
                                 "that path (train that stage first)")
     return found
+
+
+def init_checksums(cfg, paths: Paths | None = None) -> dict[str, str]:
+    """``{"<stage folder>/<checkpoint file>": sha256}`` of every checkpoint :func:`resolve_inits` finds for
+    ``cfg`` (the sidecar's value, :func:`~pixelllm.engine.checkpoint.checkpoint_checksum`); {} without
+    ``init_from``. The Trainer stores it in each checkpoint and compares it on resume: an ``init_from``
+    stage retrained since (another file, or the same step with other weights) makes the stage a run of
+    another configuration."""
+    from pixelllm.engine.checkpoint import checkpoint_checksum
+
+    if not (getattr(cfg, "init_from", "") or "").strip():
+        return {}
+    return {f"{p.parent.name}/{p.name}": checkpoint_checksum(p) for p in resolve_inits(cfg, paths or resolve_paths(cfg))}
 
 
 def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], skip_prefixes: Sequence[str] = ()) -> dict:
@@ -123,5 +138,5 @@ def load_trained_model(cfg, tokenizer=None, device: str = "cpu"):
     return model
 
 
-__all__ = ["build_model", "checkpoint_config", "load_matching", "load_stage_model", "load_trained_model",
+__all__ = ["build_model", "checkpoint_config", "init_checksums", "load_matching", "load_stage_model", "load_trained_model",
            "resolve_inits"]

@@ -111,11 +111,17 @@ TASK_CONFIG_KEYS = {"ln_alignment": "trace", "ln_file": "trace"}
 NEUTRAL_NEW_KEYS = {"lr_multipliers": {}}
 
 
+#: recorded facts (not config fields) compared only when the stored side has them: an artifact made before
+#: they were recorded is taken as matching. ``init_checksums``: the SHA-256 of the ``init_from``
+#: checkpoints a stage started from (``pixelllm.engine.builder.stage_config``).
+RECORDED_KEYS = frozenset({"init_checksums"})
+
+
 def config_difference(stored: dict, wanted: dict) -> dict:
     """``{key: (stored, wanted)}`` for every compared key whose value differs (volatile keys ignored,
     :data:`TASK_CONFIG_KEYS` ignored when neither config trains their task, a missing
-    :data:`NEUTRAL_NEW_KEYS` field equal to its neutral value)."""
-    keys = (set(stored) | set(wanted)) - VOLATILE_CONFIG_KEYS
+    :data:`NEUTRAL_NEW_KEYS` field equal to its neutral value, :data:`RECORDED_KEYS` only when stored)."""
+    keys = (set(stored) | set(wanted)) - VOLATILE_CONFIG_KEYS - (RECORDED_KEYS - set(stored))
     tasks = set(stored.get("tasks") or {}) | set(wanted.get("tasks") or {})
     keys -= {k for k, task in TASK_CONFIG_KEYS.items() if task not in tasks}
     keys -= {k for k, neutral in NEUTRAL_NEW_KEYS.items()

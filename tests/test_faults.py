@@ -155,6 +155,37 @@ def test_retrained_init_checkpoint_is_not_silently_reused(tmp_path, capsys):
     assert "init_from checkpoints" in capsys.readouterr().out
 
 
+def test_stage_reuse_by_found_or_compute_follows_its_init_checkpoints(tmp_path, monkeypatch, capsys):
+    from pixelllm.engine.builder import stage_config
+    from pixelllm.utils import config_difference, found_or_compute
+
+    monkeypatch.delenv("FORCE", raising=False)
+    monkeypatch.delenv("PIXELLLM_STRICT", raising=False)
+    up = tmp_path / "checkpoints" / "upstream"
+    finished_run(up, steps=2)
+    cfg = toy_config(**{**CFG, "steps": 2}, init_from="upstream", run_dir=str(tmp_path))
+    runs = []
+
+    def train_stage():
+        runs.append(1)
+        tr = make_trainer(cfg, out_dir=tmp_path / "stage")
+        tr.resume(discard_mismatch=True)
+        tr.fit()
+
+    final = tmp_path / "stage" / "final.json"
+    found_or_compute(final, train_stage, config=stage_config(cfg))
+    found_or_compute(final, train_stage, config=stage_config(cfg))
+    assert len(runs) == 1                                          # same config, same init: reused
+    assert json.loads(final.read_text())["init_checksums"] == stage_config(cfg)["init_checksums"]
+    retrained = make_trainer(toy_config(**{**CFG, "steps": 2, "lr": 0.02}), out_dir=up)
+    retrained.resume(discard_mismatch=True)
+    retrained.fit()
+    found_or_compute(final, train_stage, config=stage_config(cfg))
+    assert len(runs) == 2 and "init_checksums: stored" in capsys.readouterr().out
+    # an artifact recorded before init checksums existed is taken as matching (not retrained)
+    assert config_difference({"steps": 2}, {"steps": 2, "init_checksums": {"a/ckpt_0000002.pt": "00"}}) == {}
+
+
 def test_torn_last_log_line_does_not_block_resume_and_no_record_is_duplicated(tmp_path):
     ref = finished_run(tmp_path / "ref")
     run = tmp_path / "run"

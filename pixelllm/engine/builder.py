@@ -59,6 +59,16 @@ def init_checksums(cfg, paths: Paths | None = None) -> dict[str, str]:
     return {f"{p.parent.name}/{p.name}": checkpoint_checksum(p) for p in resolve_inits(cfg, paths or resolve_paths(cfg))}
 
 
+def stage_config(cfg) -> dict:
+    """What a stage's artifact is reused by (``found_or_compute(<out>/final.json, ..., config=stage_config(cfg))``):
+    the config as a dict plus, when it has ``init_from``, ``init_checksums`` (:func:`init_checksums`) — so a
+    stage is retrained, not reused, when a stage it starts from was retrained since."""
+    out = cfg.to_dict()
+    if (getattr(cfg, "init_from", "") or "").strip():
+        out["init_checksums"] = init_checksums(cfg)
+    return out
+
+
 def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], skip_prefixes: Sequence[str] = ()) -> dict:
     """Copy every tensor of ``state`` whose name exists in ``model`` with the same shape (and does not start
     with one of ``skip_prefixes``). Hand-written because ``load_state_dict(strict=False)`` still fails on
@@ -138,5 +148,5 @@ def load_trained_model(cfg, tokenizer=None, device: str = "cpu"):
     return model
 
 
-__all__ = ["build_model", "checkpoint_config", "init_checksums", "load_matching", "load_stage_model", "load_trained_model",
+__all__ = ["build_model", "checkpoint_config", "init_checksums", "load_matching", "stage_config", "load_stage_model", "load_trained_model",
            "resolve_inits"]

@@ -641,5 +641,6 @@ class Trainer:
                     "step": self.step, "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
                     "train": self.history[-1] if self.history else self._resumed_metrics,
                     "eval": {k: float(v) for k, v in final.items() if isinstance(v, (int, float))},
-                    "stopped_early": self.stopped_early, "config": self.cfg.to_dict()})
+                    "stopped_early": self.stopped_early, "config": self.cfg.to_dict(),
+                    "init_checksums": self.init_checksums})
         return self.history

@@ -422,15 +422,21 @@ class Trainer:
                 print(f"[{self.cfg.stage}] resume: steps {stored_steps} -> {self.cfg.steps} re-applied (the LR "
                       f"schedule now runs to step {self.cfg.steps})")
             ckpt.load_trainable_state_dict(self.model, state["model"], source=state["path"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-            rngs = state["rng"]
-            if len(rngs) == self.dist.world_size:
-                ckpt.set_rng_state(rngs[self.dist.rank])
-            elif self.dist.is_main:
-                print(f"resume: checkpoint has RNG states of {len(rngs)} rank(s), running {self.dist.world_size}: "
-                      "RNG not restored (data position is)")
+            try:        # a checkpoint without a sidecar is unverified: damaged fields fail here, named
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.step, self.epoch, self.batch_in_epoch = (int(state["step"]), int(state["epoch"]),
+                                                              int(state["batch_in_epoch"]))
+                rngs = state["rng"]
+                if len(rngs) == self.dist.world_size:
+                    ckpt.set_rng_state(rngs[self.dist.rank])
+                elif self.dist.is_main:
+                    print(f"resume: checkpoint has RNG states of {len(rngs)} rank(s), running {self.dist.world_size}: "
+                          "RNG not restored (data position is)")
+            except Exception as e:  # noqa: BLE001 — any damaged field
+                raise ckpt.CheckpointError(state["path"], f"its training state cannot be restored ({type(e).__name__}: "
+                                           f"{(str(e).splitlines() or [''])[0][:200]}); delete it to resume from "
+                                           "the previous checkpoint") from None
             self.last_checkpoint = Path(state["path"])
             self._resumed_metrics = dict(state.get("metrics") or {})   # the last step's record, for final.json
             if self.dist.is_main and self.log_path and self.log_path.exists():

@@ -334,7 +334,8 @@ class Trainer:
         diff = {k: v for k, v in diff.items() if k not in ignore}
         inits = state.get("init_checksums")
         if inits is not None and dict(inits) != self.init_checksums:
-            diff["init_from checkpoints"] = (dict(inits), self.init_checksums)
+            short = lambda d: {k: v[:12] + "..." for k, v in d.items()}      # noqa: E731
+            diff["init_from checkpoints"] = (short(dict(inits)), short(self.init_checksums))
         return diff
 
     @property
@@ -361,7 +362,9 @@ class Trainer:
                 for f in (Path(out) / "metrics.jsonl", Path(out) / "final.json"):
                     f.unlink(missing_ok=True)
                 return {}
-            state = ckpt.load_checkpoint(out)
+            with warnings.catch_warnings():      # a fallback is reported once, by resume()
+                warnings.simplefilter("ignore", RuntimeWarning)
+                state = ckpt.load_checkpoint(out)
             diff = self.config_difference(state, ignore=ignore)
             if not diff:
                 return {}

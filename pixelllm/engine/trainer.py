@@ -67,7 +67,8 @@ from pixelllm.engine.datasets import missing_training_images
 from pixelllm.engine.distributed import DistInfo
 from pixelllm.data.datasets import enable_image_cache
 from pixelllm.modeling.losses import POINT_TASKS, count_targets, pixelllm_loss
-from pixelllm.utils import ConfigMismatchError, atomic_write_bytes, config_difference, strict_mode, write_json
+from pixelllm.utils import (ConfigMismatchError, atomic_write_bytes, config_difference, config_sidecar, strict_mode,
+                            write_json)
 
 FORWARD_KEYS = ("images", "boxes", "prompt_ids", "prompt_mask", "target_ids", "target_mask", "image_sizes")
 
@@ -378,7 +379,7 @@ class Trainer:
         return diff
 
     def _set_aside(self) -> Path:
-        """Move the run in ``out_dir`` (checkpoints + sidecars, ``metrics.jsonl``, ``final.json``) to
+        """Move the run in ``out_dir`` (checkpoints + sidecars, ``metrics.jsonl``, ``final.json`` + its config) to
         ``out_dir/superseded/<UTC time>/``; returns that folder. Call it holding the lock."""
         out = Path(self.out_dir)
         dest = out / "superseded" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -386,7 +387,8 @@ class Trainer:
             dest = dest.with_name(f"{dest.name}_{os.getpid()}_{len(list(dest.parent.iterdir()))}")
         dest.mkdir(parents=True, exist_ok=True)
         ckpts = ckpt.list_checkpoints(out)
-        for f in [*ckpts, *(ckpt.checksum_path(c) for c in ckpts), out / "metrics.jsonl", out / "final.json"]:
+        for f in [*ckpts, *(ckpt.checksum_path(c) for c in ckpts), out / "metrics.jsonl", out / "final.json",
+                  config_sidecar(out / "final.json")]:
             if f.is_file():
                 os.replace(f, dest / f.name)
         return dest

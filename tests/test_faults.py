@@ -100,6 +100,13 @@ def test_checkpoint_of_another_architecture_is_one_error_naming_the_file(tmp_pat
     msg = str(e.value)
     assert msg.startswith(str(tmp_path / "ckpt_0000001.pt")) and "2 tensor(s) have another shape" in msg
     assert "img.weight: (5, 5) in the checkpoint vs (16, 16) in the model" in msg and "\n" not in msg
+    # a stored config that no config class reads: named too
+    from pixelllm.engine.builder import checkpoint_config
+
+    state["config"] = json.dumps({"stage": "toy", "no_such_field": 1})
+    torch.save(state, tmp_path / "ckpt_0000002.pt")
+    with pytest.raises(CheckpointError, match=r"ckpt_0000002\.pt: its stored config cannot be read .*no_such_field"):
+        checkpoint_config(tmp_path / "ckpt_0000002.pt")
 
 
 # ------------------------------------------------------------------------------------------ resume

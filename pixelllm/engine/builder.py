@@ -124,10 +124,13 @@ def checkpoint_config(checkpoint: str | os.PathLike):
     state). The class is the one of the registry config of the same ``stage`` when it has the stored
     fields, else :class:`~pixelllm.configs.TrainConfig`."""
     from pixelllm.configs import config_from_json
-    from pixelllm.engine.checkpoint import load_checkpoint
+    from pixelllm.engine.checkpoint import CheckpointError, load_checkpoint
 
     state = load_checkpoint(checkpoint)
-    return config_from_json(state["config"]), state
+    try:
+        return config_from_json(state["config"]), state
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(state["path"], f"its stored config cannot be read ({type(e).__name__}: {e})") from None
 
 
 def load_stage_model(checkpoint: str | os.PathLike, tokenizer=None, device: str = "cpu"):
@@ -138,7 +141,7 @@ def load_stage_model(checkpoint: str | os.PathLike, tokenizer=None, device: str 
 
     cfg, state = checkpoint_config(checkpoint)
     model = build_model(cfg, resolve_paths(cfg), tokenizer, device=device, verbose=False)
-    load_trainable_state_dict(model, state["model"], strict=False)
+    load_trainable_state_dict(model, state["model"], strict=False, source=state["path"])
     return model.eval(), cfg
 
 

@@ -59,7 +59,7 @@ def load_refseg(checkpoint: str | os.PathLike, tokenizer=None, device: str = "cp
 
     cfg, state = checkpoint_config(checkpoint, overrides)
     segmenter = build_refseg_model(cfg, tokenizer, device=device)
-    load_trainable_state_dict(segmenter, state["model"])
+    load_trainable_state_dict(segmenter, state["model"], source=state["path"])
     return segmenter.eval(), cfg
 
 

@@ -30,6 +30,7 @@ STAGE_RUNNERS = {
     "refseg": "pixelllm.tasks.referring:train_mask_adapter",
     "loc_caption": "pixelllm.tasks.region_caption:train_loc_caption",
     "densecap": "pixelllm.tasks.densecap:run_densecap_training",
+    "own_data": "pixelllm.tasks.captioning:run_training",
 }
 
 
@@ -68,9 +69,11 @@ def make(name: str, cfg, resume: bool = True, progress: bool = True, eval_hook: 
         fn = {"data": pre.ensure_data, "tokenizer": pre.ensure_tokenizer, "sam_tiny": pre.ensure_sam,
               "t5_tiny": pre.ensure_t5, "semantic_tiny": pre.ensure_semantic}[name]
         return fn(cfg, progress)
-    pre.ensure_prerequisites(cfg, progress=progress)
+    # the init stages first: each makes the run's prerequisites from the run's world, before this config's
+    # own data_dir (e.g. own_data's converted folder) is asked for them
     ensure_init_stages(cfg, progress=progress)
-    if name in ("pretrain", "ln_trace"):
+    pre.ensure_prerequisites(cfg, progress=progress)
+    if name in ("pretrain", "ln_trace", "own_data"):
         return _runner(name)(cfg, eval_fn="default" if eval_hook else None, resume=resume, progress=progress)
     return _runner(name)(cfg, progress=progress, resume=resume)
 

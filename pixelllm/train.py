@@ -2,7 +2,8 @@
 
 NAME is one of :data:`pixelllm.configs.CONFIGS`: the prerequisites (``data``, ``tokenizer``, ``sam_tiny``,
 ``t5_tiny``, ``semantic_tiny``) and the stages (``pretrain``, ``ln_trace``, ``refcoco``, ``refseg``,
-``loc_caption``, ``densecap``). Each goes to the same place, from the same numbers, as the notebook that
+``loc_caption``, ``densecap``, and ``own_data``: stage 2 continued on a folder converted by
+``python -m data_prep.convert``, notebook 11). Each goes to the same place, from the same numbers, as the notebook that
 makes it (notebooks 01–07); what it needs first — the prerequisites and the stages named in its
 ``init_from`` — is found, or made from their own configs of record. A finished artifact whose stored
 config matches is reused; a stage's checkpoint folder is resumed.

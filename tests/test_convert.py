@@ -167,3 +167,27 @@ def test_trace_simulator_dwells_in_the_named_box():
     with pytest.raises(ValueError, match="does not occur"):
         simulate_trace(caption, {"green star": (0, 0, 9, 9)}, 128, 128)
     assert phrase_word_indices(["A", "moon,", "a", "moon"], "a moon", used={0, 1}) == [2, 3]
+
+
+def test_own_data_config_reads_the_converted_folder(tmp_path):
+    """``get_config("own_data")`` + ``data_dir=OUT`` finds convert's LN files and its images: the training
+    samples carry the caption's tokens and point targets inside the image."""
+    from pixelllm.configs import get_config
+    from pixelllm.data.tokenizer import build_tokenizer, save_tokenizer, load_tokenizer
+    from pixelllm.engine.datasets import task_dataset
+    from pixelllm.engine.paths import resolve_paths
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    recs = make_folder(src, n=4)
+    convert(src, out, split_fractions=(1.0, 0.0, 0.0))
+    save_tokenizer(build_tokenizer([r["caption"] for r in recs], vocab_size=80), tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
+    cfg = get_config("own_data", smoke=True, overrides={"data_dir": str(out), "tokenizer_dir": str(tmp_path / "tok")})
+    assert cfg.init_from == "ln_trace" and cfg.tasks == {"trace": 1.0} and cfg.stage == "own_data"
+    ds = task_dataset("trace", "train", cfg, resolve_paths(cfg), tok, 64)
+    assert len(ds) == 3                                              # line 1 fixed its split to val
+    s = ds[0]
+    assert tok.decode(s["target_ids"], skip_special_tokens=True).replace(" ", "") == \
+        recs[1]["caption"].lower().replace(" ", "")
+    assert s["point_valid"].any() and s["images"].shape == (3, 64, 64)
+    assert float(s["points"][s["point_valid"].bool()].max()) <= 64

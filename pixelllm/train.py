@@ -70,6 +70,8 @@ def make(name: str, cfg, resume: bool = True, progress: bool = True, eval_hook: 
         fn = {"data": pre.ensure_data, "tokenizer": pre.ensure_tokenizer, "sam_tiny": pre.ensure_sam,
               "t5_tiny": pre.ensure_t5, "semantic_tiny": pre.ensure_semantic}[name]
         return fn(cfg, progress)
+    if name == "own_data" and not cfg.data_dir:
+        raise ValueError("own_data needs data_dir=<the folder written by python -m data_prep.convert>")
     # the init stages first: each makes the run's prerequisites from the run's world, before this config's
     # own data_dir (e.g. own_data's converted folder) is asked for them
     ensure_init_stages(cfg, progress=progress)

@@ -267,7 +267,8 @@ def evaluate_word(model, dataset, tokenizer, word: str, boxes: dict, batch_size:
         boxes: ``{image_id (str): [(x0, y0, x1, y1), ...]}`` the boxes of the objects ``word`` names in each
             image, normalised by the image width/height; an image without one maps to ``[]`` (or is absent).
     A word spans the tokens of :func:`~pixelllm.eval.trace.words_of_tokens` (a new word is often several
-    sub-word pieces); its point is the mean of those tokens' box centres.
+    sub-word pieces); its point is the mean of those tokens' box centres (:func:`~pixelllm.eval.trace.word_centres`,
+    PAPER_NOTES.md §10).
 
     Returns:
         ``word_pointing_accuracy``: teacher-forced, over the occurrences of ``word`` in the reference narratives
@@ -281,7 +282,7 @@ def evaluate_word(model, dataset, tokenizer, word: str, boxes: dict, batch_size:
     import numpy as np
     from torch.utils.data import Subset
 
-    from pixelllm.eval.trace import points_in_boxes, words_of_tokens
+    from pixelllm.eval.trace import points_in_boxes, word_centres
 
     base, indices = dataset, list(range(len(dataset)))
     while isinstance(base, Subset):
@@ -291,15 +292,6 @@ def evaluate_word(model, dataset, tokenizer, word: str, boxes: dict, batch_size:
         raise ValueError("evaluate_word: dataset must be an LNTraceDataset (or a Subset of one) built with "
                          "return_trace_samples=True")
     word = word.lower()
-
-    def word_points(tokens, pts) -> list[np.ndarray]:
-        """Normalised (x, y) of each occurrence of ``word`` in ``tokens`` (pts: T×4 normalised corners)."""
-        out = []
-        for w, idx in words_of_tokens(tokens):
-            if w == word:
-                c = pts[idx]
-                out.append(np.array([c[:, [0, 2]].mean(), c[:, [1, 3]].mean()]))
-        return out
 
     def hit(p: np.ndarray, bxs) -> bool:
         b = np.asarray(bxs, np.float64).reshape(-1, 4)
@@ -313,7 +305,7 @@ def evaluate_word(model, dataset, tokenizer, word: str, boxes: dict, batch_size:
         if not len(bxs):
             continue
         ids = [t for t in base[i]["target_ids"].tolist()[: len(pred)] if t != tokenizer.eos_token_id]
-        for p in word_points(tokenizer.convert_ids_to_tokens(ids), np.asarray(pred, np.float64)):
+        for p in word_centres(tokenizer.convert_ids_to_tokens(ids), pred, word):
             hits.append(hit(p, bxs))
             centre_hits.append(hit(np.array([0.5, 0.5]), bxs))
     res = {"word": word, "word_pointing_accuracy": float(np.mean(hits)) if hits else float("nan"),
@@ -325,9 +317,9 @@ def evaluate_word(model, dataset, tokenizer, word: str, boxes: dict, batch_size:
     for g in gen:
         h, w = g["image_size"]
         pts = np.asarray(g["points"], np.float64).reshape(-1, 4) / [w, h, w, h]
-        occ = word_points(g["tokens"], pts)
+        occ = word_centres(g["tokens"], pts, word)
         bxs = boxes.get(str(g["image_id"]), [])
-        (said_with if len(bxs) else said_without).append(bool(occ))
+        (said_with if len(bxs) else said_without).append(len(occ) > 0)
         if len(bxs):
             gen_hits += [hit(p, bxs) for p in occ]
     res.update(word_recall=float(np.mean(said_with)) if said_with else float("nan"),

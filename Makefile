@@ -6,7 +6,7 @@ PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
 
-.PHONY: reproduce test setup data report clean-smoke help
+.PHONY: reproduce test setup data report exercises clean-smoke help
 
 help:
 	@echo "make reproduce   # generate the synthetic world, run every notebook (full), write results/ and figures/"
@@ -41,6 +41,10 @@ reproduce: setup
 
 report: setup
 	$(PY) -m pixelllm.report
+
+# student versions of the notebooks (solutions removed, nbgrader's format) → exercises/ (not committed)
+exercises: setup
+	$(PY) -m pixelllm.exercises --out exercises
 
 clean-smoke:
 	rm -rf runs/smoke

@@ -2,7 +2,8 @@
 
 NAME is one of :data:`pixelllm.configs.CONFIGS`: the prerequisites (``data``, ``tokenizer``, ``sam_tiny``,
 ``t5_tiny``, ``semantic_tiny``) and the stages (``pretrain``, ``ln_trace``, ``refcoco``, ``refseg``,
-``loc_caption``, ``densecap``). Each goes to the same place, from the same numbers, as the notebook that
+``loc_caption``, ``densecap``, and ``own_data``: stage 2 continued on a folder converted by
+``python -m data_prep.convert``, notebook 11). Each goes to the same place, from the same numbers, as the notebook that
 makes it (notebooks 01–07); what it needs first — the prerequisites and the stages named in its
 ``init_from`` — is found, or made from their own configs of record. A finished artifact whose stored
 config matches is reused; a stage's checkpoint folder is resumed.
@@ -39,6 +40,7 @@ STAGE_RUNNERS = {
     "refseg": "pixelllm.tasks.referring:train_mask_adapter",
     "loc_caption": "pixelllm.tasks.region_caption:train_loc_caption",
     "densecap": "pixelllm.tasks.densecap:run_densecap_training",
+    "own_data": "pixelllm.tasks.captioning:run_training",
 }
 
 
@@ -77,9 +79,13 @@ def make(name: str, cfg, resume: bool = True, progress: bool = True, eval_hook: 
         fn = {"data": pre.ensure_data, "tokenizer": pre.ensure_tokenizer, "sam_tiny": pre.ensure_sam,
               "t5_tiny": pre.ensure_t5, "semantic_tiny": pre.ensure_semantic}[name]
         return fn(cfg, progress)
-    pre.ensure_prerequisites(cfg, progress=progress)
+    if name == "own_data" and not cfg.data_dir:
+        raise ValueError("own_data needs data_dir=<the folder written by python -m data_prep.convert>")
+    # the init stages first: each makes the run's prerequisites from the run's world, before this config's
+    # own data_dir (e.g. own_data's converted folder) is asked for them
     ensure_init_stages(cfg, progress=progress)
-    if name in ("pretrain", "ln_trace"):
+    pre.ensure_prerequisites(cfg, progress=progress)
+    if name in ("pretrain", "ln_trace", "own_data"):
         return _runner(name)(cfg, eval_fn="default" if eval_hook else None, resume=resume, progress=progress)
     return _runner(name)(cfg, progress=progress, resume=resume)
 

@@ -93,3 +93,16 @@ def test_other_narrative_is_a_derangement():
     assert all(int(o[0, 0]) != 4 for o in out) and int(out[4][0, 0]) != 4
     with pytest.raises(ValueError, match="≥ 2 narratives"):
         random_other_narrative(targets[:1])
+
+
+def test_word_centres_groups_sub_word_pieces():
+    from pixelllm.eval.trace import word_centres
+
+    tokens = ["▁a", "▁red", "▁ri", "ng", ",", "▁a", "▁Ring", "."]
+    boxes = np.array([[0, 0, 2, 2], [0, 0, 2, 2], [10, 10, 20, 20], [20, 10, 30, 20], [0, 0, 0, 0],
+                      [0, 0, 2, 2], [50, 60, 70, 80], [0, 0, 0, 0]], float)
+    got = word_centres(tokens, boxes, "ring")
+    np.testing.assert_allclose(got, [[20.0, 15.0], [60.0, 70.0]])    # mean of the pieces' box centres
+    assert word_centres(tokens, boxes, "moon").shape == (0, 2)
+    with pytest.raises(ValueError, match="8 tokens but 3 points"):
+        word_centres(tokens, boxes[:3], "ring")

@@ -92,6 +92,9 @@ RESULTS = {
     "08": {"ablations.json": ["loc_supervision/*/*/mean", "encoder/*/*/mean", "point_target/*/*/mean", "head/*/*/mean",
                               "lm/*/*/mean", "protocol/steps"]},
     "10": {"playground.json": ["latency_ms/*", "latency_ms_per_image_batched/*", "n_examples"]},
+    "11": {"own_data.json": ["n_images", "splits/*", "train/steps", "train/seconds", "before/ce", "after/ce",
+                             "before/point_l1", "after/point_l1", "before/word_recall", "after/word_recall",
+                             "after/n_images_with"]},
 }
 
 

@@ -25,6 +25,7 @@ REGISTRY = {
     "refseg": "refcoco:get_refseg_config",
     "loc_caption": "loc_caption:get_config",
     "densecap": "densecap:get_config",
+    "own_data": "own_data:get_config",      # stage 2 continued on your own converted data (notebook 11)
 }
 CONFIGS = tuple(REGISTRY)
 PREREQUISITES = ("data", "tokenizer", "sam_tiny", "t5_tiny", "semantic_tiny")

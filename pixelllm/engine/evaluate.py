@@ -254,3 +254,76 @@ def make_eval_fn(cfg, paths, tokenizer, image_size: int, device: str = "cpu",
     return eval_fn
 
 
+
+
+def evaluate_word(model, dataset, tokenizer, word: str, boxes: dict, batch_size: int = 16, device: str = "cpu",
+                  max_new_tokens: int = 48, prompt: str | None = None, progress: bool = False) -> dict:
+    """How a trace model says and points at one ``word`` (e.g. a new object name learnt from your own data,
+    notebook 11) on an LN dataset whose objects named ``word`` are known by box.
+
+    Args:
+        dataset: an :class:`~pixelllm.data.datasets.LNTraceDataset` built with ``return_trace_samples=True``
+            (or a ``Subset`` of one), no flip.
+        boxes: ``{image_id (str): [(x0, y0, x1, y1), ...]}`` the boxes of the objects ``word`` names in each
+            image, normalised by the image width/height; an image without one maps to ``[]`` (or is absent).
+    A word spans the tokens of :func:`~pixelllm.eval.trace.words_of_tokens` (a new word is often several
+    sub-word pieces); its point is the mean of those tokens' box centres (:func:`~pixelllm.eval.trace.word_centres`,
+    PAPER_NOTES.md §10).
+
+    Returns:
+        ``word_pointing_accuracy``: teacher-forced, over the occurrences of ``word`` in the reference narratives
+        of images with such an object, the fraction whose point lies in one of its boxes (PAPER_NOTES.md §2.8);
+        ``word_pointing_accuracy_centre``: the image centre's on the same occurrences; ``n_word``; the
+        teacher-forced ``ce`` / ``point_l1``; free-running (greedy, one caption per image): ``word_recall``
+        (images with the object whose caption says ``word``), ``word_false_rate`` (images without it whose
+        caption says it), ``word_pointing_accuracy_generated`` (generated occurrences whose point lies in a
+        box), ``n_images`` / ``n_images_with`` / ``n_generated_word``, and ``generated`` (the captions).
+    """
+    import numpy as np
+    from torch.utils.data import Subset
+
+    from pixelllm.eval.trace import points_in_boxes, word_centres
+
+    base, indices = dataset, list(range(len(dataset)))
+    while isinstance(base, Subset):
+        indices = [base.indices[i] for i in indices]
+        base = base.dataset
+    if not getattr(base, "return_trace_samples", False) or not hasattr(base, "narratives"):
+        raise ValueError("evaluate_word: dataset must be an LNTraceDataset (or a Subset of one) built with "
+                         "return_trace_samples=True")
+    word = word.lower()
+
+    def hit(p: np.ndarray, bxs) -> bool:
+        b = np.asarray(bxs, np.float64).reshape(-1, 4)
+        return bool(points_in_boxes(np.broadcast_to(p, (len(b), 2)), b).any()) if len(b) else False
+
+    tf = teacher_forced_eval(model, dataset, batch_size=batch_size, device=device)
+    hits, centre_hits = [], []
+    for pred, i in zip(tf["pred"], indices):
+        n = base.narratives[i]
+        bxs = boxes.get(str(n.image_id), [])
+        if not len(bxs):
+            continue
+        ids = [t for t in base[i]["target_ids"].tolist()[: len(pred)] if t != tokenizer.eos_token_id]
+        for p in word_centres(tokenizer.convert_ids_to_tokens(ids), pred, word):
+            hits.append(hit(p, bxs))
+            centre_hits.append(hit(np.array([0.5, 0.5]), bxs))
+    res = {"word": word, "word_pointing_accuracy": float(np.mean(hits)) if hits else float("nan"),
+           "word_pointing_accuracy_centre": float(np.mean(centre_hits)) if hits else float("nan"),
+           "n_word": len(hits), "ce": tf["ce"], "point_l1": tf.get("point_l1", float("nan"))}
+    gen = generate_captions(model, dataset, tokenizer, prompt=prompt if prompt is not None else base.prompt,
+                            batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, progress=progress)
+    said_with, said_without, gen_hits = [], [], []
+    for g in gen:
+        h, w = g["image_size"]
+        pts = np.asarray(g["points"], np.float64).reshape(-1, 4) / [w, h, w, h]
+        occ = word_centres(g["tokens"], pts, word)
+        bxs = boxes.get(str(g["image_id"]), [])
+        (said_with if len(bxs) else said_without).append(len(occ) > 0)
+        if len(bxs):
+            gen_hits += [hit(p, bxs) for p in occ]
+    res.update(word_recall=float(np.mean(said_with)) if said_with else float("nan"),
+               word_false_rate=float(np.mean(said_without)) if said_without else float("nan"),
+               word_pointing_accuracy_generated=float(np.mean(gen_hits)) if gen_hits else float("nan"),
+               n_images=len(gen), n_images_with=len(said_with), n_generated_word=len(gen_hits), generated=gen)
+    return res

@@ -20,7 +20,7 @@ _LAZY = {
     "point_l1": ".trace", "point_l1_per_token": ".trace", "point_l1_by_class": ".trace",
     "normalize_points": ".trace", "centre_points": ".trace", "random_other_narrative": ".trace",
     "mean_point": ".trace", "points_in_boxes": ".trace", "pointing_accuracy": ".trace",
-    "random_object_points": ".trace", "words_of_tokens": ".trace", "colour_shape_phrases": ".trace",
+    "random_object_points": ".trace", "words_of_tokens": ".trace", "word_centres": ".trace", "colour_shape_phrases": ".trace",
     "generated_pointing_hits": ".trace",
     "box_iou": ".boxes", "paired_box_iou": ".boxes", "precision_at": ".boxes", "boxes_to_original": ".boxes",
     "precision_by_split": ".boxes",

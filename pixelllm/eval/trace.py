@@ -291,6 +291,20 @@ def words_of_tokens(tokens: Sequence[str], marker: str = "\u2581") -> list[tuple
     return [(w.strip(".,;:!?\"'()").lower(), idx) for w, idx, _ in words]
 
 
+def word_centres(tokens: Sequence[str], points, word: str, marker: str = "\u2581") -> np.ndarray:
+    """The point of every occurrence of ``word`` in a token sequence → K×2 (x, y), in ``points``' frame.
+
+    Words are grouped by :func:`words_of_tokens` (a word of several sub-word pieces is one occurrence;
+    case and punctuation ignored); an occurrence's point is the mean over its tokens of their box centres,
+    ``points`` being T×4 (x0, y0, x1, y1) per token (PAPER_NOTES.md §2.8, §10)."""
+    p = _np(points, np.float64).reshape(-1, 4)
+    if len(p) < len(tokens):
+        raise ValueError(f"word_centres: {len(tokens)} tokens but {len(p)} points")
+    out = [[p[idx][:, [0, 2]].mean(), p[idx][:, [1, 3]].mean()]
+           for w, idx in words_of_tokens(tokens, marker) if w == word.lower()]
+    return np.asarray(out, np.float64).reshape(-1, 2)
+
+
 def colour_shape_phrases(tokens: Sequence[str], colours, shape_words, marker: str = "\u2581") -> list[dict]:
     """Phrases that name a colour and a shape: a colour word directly followed by a shape word ("a big red
     circle" → ("red", "circle"); a size before the colour does not matter).

@@ -136,7 +136,7 @@ def test_missing_image_lists_the_path(tmp_path):
     assert ds.missing_images() == [tmp_path / "missing.jpg"]
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     recs[1]["file_name"] = "bad.jpg"
-    with pytest.raises(OSError, match=r"cannot read image .*bad\.jpg"):
+    with pytest.raises(DataFormatError, match=r"bad\.jpg: cannot read image \(image_id 2"):
         RegionCaptionDataset(recs, tmp_path, Tok(), image_size=16)[1]
 
 

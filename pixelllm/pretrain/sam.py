@@ -360,6 +360,8 @@ def evaluate_sam(sam: Sam, data_root: str | os.PathLike, split: str = "val", bat
             ious.append(iou)
             per_image.append(iou.mean())
     sam.train(was_training)
+    if not ious:         # a mean over nothing is no score
+        raise ValueError(f"evaluate_sam: no instance to score on {split} (first {n_img} of {len(ds)} images)")
     ious_t = torch.cat(ious)
     return {"mask_iou": float(ious_t.mean()), "miou_images": float(torch.stack(per_image).mean()),
             "n_instances": int(len(ious_t)), "n_images": len(per_image)}

@@ -232,6 +232,8 @@ def evaluate_densecap(detections: Sequence[dict], ground_truth: Sequence[dict],
     ``meteor_fn(pairs) -> scores`` replaces METEOR (Java) in tests."""
     from pixelllm.eval.densecap import densecap_map
 
+    if not detections:
+        raise ValueError("evaluate_densecap: no image was predicted (empty split?); nothing to score")
     ids = {d["image_id"] for d in detections}
     gt = [g for g in ground_truth if g["image_id"] in ids]
     return densecap_map(detections, gt, meteor_fn=meteor_fn)

@@ -121,12 +121,12 @@ def _check_polygons(seg: list, height: int, width: int, where: _Where, notes: li
             raise DataFormatError(path, line, f, "expected a flat list [x0, y0, x1, y1, ...]")
         bad = np.flatnonzero(~np.isfinite(a))
         if len(bad):
-            raise DataFormatError(path, line, f"{f}[{bad[0]}]", f"expected a finite number, got {a[bad[0]]!r}")
+            raise DataFormatError(path, line, f"{f}[{bad[0]}]", f"expected a finite number, got {float(a[bad[0]])!r}")
         is_x = np.arange(len(a)) % 2 == 0
         far = np.flatnonzero(np.where(is_x, (a < lo_x) | (a > hi_x), (a < lo_y) | (a > hi_y)))
         if len(far):
             k = int(far[0])
-            raise DataFormatError(path, line, f"{f}[{k}]", f"coordinate {a[k]!r} lies far outside the {width}×{height} "
+            raise DataFormatError(path, line, f"{f}[{k}]", f"coordinate {float(a[k])!r} lies far outside the {width}×{height} "
                                                            "image (more than one image side away)")
         if len(a) % 2 or len(a) < 6:
             notes.append("polygon with an odd number of coordinates" if len(a) % 2 else "polygon with < 3 points")

@@ -4,7 +4,7 @@
 image makes its C rasteriser crash the process or allocate without bound; compressed-RLE ``counts`` that
 do not add up to h·w decode into a mask of uninitialised memory (a different mask each run); a
 4-number "polygon" is read as a box. :func:`check_segmentation` refuses or drops all of these first
-(PAPER_NOTES.md §6, "Bad input"):
+(PAPER_NOTES.md §6, "COCO instances, and broken records"; docs/BAD_INPUT.md):
 
 * **error** (:class:`~pixelllm.data.errors.DataFormatError` naming file, annotation and field) — a
   coordinate that is not a finite number or lies more than :data:`MAX_OUTSIDE` image sides outside the

@@ -534,7 +534,8 @@ class RefExpDataset(_TaskDataset):
             from pixelllm.data.coco import decode_segmentation
 
             seg = rec.get("segmentation")
-            m = decode_segmentation(seg, h, w) if seg else np.zeros((h, w), np.uint8)
+            m = decode_segmentation(seg, h, w, field=f"ref {rec.get('ref_id')} annotation {rec.get('ann_id')}"
+                                                     ".segmentation") if seg else np.zeros((h, w), np.uint8)
             s["masks"] = self.transform.mask(m, flip)
         s["meta"] = {k: rec.get(k) for k in ("ref_id", "ann_id", "sent_id", "expression", "bbox", "split")}
         return s

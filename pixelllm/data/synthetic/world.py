@@ -191,7 +191,7 @@ def add_pointing_sidecars(out_dir: str | os.PathLike, overwrite: bool = False) -
     :class:`~pixelllm.data.errors.DataFormatError` names the LN file and line. Returns the files written
     (none when every sidecar is present and ``overwrite`` is False). About 2 ms per narrative.
     """
-    from pixelllm.data.errors import DataFormatError
+    from pixelllm.data.errors import DataFormatError, read_json, read_json_lines, require
     from pixelllm.utils import atomic_write_bytes
 
     out = Path(out_dir)
@@ -200,7 +200,8 @@ def add_pointing_sidecars(out_dir: str | os.PathLike, overwrite: bool = False) -
     if not todo:
         return []
     stats_path = out / "stats.json"
-    conf = json.loads(stats_path.read_text()).get("config")
+    stored = read_json(stats_path) if stats_path.is_file() else None
+    conf = stored.get("config") if isinstance(stored, dict) else None
     keys = ("n_scenes", "image_size", "seed", "split_fractions", "oddity_rate")
     if not isinstance(conf, dict) or any(k not in conf for k in keys):
         raise DataFormatError(stats_path, None, "config", f"needs {', '.join(keys)} to replay the narratives")
@@ -208,11 +209,13 @@ def add_pointing_sidecars(out_dir: str | os.PathLike, overwrite: bool = False) -
     written = []
     for ln in todo:
         recs = []
-        for lineno, line in enumerate(ln.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            obj = json.loads(line)
-            image_id = int(obj["image_id"])
+        raw_lines = ln.read_bytes().split(b"\n")
+        for lineno, obj in read_json_lines(ln):                          # checks UTF-8 and JSON per line
+            line = raw_lines[lineno - 1].decode("utf-8").rstrip("\r")
+            image_id = require(obj, "image_id", (str, int), ln, lineno)
+            if not str(image_id).isdigit():
+                raise DataFormatError(ln, lineno, "image_id", f"expected a numeric id, got {image_id!r}")
+            image_id = int(image_id)
             if image_id not in split_of:
                 raise DataFormatError(ln, lineno, "image_id", f"{image_id} is not an image of this world "
                                       f"(1..{conf['n_scenes']})")

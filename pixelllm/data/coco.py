@@ -26,8 +26,9 @@ def load_coco(path: str | os.PathLike, skips: SkipCounter | None = None):
     Checked before pycocotools sees it (PAPER_NOTES.md §6, "COCO instances, and broken records";
     docs/BAD_INPUT.md): every image has a unique int ``id``, a relative ``file_name`` inside the image
     folder and positive ``width`` / ``height``; every annotation a unique int ``id``, an int ``image_id``
-    of a listed image, a ``bbox`` of 4 finite numbers and a segmentation that :func:`pixelllm.data.segmentation.check_segmentation` accepts. Violations
-    raise :class:`DataFormatError` naming the file and field (``annotations[i]`` with the annotation id).
+    of a listed image, a ``bbox`` of 4 finite numbers and a segmentation that
+    :func:`pixelllm.data.segmentation.check_segmentation` accepts. Violations raise
+    :class:`DataFormatError` naming the file and field (``annotations[i]`` with the annotation id).
 
     Counted skips (``skips``, reported at the end when the counter is ours), as the reference COCO
     loaders do: an annotation whose ``bbox`` has width or height ≤ 0 (torchvision's detection reference

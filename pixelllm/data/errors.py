@@ -213,8 +213,9 @@ def read_coco_images(path: str | os.PathLike, sizes_optional: bool = False) -> t
 
     Returns ``({image_id: {"image_id", "file_name", "width", "height"}}, annotations)``, images in file
     order; ``sizes_optional`` lets width / height be absent (then ``None``). Annotations are only checked
-    to be a list. A missing or mistyped field, a duplicate image id, a size ≤ 0 or a file name outside the
-    image folder raises :class:`DataFormatError` naming it."""
+    to be a list. A missing or mistyped field, a duplicate image id, a size ≤ 0 or above
+    :data:`pixelllm.data.images.MAX_IMAGE_PIXELS`, or a file name outside the image folder raises
+    :class:`DataFormatError` naming it."""
     data = read_json(path)
     images = require(data, "images", list, path, None)
     anns = require(data, "annotations", list, path, None)
@@ -224,6 +225,8 @@ def read_coco_images(path: str | os.PathLike, sizes_optional: bool = False) -> t
 def check_coco_images(images: list, path, sizes_optional: bool = False) -> dict[int, dict]:
     """``{image_id: {"image_id", "file_name", "width", "height"}}`` of a COCO ``images`` list, checked as
     :func:`read_coco_images` says."""
+    from pixelllm.data.images import MAX_IMAGE_PIXELS
+
     recs: dict[int, dict] = {}
     for i, im in enumerate(images):
         pre = f"images[{i}]."
@@ -237,6 +240,11 @@ def check_coco_images(images: list, path, sizes_optional: bool = False) -> dict[
             if v is not None and v <= 0:
                 raise DataFormatError(path, None, f"{pre}{k}", f"expected a positive integer, got {v}")
             size[k] = v
+        w, h = size["width"], size["height"]
+        if w is not None and h is not None and w * h > MAX_IMAGE_PIXELS:
+            # masks of this image would be decoded at this size (pycocotools allocates h·w bytes)
+            raise DataFormatError(path, None, f"{pre}width", f"{w}×{h} pixels exceed the limit of {MAX_IMAGE_PIXELS} "
+                                                            "(pixelllm.data.images.MAX_IMAGE_PIXELS)")
         recs[iid] = {"image_id": iid,
                      "file_name": check_file_name(require(im, "file_name", str, path, None, pre), path, None,
                                                   f"{pre}file_name"), **size}

@@ -112,13 +112,18 @@ def _check_polygons(seg: list, height: int, width: int, where: _Where, notes: li
         f = f"{field}[{j}]"
         if not isinstance(poly, (list, tuple)):
             raise DataFormatError(path, line, f, f"expected a polygon (a list of numbers), got {type_name(poly)}")
-        try:
-            a = np.asarray(poly, dtype=np.float64)
-        except (TypeError, ValueError):
-            k = next(k for k, v in enumerate(poly) if isinstance(v, bool) or not isinstance(v, (int, float)))
-            raise DataFormatError(path, line, f"{f}[{k}]", f"expected a number, got {poly[k]!r:.40}") from None
-        if a.ndim != 1:
+        if any(isinstance(v, (list, tuple)) for v in poly[:1]):
             raise DataFormatError(path, line, f, "expected a flat list [x0, y0, x1, y1, ...]")
+        try:
+            a = np.asarray(poly)                     # a string or None makes the dtype str / object
+        except ValueError:                           # ragged nesting
+            raise DataFormatError(path, line, f, "expected a flat list [x0, y0, x1, y1, ...]") from None
+        if a.ndim != 1 or a.dtype.kind not in "iuf":
+            k = next((k for k, v in enumerate(poly) if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+            if k is None:
+                raise DataFormatError(path, line, f, "expected a flat list [x0, y0, x1, y1, ...]")
+            raise DataFormatError(path, line, f"{f}[{k}]", f"expected a number, got {poly[k]!r:.40}")
+        a = a.astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(a))
         if len(bad):
             raise DataFormatError(path, line, f"{f}[{bad[0]}]", f"expected a finite number, got {float(a[bad[0]])!r}")

@@ -394,6 +394,9 @@ def test_wrong_labels_are_refused(tmp_path):
         load_coco(coco_file(tmp_path / "inst.json", [a]))
     with pytest.raises(DataFormatError, match=r"field 'annotations\[0\] \(id 7\)\.image_id': image 9 not in 'images'"):
         load_coco(coco_file(tmp_path / "inst.json", [ann(7, image_id=9)]))
+    with pytest.raises(DataFormatError, match=r"field 'annotations\[0\] \(id 7\)\.segmentation\[0\]\[2\]': expected a number, "
+                                              r"got '5'"):                     # numpy alone would read it as 5.0
+        load_coco(coco_file(tmp_path / "inst.json", [ann(7, segmentation=[[1, 1, "5", 1, 5, 5]])]))
 
 
 class _Tok:

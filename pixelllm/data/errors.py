@@ -184,17 +184,6 @@ def read_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                 raise DataFormatError(path, lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
 
 
-def check_unique(ids, path, line, field: str, what: str) -> None:
-    """Raise :class:`DataFormatError` naming ``field`` (with the index of the second occurrence, e.g.
-    ``images[7].id``) when ``ids`` (an iterable of (index, id)) holds an id twice: a duplicated id makes
-    every later lookup pick one of two records silently."""
-    seen: dict[Any, Any] = {}
-    for k, i in ids:
-        if i in seen:
-            raise DataFormatError(path, line, field.format(k), f"duplicate {what} id {i!r} (first at {field.format(seen[i])})")
-        seen[i] = k
-
-
 def check_file_name(name: str, path, line, field: str) -> str:
     """``name`` if it is a relative path that stays inside the image folder, else :class:`DataFormatError`:
     an absolute path or one with a ``..`` component would read a file outside the data set."""

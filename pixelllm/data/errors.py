@@ -20,6 +20,12 @@ from typing import Any, Iterator
 
 log = logging.getLogger("pixelllm.data")
 
+#: largest image accepted, in pixels: 8192² ≈ 67 M (COCO, Visual Genome and Open Images photos have under
+#: 2 M; 67 M RGB pixels already decode to 200 MB). Read at call time by :func:`check_coco_images` (declared
+#: sizes, at which masks are decoded) and :func:`pixelllm.data.images.open_image` (image files, a
+#: decompression bomb); raise it here for larger images.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
 
 class DataFormatError(ValueError):
     """A file that does not follow its format.
@@ -203,7 +209,7 @@ def read_coco_images(path: str | os.PathLike, sizes_optional: bool = False) -> t
     Returns ``({image_id: {"image_id", "file_name", "width", "height"}}, annotations)``, images in file
     order; ``sizes_optional`` lets width / height be absent (then ``None``). Annotations are only checked
     to be a list. A missing or mistyped field, a duplicate image id, a size ≤ 0 or above
-    :data:`pixelllm.data.images.MAX_IMAGE_PIXELS`, or a file name outside the image folder raises
+    :data:`MAX_IMAGE_PIXELS`, or a file name outside the image folder raises
     :class:`DataFormatError` naming it."""
     data = read_json(path)
     images = require(data, "images", list, path, None)
@@ -214,8 +220,6 @@ def read_coco_images(path: str | os.PathLike, sizes_optional: bool = False) -> t
 def check_coco_images(images: list, path, sizes_optional: bool = False) -> dict[int, dict]:
     """``{image_id: {"image_id", "file_name", "width", "height"}}`` of a COCO ``images`` list, checked as
     :func:`read_coco_images` says."""
-    from pixelllm.data.images import MAX_IMAGE_PIXELS
-
     recs: dict[int, dict] = {}
     for i, im in enumerate(images):
         pre = f"images[{i}]."
@@ -233,7 +237,7 @@ def check_coco_images(images: list, path, sizes_optional: bool = False) -> dict[
         if w is not None and h is not None and w * h > MAX_IMAGE_PIXELS:
             # masks of this image would be decoded at this size (pycocotools allocates h·w bytes)
             raise DataFormatError(path, None, f"{pre}width", f"{w}×{h} pixels exceed the limit of {MAX_IMAGE_PIXELS} "
-                                                            "(pixelllm.data.images.MAX_IMAGE_PIXELS)")
+                                                            "(pixelllm.data.errors.MAX_IMAGE_PIXELS)")
         recs[iid] = {"image_id": iid,
                      "file_name": check_file_name(require(im, "file_name", str, path, None, pre), path, None,
                                                   f"{pre}file_name"), **size}

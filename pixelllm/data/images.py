@@ -4,9 +4,9 @@ the declared size compared with the real one, and every failure naming the file.
 * :func:`image_file` — ``root / file_name`` for a relative ``file_name`` that stays inside ``root``;
   an absolute name or one with ``..`` raises :class:`~pixelllm.data.errors.DataFormatError`.
 * :func:`open_image` — the decoded RGB image. Missing file → ``FileNotFoundError``; a file PIL cannot
-  identify, a truncated or corrupt file, more than :data:`MAX_IMAGE_PIXELS` pixels (a decompression
-  bomb: a few KB of PNG that decode to gigabytes) or a size that differs from the annotation's
-  ``width`` / ``height`` → ``DataFormatError`` naming the file (and both sizes).
+  identify, a truncated or corrupt file, more than ``pixelllm.data.errors.MAX_IMAGE_PIXELS`` pixels
+  (a decompression bomb: a few KB of PNG that decode to gigabytes) or a size that differs from the
+  annotation's ``width`` / ``height`` → ``DataFormatError`` naming the file (and both sizes).
 
 The pixel limit is ours, checked from the header before any pixel is decoded, and lower than PIL's
 own (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 M pixels: a warning, an error at twice that), which is left
@@ -18,11 +18,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from pixelllm.data import errors
 from pixelllm.data.errors import DataFormatError, check_file_name
-
-#: largest image accepted, in pixels: 8192² ≈ 67 M (COCO, Visual Genome and Open Images photos have
-#: under 2 M; 67 M RGB pixels already decode to 200 MB)
-MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 def image_file(root: str | os.PathLike, file_name: str, source: str | os.PathLike | None = None,
@@ -34,12 +31,13 @@ def image_file(root: str | os.PathLike, file_name: str, source: str | os.PathLik
 
 
 def open_image(path: str | os.PathLike, expected_hw: Sequence[int | None] | None = None,
-               max_pixels: int = MAX_IMAGE_PIXELS, what: str = ""):
+               max_pixels: int | None = None, what: str = ""):
     """Decode ``path`` into an RGB ``PIL.Image``, checked (module docstring).
 
     Args:
         expected_hw: the (height, width) its annotation declares; ``None`` entries are not compared.
-        max_pixels: refuse images with more pixels than this (checked from the header, before decoding).
+        max_pixels: refuse images with more pixels than this (checked from the header, before decoding);
+            default ``pixelllm.data.errors.MAX_IMAGE_PIXELS``.
         what: names the record in messages, e.g. ``"image_id 17"``.
     """
     import struct
@@ -47,6 +45,7 @@ def open_image(path: str | os.PathLike, expected_hw: Sequence[int | None] | None
     from PIL import Image
 
     path = Path(path)
+    max_pixels = errors.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     tag = f" ({what})" if what else ""
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}{tag}")
@@ -56,7 +55,7 @@ def open_image(path: str | os.PathLike, expected_hw: Sequence[int | None] | None
             if w * h > max_pixels:
                 raise DataFormatError(path, None, None, f"image of {w}×{h} = {w * h} pixels exceeds the limit of "
                                                         f"{max_pixels} (a decompression bomb?); raise "
-                                                        "pixelllm.data.images.MAX_IMAGE_PIXELS for larger images")
+                                                        "pixelllm.data.errors.MAX_IMAGE_PIXELS for larger images")
             im.load()
             rgb = im.convert("RGB")
     except DataFormatError:

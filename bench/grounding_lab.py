@@ -68,6 +68,13 @@ RECIPES: dict[str, tuple[str, dict]] = {
                            "refcoco": {"model_overrides": FROZEN}}),
     "pointer_lambda1": ("pointer head (ViT frozen), point weight lambda 1.0 instead of the paper's 0.1",
                         both(model_overrides=FROZEN, lambda_point=1.0)),
+    "pointer_lambda1_refer_mix": ("pointer head (ViT frozen), lambda 1.0 and referring boxes mixed into stage 2 (the two best levers together)",
+                                  {"ln_trace": {"model_overrides": FROZEN, "lambda_point": 1.0, "giou_weight": 1.0,
+                                                "tasks": {"trace": 2.0, "caption": 1.0, "refer": 1.0},
+                                                "prompts": {"trace": "A long image caption:",
+                                                            "caption": "A short image caption:",
+                                                            "refer": "where is {expr}"}},
+                                   "refcoco": {"model_overrides": FROZEN, "lambda_point": 1.0}}),
     "pointer_trace_only": ("pointer head (ViT frozen), stage 2 on LN only (no short captions mixed in)",
                            {"ln_trace": {"model_overrides": FROZEN, "tasks": {"trace": 1.0}},
                             "refcoco": {"model_overrides": FROZEN}}),
@@ -100,7 +107,7 @@ def score_trace(model, cfg, paths, tok, n: int) -> dict:
 
 
 def run_one(recipe_name: str, seed: int, trace_steps: int, refer_steps: int, n_eval: int, smoke: bool,
-            keep: bool) -> dict:
+            keep: bool, label: str = "", what: str = "") -> dict:
     import torch
 
     from pixelllm.data.tokenizer import load_tokenizer
@@ -111,10 +118,10 @@ def run_one(recipe_name: str, seed: int, trace_steps: int, refer_steps: int, n_e
     from pixelllm.tasks.referring.localization import evaluate_referring, referring_trainer
     from pixelllm.utils import run_dir
 
-    what, recipe = RECIPES[recipe_name]
-    out = run_dir(smoke) / "lab" / recipe_name / f"seed{seed}"
+    recipe_what, recipe = RECIPES[recipe_name]
+    out = run_dir(smoke) / "lab" / (label or recipe_name) / f"seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
-    row = {"recipe": recipe_name, "what": what, "seed": seed, "trace_steps": trace_steps,
+    row = {"recipe": label or recipe_name, "what": what or recipe_what, "overrides_of": recipe_name, "seed": seed, "trace_steps": trace_steps,
            "refer_steps": refer_steps, "n_eval": n_eval, "threads": torch.get_num_threads()}
     t0 = time.perf_counter()
     if trace_steps:
@@ -200,6 +207,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--smoke", action="store_true", help="SMOKE world and a few steps (a test of the lab)")
     ap.add_argument("--keep", action="store_true", help="keep the lab's checkpoints")
+    ap.add_argument("--label", default="", help="record the runs under this name (a recipe's overrides on another "
+                                                "run folder's stage 1, e.g. PIXELLLM_RUNS=... with other prerequisites)")
+    ap.add_argument("--what", default="", help="the hypothesis text recorded with --label")
     ap.add_argument("--no-log", action="store_true", help="do not append to results/grounding_lab.jsonl")
     ap.add_argument("--table", action="store_true", help="render docs/GROUNDING_LAB.md's table and exit")
     args = ap.parse_args(argv)
@@ -213,7 +223,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     for seed in args.seeds:
-        row = run_one(args.recipe, seed, args.trace_steps, args.refer_steps, args.n_eval, args.smoke, args.keep)
+        row = run_one(args.recipe, seed, args.trace_steps, args.refer_steps, args.n_eval, args.smoke, args.keep,
+                      label=args.label, what=args.what)
         print(json.dumps(row))
         if not args.no_log and not args.smoke:
             LOG.parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mode", choices=["full", "smoke"], default="full")
     ap.add_argument("--only", nargs="*", help="notebook name prefixes to run (e.g. 01 04)")
     args = ap.parse_args(argv)
+    names = [nb.name for nb in notebook_paths()]
+    unknown = [p for p in args.only or [] if not any(n.startswith(p) for n in names)]
+    if unknown:
+        ap.error(f"--only {' '.join(unknown)}: no notebook starts with that; the notebooks: {', '.join(names)}")
     smoke = args.mode == "smoke"
     timings = {}
     for nb in notebook_paths():

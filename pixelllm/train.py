@@ -12,11 +12,20 @@ captioning stages::
 
     torchrun --nproc_per_node 2 -m pixelllm.train --config pretrain --smoke
 
+Everything that can be checked before a prerequisite trains is checked first — the config name, the
+preset, every override (parsed and type-checked), the ranges of the numbers (``steps``, ``batch_size``,
+``accum_steps`` ≥ 1, ``max_samples`` ≥ 0 where 0 = all, task weights ≥ 0, a finite ``lr`` > 0, ...; see
+:meth:`~pixelllm.configs.TrainConfig.validate`) — and a bad one ends with one ``error:`` line and exit
+status 2, as argparse does. So do the faults a run meets later that a user must act on: a checkpoint
+folder of another config with ``--strict``, a folder locked by another run, an unusable checkpoint, a
+missing training image, a non-finite loss (docs/BAD_INPUT.md).
+
 This module is the command line only: nothing in the package imports it.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pixelllm.configs import CONFIGS, PREREQUISITES, get_config
@@ -75,25 +84,61 @@ def make(name: str, cfg, resume: bool = True, progress: bool = True, eval_hook: 
     return _runner(name)(cfg, progress=progress, resume=resume)
 
 
+def check_up_front(name: str, cfg) -> None:
+    """What can be checked before anything runs: the preset of a stage and the config's ranges (one
+    ``ValueError`` listing every problem)."""
+    if name not in PREREQUISITES and hasattr(cfg, "preset"):
+        from pixelllm.modeling.build import PRESETS
+
+        if cfg.preset not in PRESETS:
+            raise ValueError(f"unknown preset {cfg.preset!r}; available: {', '.join(PRESETS)}")
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m pixelllm.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, choices=CONFIGS)
     ap.add_argument("--preset", default=None, help="build_pixelllm preset (tiny | small | paper)")
     ap.add_argument("--smoke", action="store_true", help="the config's SMOKE variant (runs/smoke)")
-    ap.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in out_dir")
+    ap.add_argument("--no-resume", action="store_true",
+                    help="start from step 0; a run already in out_dir is moved to out_dir/superseded/ first")
+    ap.add_argument("--strict", action="store_true",
+                    help="refuse (exit 2) a checkpoint folder or artifact made by another config instead of "
+                         "setting it aside and retraining (same as PIXELLLM_STRICT=1)")
     ap.add_argument("--no-eval", action="store_true", help="skip the eval hook (captioning stages)")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     ap.add_argument("overrides", nargs="*", help="config overrides key=value (Python literals)")
     args = ap.parse_args(argv)
-    cfg = get_config(args.config, smoke=args.smoke, preset=args.preset, overrides=args.overrides)
+
+    def error(msg: str) -> int:
+        print(f"{ap.prog}: error: {msg}", file=sys.stderr)
+        return 2
+
+    try:
+        cfg = get_config(args.config, smoke=args.smoke, preset=args.preset, overrides=args.overrides)
+        check_up_front(args.config, cfg)
+    except (KeyError, ValueError, TypeError) as e:
+        return error(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     if args.print_config:
         print(cfg.help() if hasattr(cfg, "help") else cfg)
         return 0
+    if args.strict:
+        os.environ["PIXELLLM_STRICT"] = "1"
+    from pixelllm.data.errors import DataFormatError
+    from pixelllm.engine.checkpoint import CheckpointError, RunInUseError
+    from pixelllm.engine.trainer import NonFiniteLossError
+    from pixelllm.utils import ConfigMismatchError
+
+    user_faults = (ConfigMismatchError, RunInUseError, CheckpointError, DataFormatError, FileNotFoundError)
     if args.config in PREREQUISITES:
-        print(f"done: {make(args.config, cfg)}")
+        try:
+            print(f"done: {make(args.config, cfg)}")
+        except user_faults as e:
+            return error(str(e))
         return 0
     from pixelllm.engine import distributed
-    from pixelllm.engine.trainer import NonFiniteLossError
 
     info = distributed.init_distributed(cfg.device)
     try:
@@ -105,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"done: {args.config}" + (f", step {step}" if step is not None else "")
                   + f", checkpoints in {resolve_paths(cfg).out}")
     except NonFiniteLossError as e:
-        print(f"training stopped: {e}", file=sys.stderr)
-        return 2
+        return error(f"training stopped: {e}")
+    except user_faults as e:
+        return error(str(e))
     finally:
         distributed.cleanup()
     return 0

@@ -111,11 +111,17 @@ TASK_CONFIG_KEYS = {"ln_alignment": "trace", "ln_file": "trace"}
 NEUTRAL_NEW_KEYS = {"lr_multipliers": {}}
 
 
+#: recorded facts (not config fields) compared only when the stored side has them: an artifact made before
+#: they were recorded is taken as matching. ``init_checksums``: the SHA-256 of the ``init_from``
+#: checkpoints a stage started from (``pixelllm.engine.builder.stage_config``).
+RECORDED_KEYS = frozenset({"init_checksums"})
+
+
 def config_difference(stored: dict, wanted: dict) -> dict:
     """``{key: (stored, wanted)}`` for every compared key whose value differs (volatile keys ignored,
     :data:`TASK_CONFIG_KEYS` ignored when neither config trains their task, a missing
-    :data:`NEUTRAL_NEW_KEYS` field equal to its neutral value)."""
-    keys = (set(stored) | set(wanted)) - VOLATILE_CONFIG_KEYS
+    :data:`NEUTRAL_NEW_KEYS` field equal to its neutral value, :data:`RECORDED_KEYS` only when stored)."""
+    keys = (set(stored) | set(wanted)) - VOLATILE_CONFIG_KEYS - (RECORDED_KEYS - set(stored))
     tasks = set(stored.get("tasks") or {}) | set(wanted.get("tasks") or {})
     keys -= {k for k, task in TASK_CONFIG_KEYS.items() if task not in tasks}
     keys -= {k for k, neutral in NEUTRAL_NEW_KEYS.items()
@@ -123,6 +129,12 @@ def config_difference(stored: dict, wanted: dict) -> dict:
     missing = object()
     return {k: (stored.get(k, "<absent>"), wanted.get(k, "<absent>")) for k in sorted(keys)
             if stored.get(k, missing) != wanted.get(k, missing)}
+
+
+def strict_mode() -> bool:
+    """``$PIXELLLM_STRICT`` is set (not "" or "0"): an artifact or a checkpoint folder made by another
+    config is refused (:class:`ConfigMismatchError`) instead of being recomputed or set aside."""
+    return os.environ.get("PIXELLLM_STRICT", "") not in ("", "0")
 
 
 def _exists(p: Path) -> bool:
@@ -141,7 +153,7 @@ def found_or_compute(path: str | os.PathLike, compute: Callable[[], Any], force:
     ``force=True`` (or ``$FORCE=1``) always recomputes."""
     p = Path(path)
     force = force or os.environ.get("FORCE", "") not in ("", "0")
-    strict = os.environ.get("PIXELLLM_STRICT", "") not in ("", "0") if strict is None else strict
+    strict = strict_mode() if strict is None else strict
     wanted = _config_dict(config) if config is not None else None
     reuse = _exists(p) and not force
     if reuse and wanted is not None:

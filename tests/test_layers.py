@@ -1,5 +1,5 @@
 """The package's layers point one way: configs/utils → data/eval → modeling/viz → engine → pretrain → tasks →
-report/notebooks → the CLI (``pixelllm.train``), which nothing imports. No import cycle (function-level
+report/notebooks/predict → the CLI (``pixelllm.train``), which nothing imports. No import cycle (function-level
 imports included), no private name imported from another module."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ RANKS = [
     ("pixelllm.engine", 3),
     ("pixelllm.pretrain", 4),
     ("pixelllm.tasks", 5),
-    ("pixelllm.report", 6), ("pixelllm.notebooks", 6),
+    ("pixelllm.report", 6), ("pixelllm.notebooks", 6), ("pixelllm.predict", 6),
     ("pixelllm.train", 7),
 ]
 

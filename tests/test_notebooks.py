@@ -91,6 +91,7 @@ RESULTS = {
     "07": {"densecap.json": ["map", "map_detection", "ap_table/*", "train/steps"]},
     "08": {"ablations.json": ["loc_supervision/*/*/mean", "encoder/*/*/mean", "point_target/*/*/mean", "head/*/*/mean",
                               "lm/*/*/mean", "protocol/steps"]},
+    "10": {"playground.json": ["latency_ms/*", "latency_ms_per_image_batched/*", "n_examples"]},
 }
 
 

@@ -96,8 +96,10 @@ def test_checkpoint_loads_weights_only_and_rejects_foreign_files(tmp_path):
     obj = torch.load(list_checkpoints(tmp_path)[-1], weights_only=True)   # plain containers only
     assert obj["format"] == ckpt.FORMAT and isinstance(obj["config"], str) and len(obj["rng"]) == 1
     torch.save({"hello": torch.zeros(1)}, tmp_path / "ckpt_0000009.pt")
-    with pytest.raises(ValueError, match="not a pixelllm-ckpt-v1 checkpoint"):
-        load_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="ckpt_0000009.pt: not a pixelllm-ckpt-v1 checkpoint"):
+        load_checkpoint(tmp_path / "ckpt_0000009.pt")                  # the file itself: an error naming it
+    with pytest.warns(RuntimeWarning, match="ckpt_0000009.pt: not a pixelllm-ckpt-v1.*previous good checkpoint ckpt_0000001.pt"):
+        assert load_checkpoint(tmp_path)["step"] == 1                  # the folder: falls back to the good one
     with pytest.raises(KeyError, match="model lacks"):
         ckpt.load_trainable_state_dict(tr.model, {"nope.weight": torch.zeros(1)})
     with pytest.raises(KeyError, match="misses trainable"):

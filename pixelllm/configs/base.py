@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,45 @@ class TrainConfig:
         return dataclasses.replace(self, smoke=True, batch_size=batch_size, steps=steps, warmup_steps=warmup_steps,
                                    max_samples=max_samples, log_interval=log_interval, **changes)
 
+    def problems(self) -> list[str]:
+        """Every out-of-range field as ``"name=value: what is allowed"`` ([] when the config is valid)."""
+        out: list[str] = []
+
+        def need(name: str, ok: bool, rule: str) -> None:
+            if not ok:
+                out.append(f"{name}={getattr(self, name)!r}: {rule}")
+
+        def finite(x: Any) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        for name in ("steps", "batch_size", "accum_steps", "log_interval", "max_target_len"):
+            need(name, isinstance(getattr(self, name), int) and getattr(self, name) >= 1, "must be an integer >= 1")
+        for name in ("max_samples", "warmup_steps", "eval_interval", "ckpt_interval", "keep_last", "num_workers",
+                     "num_threads", "image_size"):
+            need(name, isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                 "must be an integer >= 0" + (" (0 = all)" if name == "max_samples" else ""))
+        need("lr", finite(self.lr) and self.lr > 0, "must be a finite number > 0")
+        for name in ("weight_decay", "grad_clip", "lambda_point", "giou_weight", "time_limit_s"):
+            need(name, finite(getattr(self, name)) and getattr(self, name) >= 0, "must be a finite number >= 0")
+        need("min_lr_ratio", finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]")
+        need("label_smoothing", finite(self.label_smoothing) and 0 <= self.label_smoothing < 1, "must be in [0, 1)")
+        need("betas", len(self.betas) == 2 and all(finite(b) and 0 <= b < 1 for b in self.betas),
+             "must be two numbers in [0, 1)")
+        weights = self.tasks if isinstance(self.tasks, dict) else {}
+        need("tasks", isinstance(self.tasks, dict) and all(finite(w) and w >= 0 for w in weights.values())
+             and (not weights or sum(weights.values()) > 0), "must map task names to finite weights >= 0, not all 0")
+        mults = self.lr_multipliers if isinstance(self.lr_multipliers, dict) else {None: None}
+        need("lr_multipliers", all(finite(f) and f > 0 for f in mults.values()), "factors must be finite numbers > 0")
+        return out
+
+    def validate(self) -> "TrainConfig":
+        """Raise one ``ValueError`` listing every out-of-range field (:meth:`problems`); else return self.
+        The Trainer calls it when it starts and the command line before anything runs."""
+        bad = self.problems()
+        if bad:
+            raise ValueError(f"invalid config {self.stage!r}: " + "; ".join(bad))
+        return self
+
     def help(self) -> str:
         """One line per field: name, current value, help text."""
         return "\n".join(f"{f.name:20s} = {getattr(self, f.name)!r:32s} {f.metadata.get('help', '')}"
@@ -120,10 +160,15 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
         raise ValueError(f"override {key}={text!r}: expected a boolean")
     if isinstance(current, str):
         return text
+    if isinstance(current, float):
+        try:
+            return float(text)            # also "inf" / "nan", which TrainConfig.validate then names
+        except ValueError:
+            pass
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError) as e:
-        raise ValueError(f"override {key}={text!r}: not a Python literal ({e})") from None
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise ValueError(f"override {key}={text!r}: not a Python literal of type {type(current).__name__}") from None
     if isinstance(current, float) and isinstance(value, int):
         value = float(value)
     if isinstance(current, tuple) and isinstance(value, list):

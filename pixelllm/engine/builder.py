@@ -5,6 +5,8 @@
   ``init_from`` checkpoint, in order (:func:`load_matching`);
 * :func:`resolve_inits` — ``init_from`` (comma-separated stage names under ``<run>/checkpoints`` or paths)
   as checkpoint files;
+* :func:`init_checksums` — the SHA-256 of each of those checkpoints (stored in the checkpoints of the stage
+  they initialise, so that a stage whose initialisation was retrained is not reused);
 * :func:`load_matching` — the one way an initialisation is loaded: every tensor whose name and shape fit,
   the rest reported;
 * :func:`load_stage_model` — a trained (or interrupted) stage's PixelLLM rebuilt from the config stored in
@@ -42,6 +44,29 @@ def resolve_inits(cfg, paths: Paths, required: bool = False) -> list[Path]:
         raise FileNotFoundError(f"init_from={cfg.init_from!r}: no checkpoint under {paths.checkpoints} nor at "
                                 "that path (train that stage first)")
     return found
+
+
+def init_checksums(cfg, paths: Paths | None = None) -> dict[str, str]:
+    """``{"<stage folder>/<checkpoint file>": sha256}`` of every checkpoint :func:`resolve_inits` finds for
+    ``cfg`` (the sidecar's value, :func:`~pixelllm.engine.checkpoint.checkpoint_checksum`); {} without
+    ``init_from``. The Trainer stores it in each checkpoint and compares it on resume: an ``init_from``
+    stage retrained since (another file, or the same step with other weights) makes the stage a run of
+    another configuration."""
+    from pixelllm.engine.checkpoint import checkpoint_checksum
+
+    if not (getattr(cfg, "init_from", "") or "").strip():
+        return {}
+    return {f"{p.parent.name}/{p.name}": checkpoint_checksum(p) for p in resolve_inits(cfg, paths or resolve_paths(cfg))}
+
+
+def stage_config(cfg) -> dict:
+    """What a stage's artifact is reused by (``found_or_compute(<out>/final.json, ..., config=stage_config(cfg))``):
+    the config as a dict plus, when it has ``init_from``, ``init_checksums`` (:func:`init_checksums`) — so a
+    stage is retrained, not reused, when a stage it starts from was retrained since."""
+    out = cfg.to_dict()
+    if (getattr(cfg, "init_from", "") or "").strip():
+        out["init_checksums"] = init_checksums(cfg)
+    return out
 
 
 def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], skip_prefixes: Sequence[str] = ()) -> dict:
@@ -94,26 +119,35 @@ def build_model(cfg, paths: Paths | None = None, tokenizer=None, device: str = "
     return model.to(device)
 
 
-def checkpoint_config(checkpoint: str | os.PathLike):
+def checkpoint_config(checkpoint: str | os.PathLike, overrides: Mapping[str, object] | None = None):
     """(the config stored in a checkpoint — file or folder → latest — as its config class, the checkpoint
     state). The class is the one of the registry config of the same ``stage`` when it has the stored
-    fields, else :class:`~pixelllm.configs.TrainConfig`."""
+    fields, else :class:`~pixelllm.configs.TrainConfig`. ``overrides``: fields set on top of the stored
+    ones (e.g. ``{"run_dir": ...}`` for a run folder that moved: the stored config says where the run's
+    parts were, not where they are now)."""
     from pixelllm.configs import config_from_json
-    from pixelllm.engine.checkpoint import load_checkpoint
+    from pixelllm.configs.base import apply_overrides
+    from pixelllm.engine.checkpoint import CheckpointError, load_checkpoint
 
     state = load_checkpoint(checkpoint)
-    return config_from_json(state["config"]), state
+    try:
+        cfg = config_from_json(state["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(state["path"], f"its stored config cannot be read ({type(e).__name__}: {e})") from None
+    return (apply_overrides(cfg, dict(overrides)) if overrides else cfg), state
 
 
-def load_stage_model(checkpoint: str | os.PathLike, tokenizer=None, device: str = "cpu"):
+def load_stage_model(checkpoint: str | os.PathLike, tokenizer=None, device: str = "cpu",
+                     overrides: Mapping[str, object] | None = None):
     """A stage's PixelLLM rebuilt from its checkpoint (file, or folder → latest): built from the stored
-    config without initialisation, then the checkpoint's trainable weights over the ``init_from`` ones
-    (so parts a fine-tuning froze keep the earlier stage's weights) → (model in eval mode, config)."""
+    config (with ``overrides``, see :func:`checkpoint_config`) without initialisation, then the
+    checkpoint's trainable weights over the ``init_from`` ones (so parts a fine-tuning froze keep the
+    earlier stage's weights) → (model in eval mode, config)."""
     from pixelllm.engine.checkpoint import load_trainable_state_dict
 
-    cfg, state = checkpoint_config(checkpoint)
+    cfg, state = checkpoint_config(checkpoint, overrides)
     model = build_model(cfg, resolve_paths(cfg), tokenizer, device=device, verbose=False)
-    load_trainable_state_dict(model, state["model"], strict=False)
+    load_trainable_state_dict(model, state["model"], strict=False, source=state["path"])
     return model.eval(), cfg
 
 
@@ -123,5 +157,5 @@ def load_trained_model(cfg, tokenizer=None, device: str = "cpu"):
     return model
 
 
-__all__ = ["build_model", "checkpoint_config", "load_matching", "load_stage_model", "load_trained_model",
+__all__ = ["build_model", "checkpoint_config", "init_checksums", "load_matching", "stage_config", "load_stage_model", "load_trained_model",
            "resolve_inits"]

@@ -23,7 +23,20 @@ The model is one of two kinds:
   dict with ``loss`` (the mean over its micro-batch) and any further terms to log.
 
 If the model offers ``frozen_image_features(images, image_sizes)`` and its forward accepts ``features=``,
-the frozen features are cached per image id (PAPER_NOTES.md §8: 2× faster steps on CPU).
+the frozen features are cached per image id (PAPER_NOTES.md §8: 2× faster steps on CPU); each image is
+encoded alone (:class:`FeatureCache`), so its features do not depend on which batch first brought it.
+
+Resume (:meth:`Trainer.resume`) is exact: an interrupted run resumed from its checkpoint reaches
+bit-identical weights, optimizer state and losses as the uninterrupted run of the same config on the same
+device and thread count — with or without the feature cache (both runs encode every image alone; a run
+with the cache and one without differ by float rounding, ~1e-7, as a batched and a single convolution do).
+
+Faults (docs/BAD_INPUT.md, "Checkpoints, resume and the command line"): the config is validated when the
+Trainer starts (:meth:`~pixelllm.configs.TrainConfig.validate`) and so are the training images (all
+present); ``out_dir`` is locked while the Trainer writes (:class:`~pixelllm.engine.checkpoint.RunLock`) and
+temp files of a killed writer are removed; resume compares the stored config and the ``init_from``
+checkpoints' checksums (:meth:`Trainer.config_difference`); a torn last ``metrics.jsonl`` record is
+dropped; a finished run is reported "already complete" and its ``final.json`` kept.
 The loop runs ``config.steps`` optimizer steps; ``config.time_limit_s`` (0 = off) is only a safety net
 that stops early with a warning and marks ``final.json`` with ``stopped_early``.
 """
@@ -49,10 +62,13 @@ from tqdm.auto import tqdm
 
 from pixelllm.engine import checkpoint as ckpt
 from pixelllm.engine import distributed as dist_utils
+from pixelllm.engine.builder import init_checksums
+from pixelllm.engine.datasets import missing_training_images
 from pixelllm.engine.distributed import DistInfo
 from pixelllm.data.datasets import enable_image_cache
 from pixelllm.modeling.losses import POINT_TASKS, count_targets, pixelllm_loss
-from pixelllm.utils import ConfigMismatchError, config_difference, write_json
+from pixelllm.utils import (ConfigMismatchError, atomic_write_bytes, config_difference, config_sidecar, strict_mode,
+                            write_json)
 
 FORWARD_KEYS = ("images", "boxes", "prompt_ids", "prompt_mask", "target_ids", "target_mask", "image_sizes")
 
@@ -120,7 +136,11 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 class FeatureCache:
-    """Frozen-encoder features per image id, computed once (``encode(images, image_sizes)`` → B×C×h×w)."""
+    """Frozen-encoder features per image id, computed once (``encode(images, image_sizes)`` → B×C×h×w).
+
+    Each new image is encoded alone (a batch of one): a batched convolution may round differently from a
+    single one (~1e-7), and which images share the batch that first brings an image depends on the data
+    position — a resumed run would otherwise see features that differ from the uninterrupted run's."""
 
     def __init__(self, encode: Callable):
         self.encode = encode
@@ -131,13 +151,10 @@ class FeatureCache:
     def __call__(self, batch: dict) -> torch.Tensor:
         ids = [str(i) for i in batch["image_ids"]]
         todo = sorted({i for i in ids if i not in self.store})
-        if todo:
-            first = {i: ids.index(i) for i in todo}
-            rows = torch.tensor([first[i] for i in todo], device=batch["images"].device)
-            sizes = batch["image_sizes"][rows] if "image_sizes" in batch else None
-            feats = self.encode(batch["images"][rows], sizes)
-            for i, f in zip(todo, feats):
-                self.store[i] = f.detach()
+        for i in todo:
+            row = ids.index(i)
+            sizes = batch["image_sizes"][row:row + 1] if "image_sizes" in batch else None
+            self.store[i] = self.encode(batch["images"][row:row + 1], sizes)[0].detach()
         self.misses += len(todo)
         self.hits += len(ids) - len(todo)
         return torch.stack([self.store[i] for i in ids])
@@ -211,6 +228,8 @@ class Trainer:
                  out_dir: str | os.PathLike | None = None, eval_fn: Optional[Callable] = None,
                  loss_fn: Callable = pixelllm_loss, dist_info: Optional[DistInfo] = None, progress: bool = True):
         cfg = self.cfg = config
+        if hasattr(cfg, "validate"):
+            cfg.validate()
         if getattr(cfg, "num_threads", 0) > 0:          # once, here, not per step
             torch.set_num_threads(cfg.num_threads)
         self.dist = dist_info or DistInfo(device=dist_utils.resolve_device(cfg.device))
@@ -245,6 +264,10 @@ class Trainer:
         self.sampler = ResumableSampler(train_dataset, self.dist.world_size, self.dist.rank, shuffle=True, seed=cfg.seed)
         if len(self.sampler.inner) < self.local_batch:
             raise ValueError(f"{len(train_dataset)} training samples < one batch of {cfg.batch_size}")
+        missing = missing_training_images(train_dataset) if self.dist.is_main else []
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} training image(s) do not exist, e.g. "
+                                    f"{', '.join(str(m) for m in missing[:3])} (found before training)")
         # a private generator: creating a DataLoader iterator must not consume the global RNG
         # (else a resumed run, which creates one mid-epoch, would draw different dropout masks)
         self.loader_gen = torch.Generator().manual_seed(cfg.seed + self.dist.rank)
@@ -263,6 +286,25 @@ class Trainer:
         self._t0 = time.time()
         self._eval_seconds = 0.0
         self._resumed_metrics: dict = {}
+        self.init_checksums = init_checksums(cfg) if getattr(cfg, "init_from", "") else {}
+        self._run_lock = ckpt.RunLock(self.out_dir) if (self.out_dir is not None and self.dist.is_main) else None
+        self._cleaned = False
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold ``out_dir``'s :class:`~pixelllm.engine.checkpoint.RunLock` (rank 0; re-entrant); on the
+        first entry, remove the temp files a killed writer left."""
+        if self._run_lock is None:
+            yield
+            return
+        with self._run_lock:
+            if not self._cleaned:
+                self._cleaned = True
+                gone = ckpt.remove_orphan_temp_files(self.out_dir)
+                if gone:
+                    print(f"[{self.cfg.stage}] {self.out_dir}: removed {len(gone)} temp file(s) left by a killed "
+                          f"run: {', '.join(p.name for p in gone[:4])}")
+            yield
 
     # ------------------------------------------------------------------------------ state / resume
     @property
@@ -274,81 +316,169 @@ class Trainer:
         rngs = dist_utils.all_gather_object(ckpt.rng_state())
         if not self.dist.is_main or self.out_dir is None:
             return None
-        self.last_checkpoint = ckpt.save_checkpoint(
-            self.out_dir, model=self.model, step=self.step, config_json=self.cfg.to_json(),
-            optimizer=self.optimizer, scheduler=self.scheduler, epoch=self.epoch,
-            batch_in_epoch=self.batch_in_epoch, rng=rngs, metrics=metrics, keep_last=self.cfg.keep_last)
+        with self._locked():
+            self.last_checkpoint = ckpt.save_checkpoint(
+                self.out_dir, model=self.model, step=self.step, config_json=self.cfg.to_json(),
+                optimizer=self.optimizer, scheduler=self.scheduler, epoch=self.epoch,
+                batch_in_epoch=self.batch_in_epoch, rng=rngs, metrics=metrics, keep_last=self.cfg.keep_last,
+                extra={"init_checksums": self.init_checksums})
         return self.last_checkpoint
 
     def config_difference(self, state: dict, ignore: tuple = ("steps", "stage")) -> dict:
         """``{key: (stored, current)}`` between the config stored in checkpoint ``state`` and this run's,
-        volatile keys and ``ignore`` left out (by default a longer ``steps`` continues the same recipe)."""
+        volatile keys and ``ignore`` left out (by default another ``steps`` continues the same recipe: it
+        is re-applied with a log line by :meth:`resume`). The pseudo-key ``"init_from checkpoints"``
+        compares the checksums of the ``init_from`` checkpoints (:func:`~pixelllm.engine.builder.init_checksums`)
+        when the checkpoint stored them: a stage initialised from a since-retrained stage differs."""
         stored = json.loads(state.get("config") or "{}")
-        if not stored:
-            return {}
-        diff = config_difference(stored, json.loads(self.cfg.to_json()))
-        return {k: v for k, v in diff.items() if k not in ignore}
+        diff = config_difference(stored, json.loads(self.cfg.to_json())) if stored else {}
+        diff = {k: v for k, v in diff.items() if k not in ignore}
+        inits = state.get("init_checksums")
+        if inits is not None and dict(inits) != self.init_checksums:
+            short = lambda d: {k: v[:12] + "..." for k, v in d.items()}      # noqa: E731
+            diff["init_from checkpoints"] = (short(dict(inits)), short(self.init_checksums))
+        return diff
 
     @property
     def eval_seconds(self) -> float:
         """Seconds spent in the eval hook so far (training time excludes them)."""
         return self._eval_seconds
 
-    def discard_mismatched_run(self, ignore: tuple = ("steps", "stage")) -> dict:
-        """Make ``out_dir`` resumable by this config: when its latest checkpoint was made by another config
-        (:meth:`config_difference`, ``ignore`` left out), or it holds a log but no checkpoint, remove that
-        run's checkpoints, ``metrics.jsonl`` and ``final.json`` (nothing else) and say so; :meth:`resume`
-        then starts from step 0. What a stage recomputed by :func:`pixelllm.utils.found_or_compute` needs
-        (its artifact no longer matches the config). Returns the difference ({} when nothing was removed)."""
+    def discard_mismatched_run(self, ignore: tuple = ("steps", "stage"), strict: Optional[bool] = None) -> dict:
+        """Make ``out_dir`` resumable by this config. When its latest checkpoint was made by another config
+        (:meth:`config_difference`, ``ignore`` left out; retrained ``init_from`` checkpoints included), that
+        run's checkpoints (+ checksum sidecars), ``metrics.jsonl`` and ``final.json`` are **moved** to
+        ``out_dir/superseded/<UTC time>/`` with a log line naming the differing keys (nothing is deleted),
+        or, when ``strict`` (default: ``$PIXELLLM_STRICT``, as :func:`pixelllm.utils.found_or_compute`),
+        :class:`ConfigMismatchError` lists them and nothing moves. A log with no checkpoint (a run killed
+        before its first one) is removed. :meth:`resume` then starts from step 0. What a stage recomputed
+        like a :func:`~pixelllm.utils.found_or_compute` artifact needs. Returns the difference ({} when
+        nothing was moved)."""
         out = self.out_dir
         if out is None or not self.dist.is_main:
             return {}
-        if ckpt.latest_checkpoint(out) is not None:
-            diff = self.config_difference(ckpt.load_checkpoint(out), ignore=ignore)
+        strict = strict_mode() if strict is None else strict
+        with self._locked():
+            if ckpt.latest_checkpoint(out) is None:
+                for f in (Path(out) / "metrics.jsonl", Path(out) / "final.json"):
+                    f.unlink(missing_ok=True)
+                return {}
+            with warnings.catch_warnings():      # a fallback is reported once, by resume()
+                warnings.simplefilter("ignore", RuntimeWarning)
+                state = ckpt.load_checkpoint(out)
+            diff = self.config_difference(state, ignore=ignore)
             if not diff:
                 return {}
-            print(f"[{self.cfg.stage}] {out}: checkpoint made by another config "
-                  f"({'; '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in sorted(diff.items()))}); starting afresh")
-        else:
-            diff = {}
-        for f in [*ckpt.list_checkpoints(out), Path(out) / "metrics.jsonl", Path(out) / "final.json"]:
-            if f.is_file():
-                f.unlink()
+            what = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in sorted(diff.items()))
+            if strict:
+                raise ConfigMismatchError(f"{out}: checkpoint made by another config ({what}); unset "
+                                          "PIXELLLM_STRICT to set that run aside and start afresh, or use another out_dir")
+            dest = self._set_aside()
+            print(f"[{self.cfg.stage}] {out}: checkpoint made by another config ({what}); that run moved to "
+                  f"{dest}, starting afresh")
         return diff
+
+    def _set_aside(self) -> Path:
+        """Move the run in ``out_dir`` (checkpoints + sidecars, ``metrics.jsonl``, ``final.json`` + its config) to
+        ``out_dir/superseded/<UTC time>/``; returns that folder. Call it holding the lock."""
+        out = Path(self.out_dir)
+        dest = out / "superseded" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        if dest.exists():
+            dest = dest.with_name(f"{dest.name}_{os.getpid()}_{len(list(dest.parent.iterdir()))}")
+        dest.mkdir(parents=True, exist_ok=True)
+        ckpts = ckpt.list_checkpoints(out)
+        for f in [*ckpts, *(ckpt.checksum_path(c) for c in ckpts), out / "metrics.jsonl", out / "final.json",
+                  config_sidecar(out / "final.json")]:
+            if f.is_file():
+                os.replace(f, dest / f.name)
+        return dest
 
     def resume(self, path: str | os.PathLike | None = None, discard_mismatch: bool = False) -> bool:
         """Restore model (trainable weights), optimizer, scheduler, RNG and data position from ``path``
-        (file or folder; default ``out_dir``). Returns False when there is nothing to resume. A checkpoint
-        of another config raises :class:`ConfigMismatchError`, unless ``discard_mismatch`` (``out_dir`` only):
-        then that run is removed first (:meth:`discard_mismatched_run`) and training starts from step 0."""
-        if discard_mismatch and path is None:
-            self.discard_mismatched_run()
-        path = path or self.out_dir
-        if path is None or ckpt.latest_checkpoint(path) is None:
-            return False
-        state = ckpt.load_checkpoint(path, map_location=self.device)
-        diff = self.config_difference(state)
-        if diff:
-            raise ConfigMismatchError(
-                f"resume: {state['path']} was trained with another config ("
-                + "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
-                + "); use another out_dir or start without resuming")
-        ckpt.load_trainable_state_dict(self.model, state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        rngs = state["rng"]
-        if len(rngs) == self.dist.world_size:
-            ckpt.set_rng_state(rngs[self.dist.rank])
-        elif self.dist.is_main:
-            print(f"resume: checkpoint has RNG states of {len(rngs)} rank(s), running {self.dist.world_size}: "
-                  "RNG not restored (data position is)")
-        self.last_checkpoint = Path(state["path"])
-        self._resumed_metrics = dict(state.get("metrics") or {})   # the last step's record, for final.json
-        if self.dist.is_main and self.log_path and self.log_path.exists():  # drop records past the checkpoint
-            keep = [ln for ln in self.log_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
-            self.log_path.write_text("".join(ln + "\n" for ln in keep))
+        (file or folder; default ``out_dir``; a folder's corrupt newest checkpoint is passed over with a
+        warning, :func:`~pixelllm.engine.checkpoint.load_checkpoint`). Returns False when there is nothing
+        to resume.
+
+        Per key of the stored config: volatile keys (:data:`pixelllm.utils.VOLATILE_CONFIG_KEYS`: where and
+        how often things are written) are ignored; another ``steps`` is re-applied with a log line (the LR
+        schedule follows the new count; fewer steps than the checkpoint has done is refused); any other
+        difference — batch size, seed, lr, architecture, data, retrained ``init_from`` checkpoints — raises
+        :class:`ConfigMismatchError` listing every differing key, before a weight is loaded, unless
+        ``discard_mismatch`` (``out_dir`` only): then that run is set aside first
+        (:meth:`discard_mismatched_run`) and training starts from step 0."""
+        with self._locked():
+            if discard_mismatch and path is None:
+                self.discard_mismatched_run()
+            path = path or self.out_dir
+            if path is None or ckpt.latest_checkpoint(path) is None:
+                return False
+            state = ckpt.load_checkpoint(path, map_location=self.device)
+            diff = self.config_difference(state)
+            if diff:
+                raise ConfigMismatchError(
+                    f"resume: {state['path']} was trained with another config ("
+                    + "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
+                    + "); use another out_dir or start without resuming")
+            stored_steps = json.loads(state.get("config") or "{}").get("steps", self.cfg.steps)
+            if state["step"] > self.cfg.steps:
+                raise ConfigMismatchError(f"resume: {state['path']} is at step {state['step']}, past steps="
+                                          f"{self.cfg.steps}; ask for at least {state['step']} steps or use another out_dir")
+            if stored_steps != self.cfg.steps and self.dist.is_main:
+                print(f"[{self.cfg.stage}] resume: steps {stored_steps} -> {self.cfg.steps} re-applied (the LR "
+                      f"schedule now runs to step {self.cfg.steps})")
+            ckpt.load_trainable_state_dict(self.model, state["model"], source=state["path"])
+            try:        # a checkpoint without a sidecar is unverified: damaged fields fail here, named
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.step, self.epoch, self.batch_in_epoch = (int(state["step"]), int(state["epoch"]),
+                                                              int(state["batch_in_epoch"]))
+                rngs = state["rng"]
+                if len(rngs) == self.dist.world_size:
+                    ckpt.set_rng_state(rngs[self.dist.rank])
+                elif self.dist.is_main:
+                    print(f"resume: checkpoint has RNG states of {len(rngs)} rank(s), running {self.dist.world_size}: "
+                          "RNG not restored (data position is)")
+            except Exception as e:  # noqa: BLE001 — any damaged field
+                raise ckpt.CheckpointError(state["path"], f"its training state cannot be restored ({type(e).__name__}: "
+                                           f"{(str(e).splitlines() or [''])[0][:200]}); delete it to resume from "
+                                           "the previous checkpoint") from None
+            self.last_checkpoint = Path(state["path"])
+            self._resumed_metrics = dict(state.get("metrics") or {})   # the last step's record, for final.json
+            if self.dist.is_main and self.log_path and self.log_path.exists():
+                self._cut_log(self.step)
         return True
+
+    def _cut_log(self, step: int) -> None:
+        """Rewrite ``metrics.jsonl`` (atomically) without the records past ``step`` (the resumed run writes
+        them again: no duplicates) and without unparsable lines — a torn last line of a killed run — which
+        are dropped with a ``RuntimeWarning`` naming file and line."""
+        keep, torn = [], []
+        for lineno, line in enumerate(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                rec = None
+            if not isinstance(rec, dict):
+                torn.append(lineno)
+            elif not isinstance(rec.get("step", 0), (int, float)) or rec.get("step", 0) <= step:
+                keep.append(line)
+        if torn:
+            warnings.warn(f"{self.log_path}: line(s) {torn} are not JSON records (a run killed mid-write); "
+                          "dropped", RuntimeWarning, stacklevel=3)
+        atomic_write_bytes(self.log_path, "".join(ln + "\n" for ln in keep).encode())
+
+    def already_complete(self) -> bool:
+        """True when this run is at ``config.steps`` and ``final.json`` records that step (not stopped early)."""
+        final = self.out_dir / "final.json" if self.out_dir is not None else None
+        if self.step < self.cfg.steps or final is None or not final.is_file():
+            return False
+        try:
+            rec = json.loads(final.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(rec, dict) and rec.get("step") == self.step and not rec.get("stopped_early")
 
     # ------------------------------------------------------------------------------------- loop
     def _batches(self) -> Iterator[dict]:
@@ -409,7 +539,25 @@ class Trainer:
     def fit(self, until: Optional[int] = None) -> list[dict]:
         """Train until ``config.steps`` optimizer steps are done (or stop early after step ``until``, e.g.
         to train in chunks; the LR schedule always follows ``config.steps``). Returns :attr:`history`.
-        When the last step is reached, rank 0 writes ``out_dir/final.json`` (step, checkpoint, metrics)."""
+        When the last step is reached, rank 0 writes ``out_dir/final.json`` (step, checkpoint, metrics); a run
+        resumed at its last step whose ``final.json`` exists says "already complete" and writes nothing.
+        ``out_dir`` stays locked meanwhile (:class:`~pixelllm.engine.checkpoint.RunLock`)."""
+        with self._locked():
+            if self.already_complete():
+                if self.dist.is_main:
+                    print(f"[{self.cfg.stage}] {self.out_dir}: already complete ({self.step}/{self.cfg.steps} "
+                          "steps); final.json kept, nothing trained")
+                return self.history
+            if self.step == 0 and not self.history and self.dist.is_main and self.out_dir is not None:
+                old = [f for f in (*ckpt.list_checkpoints(self.out_dir), self.log_path, self.out_dir / "final.json")
+                       if f.is_file()]
+                if old:          # training from step 0 over a run that was not resumed (e.g. --no-resume)
+                    dest = self._set_aside()
+                    print(f"[{self.cfg.stage}] {self.out_dir}: starting from step 0 over an earlier run (not "
+                          f"resumed); its {len(old)} file(s) moved to {dest}")
+            return self._fit(until)
+
+    def _fit(self, until: Optional[int]) -> list[dict]:
         cfg, world = self.cfg, self.dist.world_size
         stop = cfg.steps if until is None else min(until, cfg.steps)
         self.net.train()
@@ -504,5 +652,6 @@ class Trainer:
                     "step": self.step, "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
                     "train": self.history[-1] if self.history else self._resumed_metrics,
                     "eval": {k: float(v) for k, v in final.items() if isinstance(v, (int, float))},
-                    "stopped_early": self.stopped_early, "config": self.cfg.to_dict()})
+                    "stopped_early": self.stopped_early, "config": self.cfg.to_dict(),
+                    "init_checksums": self.init_checksums})
         return self.history

@@ -171,7 +171,7 @@ def build_densecap(cfg, tokenizer=None, device: str = "cpu", checkpoint: str | o
         score_thr=cfg.score_thr, nms_iou=cfg.nms_iou, max_det=cfg.max_det)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, map_location=device)
-        load_trainable_state_dict(captioner, state["model"])
+        load_trainable_state_dict(captioner, state["model"], source=state["path"])
         captioner.eval()
     return captioner
 

@@ -4,7 +4,7 @@ word<->trace viewer (ipywidgets), GIF export and training curves.
 One module per job: ``inputs`` (arrays, colours, tokens), ``scene`` (image + boxes + masks, grids),
 ``trace`` (narrative traces, per-word points, the word<->trace figures), ``curves`` (training curves,
 metric tables), ``output`` (PNG bytes, saving), ``tasks`` (the tasks' result figures, drawn from arrays the
-task modules compute), ``viewer`` (ipywidgets), ``animate`` (GIF). Nothing here imports model code
+task modules compute), ``viewer`` and ``playground`` (ipywidgets; the playground's prediction overlays), ``animate`` (GIF). Nothing here imports model code
 (``pixelllm.tasks``, ``pixelllm.engine``).
 
 Importing ``pixelllm.viz`` is light: matplotlib, PIL and ipywidgets are imported only when a function
@@ -65,8 +65,10 @@ _LAZY = {
     "figure_region_captions": "pixelllm.viz.tasks",
     "figure_dense_captions": "pixelllm.viz.tasks",
     "figure_matching": "pixelllm.viz.tasks",
-    # viewer.py
+    # viewer.py, playground.py
     "TraceViewer": "pixelllm.viz.viewer",
+    "Playground": "pixelllm.viz.playground",
+    "figure_prediction": "pixelllm.viz.playground",
     # animate.py
     "save_trace_gif": "pixelllm.viz.animate",
     "trace_frames": "pixelllm.viz.animate",

@@ -46,7 +46,7 @@ from pixelllm.data.refexp import (BOX_TOLERANCE_PX, EVAL_SPLITS, SPLITS, check_r
                                   refexp_problem)
 from pixelllm.tasks.referring.data import training_datasets
 from pixelllm.tasks.referring.localization import (evaluate_referring, finetune_referring, predict_boxes,
-                                                   predict_referring, referring_trainer)
+                                                   predict_referring, referring_batch, referring_trainer)
 from pixelllm.tasks.referring.segmentation import (build_refseg_model, evaluate_refseg, load_refseg,
                                                    qualitative_examples, refseg_trainer, segment_batch,
                                                    train_mask_adapter)
@@ -54,5 +54,5 @@ from pixelllm.tasks.referring.segmentation import (build_refseg_model, evaluate_
 __all__ = ["BOX_TOLERANCE_PX", "EVAL_SPLITS", "REFER_PROMPT", "SPLITS", "ReferringOutput", "ReferringSegmenter",
            "build_mask_head", "build_refseg_model", "check_refexp_records", "clip_boxes_per_image", "eos_positions",
            "evaluate_referring", "evaluate_refseg", "finetune_referring", "load_refseg", "predict_boxes",
-           "predict_referring", "qualitative_examples", "refexp_datasets", "refexp_problem", "referring_forward",
+           "predict_referring", "qualitative_examples", "referring_batch", "refexp_datasets", "refexp_problem", "referring_forward",
            "referring_trainer", "refseg_trainer", "segment_batch", "train_mask_adapter", "training_datasets"]

@@ -87,30 +87,20 @@ def evaluate_referring(model, datasets, batch_size: int = 32, mode: str = "teach
 
 
 # -------------------------------------------------------------------------------------- prediction
-@torch.no_grad()
-def predict_referring(model, images: torch.Tensor, expressions: Sequence[str], tokenizer: Any,
-                      segmenter: ReferringSegmenter | None = None, image_sizes: torch.Tensor | None = None,
-                      prompt: str = REFER_PROMPT) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Boxes (and masks) for free-form expressions.
-
-    Args:
-        images: B×3×S×S in [0, 1] (resized so the longest side is S, zero-padded bottom/right).
-        expressions: B strings; an empty one or one that tokenises to nothing raises ``ValueError``.
-        segmenter: a :class:`ReferringSegmenter` around ``model`` → also masks.
-        image_sizes: B×2 (h, w) after resize (default: the whole frame).
-    Returns:
-        (boxes B×4 (x0, y0, x1, y1) pixels of the S×S frame, masks B×S×S bool on the padded frame or None).
-    """
-    from pixelllm.modeling.mask_head import upsample_masks
-
+def referring_batch(images: torch.Tensor, expressions: Sequence[str], tokenizer: Any, image_size: int,
+                    image_sizes: torch.Tensor | None = None, prompt: str = REFER_PROMPT,
+                    device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The collate-style batch of free-form expressions (what a RefExpDataset sample holds, without a
+    ground truth): ``images``, ``image_sizes`` (default the whole S×S frame), ``boxes`` = the whole image,
+    ``prompt_ids/mask`` = ``prompt`` with the expression, ``target_ids/mask`` = the expression + EOS.
+    An empty expression or one that tokenises to nothing raises ``ValueError``."""
     if len(expressions) != images.shape[0]:
         raise ValueError(f"predict_referring: {len(expressions)} expressions for {images.shape[0]} images")
     for i, e in enumerate(expressions):
         if not str(e).strip() or not expression_token_ids(tokenizer, str(e)):
             raise ValueError(f"predict_referring: expressions[{i}] = {e!r} has no tokens")
-    device = model.device
-    b, s = images.shape[0], model.image_size
-    sizes = image_sizes if image_sizes is not None else torch.tensor([[s, s]] * b)
+    b = images.shape[0]
+    sizes = image_sizes if image_sizes is not None else torch.tensor([[image_size, image_size]] * b)
     eos = tokenizer.eos_token_id
 
     def ids(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,9 +119,29 @@ def predict_referring(model, images: torch.Tensor, expressions: Sequence[str], t
     target_ids, target_mask = ids(list(expressions))
     sizes = sizes.to(device)
     zeros = torch.zeros(b, device=device)
-    batch = {"images": images.to(device), "image_sizes": sizes,
-             "boxes": torch.stack([zeros, zeros, sizes[:, 1].float(), sizes[:, 0].float()], 1),
-             "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "target_ids": target_ids, "target_mask": target_mask}
+    return {"images": images.to(device), "image_sizes": sizes,
+            "boxes": torch.stack([zeros, zeros, sizes[:, 1].float(), sizes[:, 0].float()], 1),
+            "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "target_ids": target_ids, "target_mask": target_mask}
+
+
+@torch.no_grad()
+def predict_referring(model, images: torch.Tensor, expressions: Sequence[str], tokenizer: Any,
+                      segmenter: ReferringSegmenter | None = None, image_sizes: torch.Tensor | None = None,
+                      prompt: str = REFER_PROMPT) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Boxes (and masks) for free-form expressions.
+
+    Args:
+        images: B×3×S×S in [0, 1] (resized so the longest side is S, zero-padded bottom/right).
+        expressions: B strings; an empty one or one that tokenises to nothing raises ``ValueError``.
+        segmenter: a :class:`ReferringSegmenter` around ``model`` → also masks.
+        image_sizes: B×2 (h, w) after resize (default: the whole frame).
+    Returns:
+        (boxes B×4 (x0, y0, x1, y1) pixels of the S×S frame, masks B×S×S bool on the padded frame or None).
+    """
+    from pixelllm.modeling.mask_head import upsample_masks
+
+    s = model.image_size
+    batch = referring_batch(images, expressions, tokenizer, s, image_sizes, prompt, model.device)
     if segmenter is None:
         was = model.training
         model.eval()

@@ -38,7 +38,9 @@ def build_refseg_model(cfg, tokenizer=None, device: str = "cpu") -> ReferringSeg
         raise ValueError(f"{cfg.stage}: init_from={cfg.init_from!r} must name one referring checkpoint, "
                          f"found {len(inits)} (or none: train that stage first)")
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(paths.tokenizer)
-    model, _ = load_stage_model(inits[0], tokenizer, device=device)
+    # the referring stage belongs to the same run: its parts are looked up in this config's run folder
+    model, _ = load_stage_model(inits[0], tokenizer, device=device,
+                                overrides={"run_dir": cfg.run_dir} if cfg.run_dir else None)
     seed_everything(cfg.seed)
     head = build_mask_head(model, adapter_depth=cfg.adapter_depth, adapter_num_heads=cfg.adapter_num_heads,
                            adapter_mlp_dim=cfg.adapter_mlp_dim, multimask_output=cfg.multimask_output)
@@ -46,16 +48,18 @@ def build_refseg_model(cfg, tokenizer=None, device: str = "cpu") -> ReferringSeg
                               iou_weight=cfg.iou_weight).to(device)
 
 
-def load_refseg(checkpoint: str | os.PathLike, tokenizer=None, device: str = "cpu"):
+def load_refseg(checkpoint: str | os.PathLike, tokenizer=None, device: str = "cpu",
+                overrides: Mapping[str, Any] | None = None):
     """A trained (or interrupted) ``refseg`` stage from its checkpoint (file, or folder → latest): the stored
-    config rebuilds the segmenter (:func:`build_refseg_model`: the referring model of its ``init_from``),
-    then the checkpoint's adapter weights → (segmenter in eval mode, config)."""
+    config (with ``overrides``, e.g. ``{"run_dir": ...}``) rebuilds the segmenter (:func:`build_refseg_model`:
+    the referring model of its ``init_from``), then the checkpoint's adapter weights → (segmenter in eval
+    mode, config)."""
     from pixelllm.engine.builder import checkpoint_config
     from pixelllm.engine.checkpoint import load_trainable_state_dict
 
-    cfg, state = checkpoint_config(checkpoint)
+    cfg, state = checkpoint_config(checkpoint, overrides)
     segmenter = build_refseg_model(cfg, tokenizer, device=device)
-    load_trainable_state_dict(segmenter, state["model"])
+    load_trainable_state_dict(segmenter, state["model"], source=state["path"])
     return segmenter.eval(), cfg
 
 

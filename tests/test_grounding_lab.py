@@ -1,0 +1,61 @@
+"""bench/grounding_lab.py: the table groups seeds per (recipe, steps) and one SMOKE run produces every metric."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    mp = pytest.MonkeyPatch()
+    mp.syspath_prepend(str(ROOT / "bench"))
+    try:
+        import grounding_lab
+        yield grounding_lab
+    finally:
+        mp.undo()
+        sys.modules.pop("grounding_lab", None)
+
+
+def row(recipe, seed, l1, acc, p05, trace_steps=300, minutes=5.0):
+    return {"recipe": recipe, "what": f"{recipe} hypothesis", "seed": seed, "trace_steps": trace_steps,
+            "refer_steps": 200, "point_l1": l1, "centre_l1": 0.165, "pointing_accuracy": acc, "refer_p05": p05,
+            "minutes": minutes}
+
+
+def test_table_means_over_seeds_and_separates_step_counts(lab):
+    rows = [row("a", 0, 0.10, 0.30, 0.20), row("a", 1, 0.12, 0.40, 0.30), row("b", 0, 0.2, None, 0.1),
+            row("a", 0, 0.05, 0.9, 0.8, trace_steps=600)]
+    lines = lab.render_table(rows).splitlines()
+    assert len(lines) == 2 + 3                              # header, rule, (a,300), (b,300), (a,600)
+    a = lines[2].split(" | ")
+    assert "0.110 (0.100 / 0.120) [0.165]" in a[5] and "0.350 (0.300 / 0.400)" in a[6] and "0.250" in a[7]
+    assert a[4] == "2" and "300 / 200" in a[3]
+    b = lines[3].split(" | ")
+    assert b[6] == "—" and b[4] == "1"                       # no pointing accuracy recorded
+    assert "600 / 200" in lines[4] and "0.050 [0.165]" in lines[4]
+
+
+def test_every_recipe_names_its_head_and_encoder(lab):
+    for name, (what, rec) in lab.RECIPES.items():
+        assert what and set(rec) <= {"ln_trace", "refcoco"}, name
+        for stage, over in rec.items():
+            mo = over.get("model_overrides", {})
+            assert "head" in mo and "semantic_trainable" in mo, (name, stage)
+
+
+def test_smoke_run_reports_every_metric(lab):
+    from pixelllm.utils import run_dir
+
+    # the shared SMOKE run folder: its prerequisites are reused when other tests made them
+    r = lab.run_one("pointer_frozen_sem", 0, trace_steps=2, refer_steps=2, n_eval=4, smoke=True, keep=False,
+                    label="my_label", what="labelled run")
+    assert r["recipe"] == "my_label" and r["overrides_of"] == "pointer_frozen_sem" and r["what"] == "labelled run"
+    for k in ("point_l1", "centre_l1", "refer_p05", "minutes"):
+        assert isinstance(r[k], float) and r[k] >= 0, k
+    assert 0.0 <= r["refer_p05"] <= 1.0
+    assert not (run_dir(True) / "lab" / "my_label" / "seed0").exists()     # deleted after scoring
+    json.dumps(r)

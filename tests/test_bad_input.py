@@ -545,7 +545,7 @@ def test_evaluation_on_an_empty_split_is_an_error():
 
 def test_generator_keeps_an_existing_world_and_refuses_empty_splits(tmp_path, caplog):
     from data_prep.make_synthetic import main
-    from pixelllm.data.synthetic import generate
+    from pixelllm.data.synthetic import clear_world, generate
 
     out = tmp_path / "world"
     generate(out, n_scenes=10, seed=1, workers=1, progress=False)
@@ -561,6 +561,8 @@ def test_generator_keeps_an_existing_world_and_refuses_empty_splits(tmp_path, ca
         st = generate(out, n_scenes=8, seed=2, workers=1, progress=False, overwrite=True)
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:012d}.jpg" for i in range(1, 9)] + ["mine.png"]
     assert st["splits"] == {"train": 6, "val": 1, "test": 1} and "kept 1 file(s) that are not part of a world" in caplog.text
+    # every file generate() writes is one clear_world owns (a new kind of world file must be registered there)
+    assert clear_world(out) == [out / "images" / "mine.png"] and sorted(out.iterdir()) == [out / "images"]
     with pytest.raises(ValueError, match=r"a world of 5 scenes .* \{'train': 4, 'val': 0, 'test': 1\} images per split: "
                                          r"the val split\(s\) would be empty; use at least 8 scenes"):
         generate(tmp_path / "tiny", n_scenes=5, workers=1, progress=False)

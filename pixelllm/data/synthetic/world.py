@@ -73,7 +73,8 @@ WORLD_FILES = ("scenes.json", "stats.json", "stats.json.config.json", "refcoco/r
                "vg/region_descriptions.json", "vg/image_data.json", "vg/densecap_splits.json")
 WORLD_PATTERNS = {"images": re.compile(r"\d{12}\.jpg"), "captions": re.compile(r"captions_\w+\.json"),
                   "coco": re.compile(r"instances_\w+\.json"),
-                  "localized_narratives": re.compile(r"synthetic_\w+_localized_narratives(\.pointing)?\.jsonl")}
+                  "localized_narratives": re.compile(r"synthetic_\w+_localized_narratives(\.pointing)?\.jsonl"),
+                  "muse": re.compile(r"synthetic_\w+_muse\.json")}
 _TEMP = re.compile(r"\..+\.tmp\d+")            # an interrupted atomic write (pixelllm.utils.atomic_write_bytes)
 
 

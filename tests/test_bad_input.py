@@ -568,3 +568,29 @@ def test_generator_keeps_an_existing_world_and_refuses_empty_splits(tmp_path, ca
         generate(tmp_path / "tiny", n_scenes=5, workers=1, progress=False)
     assert not (tmp_path / "tiny").exists()
     generate(tmp_path / "no_val", n_scenes=5, split_fractions=(0.8, 0.0, 0.2), workers=1, progress=False)
+
+
+def test_muse_file_with_a_hostile_polygon_or_path_is_refused(tmp_path):
+    """The MUSE-like reader shares the COCO segmentation and file-name checks."""
+    from pixelllm.data.muse import load_muse
+
+    def rec(**over):
+        t = {"id": 10, "category_id": 1, "category_name": "circle", "rephrased_name": "the red circle",
+             "phrase_span": [0, 14], "bbox": [1.0, 1.0, 2.0, 2.0], "area": 4,
+             "segmentation": [[1, 1, 3, 1, 3, 3, 1, 3]]}
+        r = {"id": 1, "image_id": 1, "file_name": "000000000001.jpg", "height": 8, "width": 8,
+             "question": "segment every red shape", "answer": "the red circle", "template": "colour", "answers": [t]}
+        t.update(over.pop("target", {}))
+        r.update(over)
+        return r
+
+    p = tmp_path / "synthetic_val_muse.json"
+    p.write_text(json.dumps({"info": {}, "questions": [rec(target={"segmentation": [[1, 1, 3, 1, 3e12, 3, 1, 3]]})]}))
+    with pytest.raises(DataFormatError, match=r"synthetic_val_muse\.json: field 'questions\[0\] \(id 1\)\.answers\[0\]\."
+                                              r"segmentation\[0\]\[4\]': coordinate 3000000000000\.0 lies far outside"):
+        load_muse(p)
+    p.write_text(json.dumps({"info": {}, "questions": [rec(file_name="../../secret.jpg")]}))
+    with pytest.raises(DataFormatError, match=r"field 'questions\[0\] \(id 1\)\.file_name': image file name must be"):
+        load_muse(p)
+    p.write_text(json.dumps({"info": {}, "questions": [rec()]}))
+    assert load_muse(p)[0]["answers"][0]["segmentation"] == [[1, 1, 3, 1, 3, 3, 1, 3]]

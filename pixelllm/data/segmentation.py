@@ -42,7 +42,13 @@ def rle_string_counts(counts: bytes | str) -> list[int]:
     means "more characters follow", bit 0x10 of the last one is the sign; from the 4th count on the
     value is stored as the difference to the count two before. Raises ``ValueError`` for a character
     outside ``'0'``…``'o'`` or a number cut off at the end of the string."""
-    s = counts.encode("ascii", "replace") if isinstance(counts, str) else bytes(counts)
+    if isinstance(counts, str):
+        bad = next((k for k, ch in enumerate(counts) if not ch.isascii()), None)
+        if bad is not None:
+            raise ValueError(f"character {counts[bad]!r} at position {bad} is not in pycocotools' RLE alphabet "
+                             "('0'...'o')")
+        counts = counts.encode("ascii")
+    s = bytes(counts)
     out: list[int] = []
     p, n = 0, len(s)
     while p < n:

@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml | $(PY)
 
 setup: $(STAMP)
 
+# FORCE=1 make data  replaces an existing world (make_synthetic refuses a non-empty --out otherwise).
 data: setup
-	$(PY) -m data_prep.make_synthetic --out runs/full/data
+	$(PY) -m data_prep.make_synthetic --out runs/full/data $(if $(filter-out 0,$(FORCE)),--overwrite)
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -198,7 +198,7 @@ def test_decode_segmentation_formats_agree():
         np.testing.assert_array_equal(decode_segmentation(seg, 12, 9), m)
     poly = decode_segmentation([[3, 2, 8, 2, 8, 7, 3, 7]], 12, 9)
     assert poly.sum() == 25 and poly[2:7, 3:8].all()                           # pixel-centre rasterisation
-    with pytest.raises(ValueError, match="segmentation format"):
+    with pytest.raises(DataFormatError, match="segmentation.: expected polygons or an RLE object, got int"):
         decode_segmentation(42, 12, 9)
 
 

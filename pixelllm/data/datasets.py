@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pixelllm.data.errors import SkipCounter
+from pixelllm.data.images import image_file, open_image
 
 #: Default text prompts (the LM's context after the visual tokens). PAPER_NOTES.md §1/§3.
 DEFAULT_PROMPTS = {
@@ -189,6 +190,46 @@ def enable_image_cache(dataset, store: DecodedImages | None = None) -> DecodedIm
     return store
 
 
+def find_missing_images(dataset) -> list[Path]:
+    """The image files that ``dataset`` will read and that do not exist, each once — a check to run before
+    training or evaluation, so a missing image is found up front and not at step N.
+
+    ``dataset`` is a task dataset (anything with ``missing_images(indices=None)``), a
+    ``torch.utils.data.Subset`` of one (only its samples are checked), a mixture (``.datasets``, a dict or
+    list) or a view (``.dataset``), nested in any way; a dataset of another kind contributes nothing."""
+    from torch.utils.data import Subset
+
+    out: list[Path] = []
+
+    def walk(d, indices) -> None:
+        if d is None:
+            return
+        if isinstance(d, Subset):
+            sub = list(d.indices)
+            walk(d.dataset, sub if indices is None else [sub[i] for i in indices])
+            return
+        if hasattr(d, "missing_images"):
+            out.extend(d.missing_images(indices))
+            return
+        inner = getattr(d, "datasets", None)
+        for child in (inner.values() if isinstance(inner, dict) else inner or ()):
+            walk(child, None)
+        walk(getattr(d, "dataset", None), indices)
+
+    walk(dataset, None)
+    return list(dict.fromkeys(out))
+
+
+def require_images(dataset, where: str = "dataset", show: int = 5) -> None:
+    """Raise ``FileNotFoundError`` naming how many image files of ``dataset`` are missing and the first
+    ``show`` of them (:func:`find_missing_images`); return quietly when all exist."""
+    missing = find_missing_images(dataset)
+    if missing:
+        more = f" (and {len(missing) - show} more)" if len(missing) > show else ""
+        raise FileNotFoundError(f"{where}: {len(missing)} image file(s) missing, e.g. "
+                                f"{', '.join(str(p) for p in missing[:show])}{more}")
+
+
 # --------------------------------------------------------------------------------------------- base
 class _TaskDataset(Dataset):
     """Shared machinery: image loading, tokenisation with EOS, whole-image boxes, flips."""
@@ -212,24 +253,19 @@ class _TaskDataset(Dataset):
 
     # --- images
     def image_path(self, rec: dict) -> Path:
+        """The image file of record ``rec``: ``image_path_fn(rec)`` when given, else ``image_root /
+        file_name`` (a ``file_name`` that is absolute or climbs out with ``..`` raises DataFormatError)."""
         if self.image_path_fn is not None:
             return Path(self.image_path_fn(rec))
-        return self.image_root / rec["file_name"]
+        return image_file(self.image_root, rec["file_name"], f"{type(self).__name__} record image_id "
+                                                             f"{rec.get('image_id')!r}")
 
     def _load_image(self, rec: dict):
-        from PIL import Image, UnidentifiedImageError
-
-        path = self.image_path(rec)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{type(self).__name__}: image file not found: {path} (image_id {rec.get('image_id')!r}, "
-                f"image root {self.image_root})")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise OSError(f"{type(self).__name__}: cannot read image {path}: {e}") from None
+        """The RGB PIL image of ``rec`` (:func:`pixelllm.data.images.open_image`: missing → FileNotFoundError,
+        corrupt / truncated / too large / not the declared ``width`` × ``height`` → DataFormatError, each
+        naming the file)."""
+        return open_image(self.image_path(rec), (rec.get("height"), rec.get("width")),
+                          what=f"image_id {rec.get('image_id')!r}, {type(self).__name__}, image root {self.image_root}")
 
     def _image(self, rec: dict, flip: bool) -> tuple[torch.Tensor, int, int]:
         """(3×S×S float image in [0, 1], original h, original w) of ``rec``: decoded from its file, or the
@@ -240,10 +276,12 @@ class _TaskDataset(Dataset):
         content, h, w = self.decoded.get(self.image_path(rec), self.transform, lambda: self._load_image(rec))
         return self.transform.pad(content, flip), h, w
 
-    def missing_images(self) -> list[Path]:
-        """Every image path of the dataset that does not exist (check before a long run)."""
+    def missing_images(self, indices: Sequence[int] | None = None) -> list[Path]:
+        """Every image path of the dataset (or of samples ``indices``) that does not exist, each once, in
+        sample order — check before a long run (:func:`find_missing_images` for wrapped datasets)."""
         seen, out = set(), []
-        for rec in self._image_records():
+        recs = self._image_records() if indices is None else [self.image_record(i) for i in indices]
+        for rec in recs:
             p = self.image_path(rec)
             if p not in seen:
                 seen.add(p)
@@ -252,6 +290,10 @@ class _TaskDataset(Dataset):
         return out
 
     def _image_records(self):
+        raise NotImplementedError
+
+    def image_record(self, i: int) -> dict:
+        """The record (``image_id``, ``file_name``, …) whose image sample ``i`` shows."""
         raise NotImplementedError
 
     def _flip(self) -> bool:
@@ -310,6 +352,9 @@ class CaptionDataset(_TaskDataset):
 
     def _image_records(self):
         return self.records
+
+    def image_record(self, i: int) -> dict:
+        return self.items[i][0]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -385,6 +430,9 @@ class LNTraceDataset(_TaskDataset):
 
     def _image_records(self):
         return [self._rec(n) for n in self.narratives]
+
+    def image_record(self, i: int) -> dict:
+        return self._rec(self.narratives[i])
 
     @staticmethod
     def _rec(n) -> dict:
@@ -467,6 +515,9 @@ class RefExpDataset(_TaskDataset):
     def _image_records(self):
         return self.records
 
+    def image_record(self, i: int) -> dict:
+        return self.records[i]
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -484,7 +535,8 @@ class RefExpDataset(_TaskDataset):
             from pixelllm.data.coco import decode_segmentation
 
             seg = rec.get("segmentation")
-            m = decode_segmentation(seg, h, w) if seg else np.zeros((h, w), np.uint8)
+            m = decode_segmentation(seg, h, w, field=f"ref {rec.get('ref_id')} annotation {rec.get('ann_id')}"
+                                                     ".segmentation") if seg else np.zeros((h, w), np.uint8)
             s["masks"] = self.transform.mask(m, flip)
         s["meta"] = {k: rec.get(k) for k in ("ref_id", "ann_id", "sent_id", "expression", "bbox", "split")}
         return s
@@ -517,6 +569,9 @@ class RegionCaptionDataset(_TaskDataset):
 
     def _image_records(self):
         return [it[0] for it in self.items]
+
+    def image_record(self, i: int) -> dict:
+        return self.items[i][0]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -20,6 +20,12 @@ from typing import Any, Iterator
 
 log = logging.getLogger("pixelllm.data")
 
+#: largest image accepted, in pixels: 8192² ≈ 67 M (COCO, Visual Genome and Open Images photos have under
+#: 2 M; 67 M RGB pixels already decode to 200 MB). Read at call time by :func:`check_coco_images` (declared
+#: sizes, at which masks are decoded) and :func:`pixelllm.data.images.open_image` (image files, a
+#: decompression bomb); raise it here for larger images.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
 
 class DataFormatError(ValueError):
     """A file that does not follow its format.
@@ -140,23 +146,42 @@ class SkipCounter:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """``json.load`` of a whole file; malformed JSON raises :class:`DataFormatError` naming file:line."""
+    """``json.load`` of a whole file; malformed JSON or bytes that are not UTF-8 raise
+    :class:`DataFormatError` naming file:line."""
     import json
 
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, raw, e, raw.count(b"\n", 0, e.start) + 1) from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataFormatError(path, e.lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise DataFormatError(path, None, None, "malformed JSON (nested too deeply)") from None
+
+
+def _not_utf8(path, raw: bytes, e: UnicodeDecodeError, lineno: int) -> DataFormatError:
+    """A :class:`DataFormatError` for bytes that are not UTF-8 (JSON text is UTF-8, RFC 8259 §8.1);
+    ``raw`` is the file's (or the line's) bytes, ``e.start`` the offset in them."""
+    col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+    return DataFormatError(path, lineno, None, f"not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at column {col})")
 
 
 def read_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """``(line number, parsed object)`` of every non-blank line of a JSON-lines file; a malformed line
-    raises :class:`DataFormatError` naming file:line."""
+    """``(line number, parsed object)`` of every non-blank line of a JSON-lines file; a malformed line or
+    one that is not UTF-8 raises :class:`DataFormatError` naming file:line."""
     import json
 
-    with open(path, encoding="utf-8") as f:
-        for lineno, text in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, raw, e, lineno) from None
             if not text.strip():
                 continue
             try:
@@ -165,23 +190,58 @@ def read_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                 raise DataFormatError(path, lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
 
 
+def check_file_name(name: str, path, line, field: str) -> str:
+    """``name`` if it is a relative path that stays inside the image folder, else :class:`DataFormatError`:
+    an absolute path or one with a ``..`` component would read a file outside the data set."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if not name or PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or \
+            PureWindowsPath(name).drive or ".." in parts or "\0" in name:
+        raise DataFormatError(path, line, field, f"image file name must be a relative path inside the image folder, "
+                                                 f"got {_short(name, 60)}")
+    return name
+
+
 def read_coco_images(path: str | os.PathLike, sizes_optional: bool = False) -> tuple[dict[int, dict], list]:
     """Read a COCO-style file (``images`` {id, file_name, width, height} + ``annotations``), checked.
 
     Returns ``({image_id: {"image_id", "file_name", "width", "height"}}, annotations)``, images in file
     order; ``sizes_optional`` lets width / height be absent (then ``None``). Annotations are only checked
-    to be a list. A missing or mistyped field raises :class:`DataFormatError` naming it."""
+    to be a list. A missing or mistyped field, a duplicate image id, a size ≤ 0 or above
+    :data:`MAX_IMAGE_PIXELS`, or a file name outside the image folder raises
+    :class:`DataFormatError` naming it."""
     data = read_json(path)
     images = require(data, "images", list, path, None)
     anns = require(data, "annotations", list, path, None)
+    return check_coco_images(images, path, sizes_optional), anns
+
+
+def check_coco_images(images: list, path, sizes_optional: bool = False) -> dict[int, dict]:
+    """``{image_id: {"image_id", "file_name", "width", "height"}}`` of a COCO ``images`` list, checked as
+    :func:`read_coco_images` says."""
     recs: dict[int, dict] = {}
     for i, im in enumerate(images):
         pre = f"images[{i}]."
         iid = require(im, "id", int, path, None, pre)
-        recs[iid] = {"image_id": iid, "file_name": require(im, "file_name", str, path, None, pre),
-                     "width": require(im, "width", int, path, None, pre, optional=sizes_optional),
-                     "height": require(im, "height", int, path, None, pre, optional=sizes_optional)}
-    return recs, anns
+        if iid in recs:
+            first = next(k for k, r in enumerate(recs) if r == iid)
+            raise DataFormatError(path, None, f"{pre}id", f"duplicate image id {iid} (first at images[{first}])")
+        size = {}
+        for k in ("width", "height"):
+            v = require(im, k, int, path, None, pre, optional=sizes_optional)
+            if v is not None and v <= 0:
+                raise DataFormatError(path, None, f"{pre}{k}", f"expected a positive integer, got {v}")
+            size[k] = v
+        w, h = size["width"], size["height"]
+        if w is not None and h is not None and w * h > MAX_IMAGE_PIXELS:
+            # masks of this image would be decoded at this size (pycocotools allocates h·w bytes)
+            raise DataFormatError(path, None, f"{pre}width", f"{w}×{h} pixels exceed the limit of {MAX_IMAGE_PIXELS} "
+                                                            "(pixelllm.data.errors.MAX_IMAGE_PIXELS)")
+        recs[iid] = {"image_id": iid,
+                     "file_name": check_file_name(require(im, "file_name", str, path, None, pre), path, None,
+                                                  f"{pre}file_name"), **size}
+    return recs
 
 
 def keep_nonempty(records, key: str, skips: SkipCounter, reason: str) -> list[dict]:

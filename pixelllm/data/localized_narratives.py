@@ -103,6 +103,10 @@ def parse_narrative(obj: Any, path: str | os.PathLike | None = None, line: int |
     image_id = require(obj, "image_id", (str, int), path, line)
     if isinstance(image_id, int):
         image_id = str(image_id)
+    if not image_id or any(c in image_id for c in "/\\\0") or image_id.startswith("."):
+        # the image file name is made from it (Narrative.coco_file_name): it must not name another folder
+        raise DataFormatError(path, line, "image_id", f"expected an image id (no '/', '\\' or leading '.'), "
+                                                     f"got {image_id!r:.60}")
     caption = require(obj, "caption", str, path, line)
     timed = require(obj, "timed_caption", list, path, line)
     utts = []

@@ -43,7 +43,10 @@ import torch
 from torch.utils.data import Dataset
 
 from pixelllm.data.datasets import DecodedImages, ResizePad, xywh_to_xyxy
-from pixelllm.data.errors import DataFormatError, SkipCounter, check_type, read_json, require
+from pixelllm.data.errors import DataFormatError, SkipCounter, check_file_name, check_type, read_json, require
+from pixelllm.data.images import image_file, open_image
+from pixelllm.data.segmentation import check_segmentation as coco_segmentation_check
+from pixelllm.data.segmentation import rle_string_counts  # noqa: F401  (re-exported: the RLE run decoder)
 
 #: placeholder of ``text_answer`` after each target's phrase (PixelLM's ``text_answers``)
 SEG_PLACEHOLDER = "{seg}"
@@ -56,32 +59,6 @@ def muse_path(data_root: str | os.PathLike, split: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------ segmentation
-def rle_string_counts(counts: str) -> list[int]:
-    """Run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``, in Python): 5 bits per
-    character offset by 48, bit 0x20 = more characters follow, sign-extended; from the 3rd run on each
-    value is a difference to the run two before. Raises ValueError on a character outside '0'..'o' or a
-    truncated value."""
-    out: list[int] = []
-    p, n = 0, len(counts)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise ValueError("truncated run length at the end of the string")
-            c = ord(counts[p]) - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"character {counts[p]!r} at {p} is not an RLE character ('0'..'o')")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p, k = p + 1, k + 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(out) > 2:
-            x += out[-2]
-        out.append(x)
-    return out
-
-
 def check_segmentation(seg: Any, height: int, width: int, path, field: str) -> Any:
     """``seg`` if it is a valid COCO segmentation of an ``height`` × ``width`` image, else
     :class:`DataFormatError` naming ``field``: an RLE (``counts`` a compressed string or a list of
@@ -115,6 +92,7 @@ def check_segmentation(seg: Any, height: int, width: int, path, field: str) -> A
                                       f"a polygon needs an even number >= 6 of coordinates, got {len(poly)}")
             for j, v in enumerate(poly):
                 check_type(v, (int, float), path, None, f"{field}[{k}][{j}]")
+        coco_segmentation_check(seg, height, width, path, field)    # coordinates pycocotools can rasterise
         return seg
     raise DataFormatError(path, None, field, f"expected an RLE object or a non-empty list of polygons, "
                                              f"got {type(seg).__name__}")
@@ -176,7 +154,8 @@ def load_muse(path: str | os.PathLike) -> list[dict]:
         seen[qid] = i
         pre = f"questions[{i}] (id {qid})."
         rec: dict[str, Any] = {"id": qid, "image_id": require(q, "image_id", int, path, None, pre),
-                               "file_name": require(q, "file_name", str, path, None, pre)}
+                               "file_name": check_file_name(require(q, "file_name", str, path, None, pre), path, None,
+                                                            pre + "file_name")}
         for k in ("height", "width"):
             v = require(q, k, int, path, None, pre)
             if v < 1:
@@ -283,7 +262,7 @@ class MuseDataset(Dataset):
         for i, r in enumerate(self.records):
             if r["file_name"] in checked:
                 continue
-            p = self.image_root / r["file_name"]
+            p = image_file(self.image_root, r["file_name"], self.path, f"question id {r['id']}: file_name")
             if not p.is_file():
                 raise FileNotFoundError(f"{self.path}: question id {r['id']} (image_id {r['image_id']}): "
                                         f"field 'file_name': image {p} not found")
@@ -293,17 +272,12 @@ class MuseDataset(Dataset):
         return len(self.records)
 
     def _load(self, p: Path):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(p) as im:
-                im.load()
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise OSError(f"MuseDataset: cannot read image {p}: {e}") from None
+        """RGB image of ``p`` (:func:`pixelllm.data.images.open_image`: corrupt / truncated / too large →
+        DataFormatError naming the file)."""
+        return open_image(p, what=f"MuseDataset {self.path.name}")
 
     def _image(self, rec: dict) -> tuple[torch.Tensor, int, int]:
-        p = self.image_root / rec["file_name"]
+        p = image_file(self.image_root, rec["file_name"], self.path, f"question id {rec['id']}: file_name")
         if self.decoded is None:
             img = self._load(p)
             return self.transform.image(img), img.height, img.width

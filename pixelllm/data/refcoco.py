@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelllm.data.coco import load_coco
-from pixelllm.data.errors import DataFormatError, SkipCounter, check_type, read_json, require
+from pixelllm.data.errors import DataFormatError, SkipCounter, check_file_name, check_type, read_json, require
 
 SPLITS = ("train", "val", "test", "testA", "testB")
 
@@ -66,19 +66,34 @@ def load_refs(path: str | os.PathLike) -> list[dict]:
     """
     refs = restricted_load(path)
     check_type(refs, list, path, None, "<root>")
+    first_ref: dict[int, int] = {}
+    first_sent: dict[Any, str] = {}
     for i, r in enumerate(refs):
         pre = f"[{i}]."
         if not isinstance(r, dict):
             raise DataFormatError(path, None, f"[{i}]", f"expected a dict, got {type(r).__name__}")
         for k in ("ref_id", "ann_id", "image_id"):
             require(r, k, int, path, None, pre)
+        if r["ref_id"] in first_ref:
+            raise DataFormatError(path, None, f"{pre}ref_id", f"duplicate ref id {r['ref_id']} (first at "
+                                                              f"[{first_ref[r['ref_id']]}])")
+        first_ref[r["ref_id"]] = i
         require(r, "split", str, path, None, pre)
         sents = require(r, "sentences", list, path, None, pre)
         for j, s in enumerate(sents):
+            sp = f"[{i}].sentences[{j}]."
             if not isinstance(s, dict):
-                raise DataFormatError(path, None, f"[{i}].sentences[{j}]", "expected a dict")
+                raise DataFormatError(path, None, sp[:-1], "expected a dict")
             if "raw" not in s and "sent" not in s:
-                raise DataFormatError(path, None, f"[{i}].sentences[{j}].raw", "missing (and no 'sent')")
+                raise DataFormatError(path, None, f"{sp}raw", "missing (and no 'sent')")
+            for k in ("sent", "raw"):
+                require(s, k, str, path, None, sp, optional=True)       # None is refused, never "None"
+            sid = require(s, "sent_id", int, path, None, sp, optional=True)
+            if sid is not None:
+                if sid in first_sent:
+                    raise DataFormatError(path, None, f"{sp}sent_id", f"duplicate sentence id {sid} (first at "
+                                                                      f"{first_sent[sid]})")
+                first_sent[sid] = sp[:-1]
     return refs
 
 
@@ -103,10 +118,14 @@ class RefCOCO:
         self.refs_path = d / f"refs({split_by}).p"
         self.instances_path = d / "instances.json"
         self.refs = load_refs(self.refs_path)
-        self.coco = load_coco(self.instances_path)
         self.skips = SkipCounter(f"refer {dataset}({split_by})")
+        self.coco = load_coco(self.instances_path, self.skips)
         self.records: list[dict] = []
         for i, r in enumerate(self.refs):
+            if r["ann_id"] in self.coco.dropped:                 # a degenerate box / polygon (load_coco)
+                self.skips.add(f"skipped: ref of a dropped annotation ({self.coco.dropped[r['ann_id']]})",
+                               n=len(r["sentences"]), detail=f"ref {r['ref_id']} annotation {r['ann_id']}")
+                continue
             if r["ann_id"] not in self.coco.anns:
                 raise DataFormatError(self.refs_path, None, f"[{i}].ann_id",
                                       f"annotation {r['ann_id']} not found in {self.instances_path}")
@@ -114,8 +133,13 @@ class RefCOCO:
                 raise DataFormatError(self.refs_path, None, f"[{i}].image_id",
                                       f"image {r['image_id']} not found in {self.instances_path}")
             ann, img = self.coco.anns[r["ann_id"]], self.coco.imgs[r["image_id"]]
+            if ann["image_id"] != r["image_id"]:
+                # the box would be drawn on another image: refs and instances do not belong together
+                raise DataFormatError(self.refs_path, None, f"[{i}].image_id",
+                                      f"ref {r['ref_id']} is on image {r['image_id']} but its annotation "
+                                      f"{r['ann_id']} is on image {ann['image_id']} in {self.instances_path}")
             for j, s in enumerate(r["sentences"]):
-                text = str(s.get(sentence_field, s.get("raw", s.get("sent", "")))).strip()
+                text = s.get(sentence_field, s.get("raw", s.get("sent", ""))).strip()
                 if not text:
                     self.skips.add("skipped: empty expression", detail=f"ref {r['ref_id']} sentence {j}")
                     continue
@@ -158,8 +182,14 @@ def load_mdetr_refexp(path: str | os.PathLike, split: str | None = None) -> list
     images = require(data, "images", list, path, None)
     anns = require(data, "annotations", list, path, None)
     by_expr: dict[int, dict] = {}
+    first_ann: dict[int, int] = {}
     for i, a in enumerate(anns):
         pre = f"annotations[{i}]."
+        aid = require(a, "id", int, path, None, pre, optional=True)
+        if aid is not None and aid in first_ann:
+            raise DataFormatError(path, None, f"{pre}id", f"duplicate annotation id {aid} (first at "
+                                                          f"annotations[{first_ann[aid]}])")
+        first_ann.setdefault(aid, i)
         eid = require(a, "image_id", int, path, None, pre)
         bbox = require(a, "bbox", list, path, None, pre)
         if len(bbox) != 4:
@@ -169,9 +199,14 @@ def load_mdetr_refexp(path: str | os.PathLike, split: str | None = None) -> list
         by_expr.setdefault(eid, a)                                    # one box per expression
     out = []
     skips = SkipCounter(f"mdetr {path.name}")
+    first_expr: dict[int, int] = {}
     for i, im in enumerate(images):
         pre = f"images[{i}]."
         eid = require(im, "id", int, path, None, pre)
+        if eid in first_expr:
+            raise DataFormatError(path, None, f"{pre}id", f"duplicate image (expression) id {eid} (first at "
+                                                          f"images[{first_expr[eid]}])")
+        first_expr[eid] = i
         caption = require(im, "caption", str, path, None, pre).strip()
         a = by_expr.get(eid)
         if a is None:
@@ -180,7 +215,7 @@ def load_mdetr_refexp(path: str | os.PathLike, split: str | None = None) -> list
         out.append({
             "ref_id": im.get("ref_id", eid), "ann_id": a.get("id"),
             "image_id": require(im, "original_img_id", int, path, None, pre),
-            "file_name": require(im, "file_name", str, path, None, pre),
+            "file_name": check_file_name(require(im, "file_name", str, path, None, pre), path, None, f"{pre}file_name"),
             "width": require(im, "width", int, path, None, pre),
             "height": require(im, "height", int, path, None, pre),
             "expression": caption, "sent_id": im.get("sentence_id", eid),

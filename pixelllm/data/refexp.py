@@ -28,10 +28,11 @@ def expression_token_ids(tokenizer: Any, text: str) -> list[int]:
     return [i for i in tokenizer(text)["input_ids"] if i not in specials]
 
 
-def refexp_problem(rec: Mapping[str, Any], tokenizer: Any = None) -> str | None:
+def refexp_problem(rec: Mapping[str, Any], tokenizer: Any = None, need_mask: bool = False) -> str | None:
     """Why a per-expression record (``pixelllm.data.refcoco`` format: ``expression``, ``bbox`` [x, y, w, h]
     original pixels, ``width``, ``height``) is unusable, or None. Reasons: "empty expression",
-    "expression with no tokens", "zero-size box", "box outside the image"."""
+    "expression with no tokens", "zero-size box", "box outside the image", and with ``need_mask``
+    "no segmentation" (an all-zero target mask would be a wrong label)."""
     expr = str(rec.get("expression", "")).strip()
     if not expr:
         return "empty expression"
@@ -43,18 +44,21 @@ def refexp_problem(rec: Mapping[str, Any], tokenizer: Any = None) -> str | None:
     W, H, tol = float(rec["width"]), float(rec["height"]), BOX_TOLERANCE_PX
     if x < -tol or y < -tol or x + w > W + tol or y + h > H + tol:
         return "box outside the image"
+    if need_mask and not rec.get("segmentation"):
+        return "no segmentation"
     return None
 
 
 def check_refexp_records(records: Iterable[Mapping[str, Any]], tokenizer: Any = None,
-                         skips: SkipCounter | None = None, source: str = "refer") -> list[dict]:
-    """Keep the usable records (:func:`refexp_problem`); the others are counted by reason in ``skips``
-    (a new :class:`SkipCounter` named ``source`` when None, reported once at the end)."""
+                         skips: SkipCounter | None = None, source: str = "refer", need_mask: bool = False) -> list[dict]:
+    """Keep the usable records (:func:`refexp_problem`, ``need_mask`` for segmentation); the others are
+    counted by reason in ``skips`` (a new :class:`SkipCounter` named ``source`` when None, reported once at
+    the end)."""
     own = skips is None
     skips = skips if skips is not None else SkipCounter(source)
     kept = []
     for r in records:
-        why = refexp_problem(r, tokenizer)
+        why = refexp_problem(r, tokenizer, need_mask)
         if why is None:
             kept.append(dict(r))
         else:
@@ -93,7 +97,7 @@ def refexp_datasets(data_dir: str | os.PathLike, tokenizer: Any, image_size: int
     skips = SkipCounter(f"referring {dataset}({split_by})")
     out = {}
     for split in splits:
-        recs = check_refexp_records(refer.expressions(split), tokenizer, skips)
+        recs = check_refexp_records(refer.expressions(split), tokenizer, skips, need_mask=return_masks)
         cap = max_samples.get(split) if isinstance(max_samples, Mapping) else max_samples
         if cap:
             recs = recs[:cap]

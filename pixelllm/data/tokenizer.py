@@ -94,11 +94,33 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
     return load_tokenizer(out_dir)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
 def load_tokenizer(path: str | os.PathLike):
-    """``transformers.AutoTokenizer.from_pretrained(path)`` (local folder only, no network)."""
+    """``transformers.AutoTokenizer.from_pretrained(path)`` (local folder only, no network).
+
+    The folder's JSON files are parsed first, so a truncated or non-UTF-8 ``tokenizer.json`` raises
+    :class:`~pixelllm.data.errors.DataFormatError` naming the file and line; a missing folder or
+    ``tokenizer.json`` raises ``FileNotFoundError``; anything else the library refuses is re-raised as a
+    DataFormatError naming ``tokenizer.json``."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    from pixelllm.data.errors import DataFormatError, read_json
+
+    folder = Path(path)
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no tokenizer at {folder}: {folder / 'tokenizer.json'} does not exist")
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file() and not isinstance(read_json(folder / name), dict):
+            raise DataFormatError(folder / name, None, None, "expected a JSON object")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ImportError):
+        raise
+    except Exception as e:                      # the Rust tokenizers library raises plain Exception
+        raise DataFormatError(folder / "tokenizer.json", None, None,
+                              f"not a tokenizer the library can load: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 def corpus_texts(data_root: str | os.PathLike, include_prompts: bool = True) -> list[str]:

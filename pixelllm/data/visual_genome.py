@@ -81,6 +81,8 @@ def load_visual_genome(region_descriptions: str | os.PathLike, image_data: str |
         pre = f"[{i}]."
         key = "id" if isinstance(im, dict) and "image_id" not in im and "id" in im else "image_id"
         iid = require(im, key, int, image_data, None, pre)
+        if iid in meta:
+            raise DataFormatError(image_data, None, f"{pre}{key}", f"duplicate image id {iid}")
         url = require(im, "url", str, image_data, None, pre, optional=True)
         meta[iid] = {"width": require(im, "width", int, image_data, None, pre),
                      "height": require(im, "height", int, image_data, None, pre),
@@ -91,6 +93,8 @@ def load_visual_genome(region_descriptions: str | os.PathLike, image_data: str |
     data = read_json(region_descriptions)
     check_type(data, list, region_descriptions, None, "<root>")
     out = []
+    seen_images: dict[int, int] = {}
+    seen_regions: dict[int, str] = {}
     for i, entry in enumerate(data):
         pre = f"[{i}]."
         regions = require(entry, "regions", list, region_descriptions, None, pre)
@@ -98,6 +102,10 @@ def load_visual_genome(region_descriptions: str | os.PathLike, image_data: str |
         if iid is None and regions:
             iid = regions[0].get("image_id")
         check_type(iid, int, region_descriptions, None, f"{pre}id")
+        if iid in seen_images:
+            raise DataFormatError(region_descriptions, None, f"{pre}id", f"duplicate image id {iid} (first at "
+                                                                          f"[{seen_images[iid]}])")
+        seen_images[iid] = i
         sp = split_of.get(iid) if split_of is not None else None
         if split is not None and sp != split:
             continue
@@ -109,6 +117,14 @@ def load_visual_genome(region_descriptions: str | os.PathLike, image_data: str |
         for k, r in enumerate(regions):
             rp = f"{pre}regions[{k}]."
             rid = require(r, "region_id", int, region_descriptions, None, rp)
+            if rid in seen_regions:
+                raise DataFormatError(region_descriptions, None, f"{rp}region_id",
+                                      f"duplicate region id {rid} (first at {seen_regions[rid]})")
+            seen_regions[rid] = rp[:-1]
+            own = require(r, "image_id", int, region_descriptions, None, rp, optional=True)
+            if own is not None and own != iid:
+                raise DataFormatError(region_descriptions, None, f"{rp}image_id",
+                                      f"region {rid} says image {own} but is listed under image {iid}")
             phrase = require(r, "phrase", str, region_descriptions, None, rp).strip()
             x, y, w, h = (require(r, c, (int, float), region_descriptions, None, rp)
                           for c in ("x", "y", "width", "height"))
@@ -140,10 +156,15 @@ def load_vg_coco_style(path: str | os.PathLike, split: str | None = None,
     recs, anns = read_coco_images(path)
     for r in recs.values():
         r["split"], r["regions"] = split, []
+    first: dict[int, int] = {}
     for i, a in enumerate(anns):
         pre = f"annotations[{i}]."
         iid = require(a, "image_id", int, path, None, pre)
         aid = require(a, "id", int, path, None, pre)
+        if aid in first:
+            raise DataFormatError(path, None, f"{pre}id", f"duplicate annotation (region) id {aid} (first at "
+                                                          f"annotations[{first[aid]}])")
+        first[aid] = i
         caption = require(a, "caption", str, path, None, pre).strip()
         bbox = require(a, "bbox", list, path, None, pre)
         if len(bbox) != 4:

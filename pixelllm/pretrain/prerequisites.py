@@ -36,7 +36,8 @@ def ensure_data(cfg, progress: bool = True) -> Path:
     dc = prerequisite_config("data", cfg)
     out = resolve_paths(cfg).data
     found_or_compute(out / "stats.json", lambda: generate(out, n_scenes=dc.n_scenes, image_size=dc.image_size,
-                                                          seed=dc.seed, progress=progress), config=dc)
+                                                          seed=dc.seed, progress=progress, overwrite=True),
+                     config=dc)        # recomputed only when absent or of another config: replace that world
     for p in add_pointing_sidecars(out):
         print(f"added the pointing sidecar {p}")
     from pixelllm.data.synthetic.muse import write_muse

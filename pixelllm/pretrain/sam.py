@@ -29,9 +29,7 @@ bottom/right to S×S. Evaluation IoU is measured on the original-size masks (``S
 """
 from __future__ import annotations
 
-import contextlib
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -39,13 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import box_convert, sigmoid_focal_loss
 from tqdm.auto import tqdm
 
+from pixelllm.data.coco import decode_segmentation
 from pixelllm.data.errors import DataFormatError, SkipCounter
+from pixelllm.data.images import image_file, open_image
 from pixelllm.modeling.sam import build_sam
 from pixelllm.pretrain.common import RecordedEval, checkpoint_dir, resume_and_fit, run_records
 from pixelllm.utils import atomic_write_bytes, seed_everything, write_json
@@ -71,27 +70,21 @@ class SamInstances(torch.utils.data.Dataset):
     """
 
     def __init__(self, data_root: str | os.PathLike, split: str = "train", image_size: int = 128):
-        from pycocotools.coco import COCO
+        from pixelllm.data.coco import load_coco
 
         self.root = Path(data_root)
         self.path = self.root / "coco" / f"instances_{split}.json"
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: COCO instances file not found (generate the synthetic "
                                     "world with pixelllm.data.synthetic.generate)")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-                self.coco = COCO(str(self.path))
-        except json.JSONDecodeError as e:
-            raise DataFormatError(self.path, e.lineno, None, f"malformed JSON: {e.msg}") from e
-        except (KeyError, TypeError) as e:
-            raise DataFormatError(self.path, None, str(e).strip("'"), "missing or malformed COCO field") from e
+        self.skips = SkipCounter(f"SamInstances({self.path.name})")
+        self.coco = load_coco(self.path, self.skips)       # checked: fields, ids, boxes, segmentations
         self.image_size = image_size
         self.transform = ResizeLongestSide(image_size)
-        self.skips = SkipCounter(f"SamInstances({self.path.name})")
         self.items: list[tuple[int, Path, list[dict]]] = []
         for img_id in sorted(self.coco.getImgIds()):
             info = self.coco.imgs[img_id]
-            file = self.root / "images" / info.get("file_name", f"{img_id:012d}.jpg")
+            file = image_file(self.root / "images", info["file_name"], self.path, f"images[id={img_id}].file_name")
             anns = []
             for a in self.coco.imgToAnns.get(img_id, []):
                 if not a.get("segmentation") or a.get("iscrowd", 0):
@@ -116,9 +109,11 @@ class SamInstances(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         img_id, file, anns = self.items[i]
-        image = np.array(Image.open(file).convert("RGB"))  # H×W×3 uint8 (a writable copy)
+        info = self.coco.imgs[img_id]
+        image = np.array(open_image(file, (info["height"], info["width"]), what=f"image_id {img_id}"))  # H×W×3 uint8
         H, W = image.shape[:2]
-        orig_masks = np.stack([self.coco.annToMask(a) for a in anns]).astype(bool)  # N×H×W
+        orig_masks = np.stack([decode_segmentation(a["segmentation"], H, W, self.path, f"annotation {a['id']}.segmentation")
+                               for a in anns]).astype(bool)                                          # N×H×W
         if max(H, W) != self.image_size:
             image = self.transform.apply_image(image)
             masks = np.stack([self.transform.apply_image(m.astype(np.uint8) * 255) > 127 for m in orig_masks])
@@ -365,6 +360,8 @@ def evaluate_sam(sam: Sam, data_root: str | os.PathLike, split: str = "val", bat
             ious.append(iou)
             per_image.append(iou.mean())
     sam.train(was_training)
+    if not ious:         # a mean over nothing is no score
+        raise ValueError(f"evaluate_sam: no instance to score on {split} (first {n_img} of {len(ds)} images)")
     ious_t = torch.cat(ious)
     return {"mask_iou": float(ious_t.mean()), "miou_images": float(torch.stack(per_image).mean()),
             "n_instances": int(len(ious_t)), "n_images": len(per_image)}
@@ -474,7 +471,7 @@ def box_prompt_masks(sam: Sam, data_root: str | os.PathLike, split: str = "test"
         masks = (sam.postprocess_masks(logits, it["input_size"], it["original_size"]) > sam.mask_threshold)[:, 0]
         iou = mask_iou(masks, it["orig_masks"])
         H, W = it["original_size"]
-        img = np.array(Image.open(ds.items[k][1]).convert("RGB"), dtype=np.float32) / 255  # original frame
+        img = np.array(open_image(ds.items[k][1]), dtype=np.float32) / 255                # original frame
         scale = np.array([W, H, W, H]) / np.array([it["input_size"][1], it["input_size"][0]] * 2)
         out.append({"image": img, "masks": masks.numpy(), "boxes": it["boxes"].numpy() * scale,  # resized -> original
                     "image_id": it["image_id"], "iou": float(iou.mean())})

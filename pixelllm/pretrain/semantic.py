@@ -24,7 +24,6 @@ Measured (2,000-scene world, 1 core, batch 64): colour accuracy 0.93 after 50 st
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from pixelllm.data.errors import DataFormatError, SkipCounter
 from pixelllm.data.vocab import COLORS, SHAPES
@@ -51,31 +49,29 @@ def patch_targets(data_root: str | os.PathLike, split: str, image_size: int, pat
     g = S / patch_size; channel 0 = background. Images must be S×S (the synthetic world's size); others, and
     annotations without a scene object, are skipped and counted.
     """
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
+    from pixelllm.data.coco import decode_segmentation, load_coco
+    from pixelllm.data.errors import read_json
+    from pixelllm.data.images import image_file, open_image
 
     root = Path(data_root)
     inst, scenes_path = root / "coco" / f"instances_{split}.json", root / "scenes.json"
     for p in (inst, scenes_path):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: needed for semantic-encoder pretraining (synthetic world)")
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(inst))
+    skips = SkipCounter(f"semantic pretraining ({split})")
+    coco = load_coco(inst, skips)                     # checked: fields, ids, boxes, segmentations
     try:
-        objects = {o["id"]: o for s in json.loads(scenes_path.read_text())["images"] for o in s["objects"]}
+        objects = {o["id"]: o for s in read_json(scenes_path)["images"] for o in s["objects"]}
     except (KeyError, TypeError) as e:
         raise DataFormatError(scenes_path, None, "images[].objects", f"missing or malformed: {e}") from e
-    skips = SkipCounter(f"semantic pretraining ({split})")
     images, colours, shapes = [], [], []
     for img_id in sorted(coco.getImgIds()):
         info = coco.imgs[img_id]
-        file = root / "images" / info["file_name"]
+        file = image_file(root / "images", info["file_name"], inst, f"images[id={img_id}].file_name")
         if not file.is_file():
             skips.add("image file missing", detail=str(file))
             continue
-        img = np.asarray(Image.open(file).convert("RGB"))
+        img = np.asarray(open_image(file, (info["height"], info["width"]), what=f"image_id {img_id}"))
         if img.shape[:2] != (image_size, image_size):
             skips.add(f"image not {image_size}×{image_size}", detail=str(file))
             continue
@@ -86,7 +82,8 @@ def patch_targets(data_root: str | os.PathLike, split: str, image_size: int, pat
             if o is None or o.get("color") not in COLOR_NAMES or o.get("shape") not in SHAPE_NAMES:
                 skips.add("annotation without a scene object / colour / shape", detail=f"ann {a['id']}")
                 continue
-            m = coco.annToMask(a).astype(bool)
+            m = decode_segmentation(a.get("segmentation"), info["height"], info["width"], inst,
+                                    f"annotation {a['id']}.segmentation").astype(bool)
             lc[m] = COLOR_NAMES.index(o["color"]) + 1
             ls[m] = SHAPE_NAMES.index(o["shape"]) + 1
         images.append(torch.from_numpy(img.copy()).permute(2, 0, 1))

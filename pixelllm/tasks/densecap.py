@@ -81,15 +81,23 @@ class DenseCapDataset(torch.utils.data.Dataset):
             ids.append(eos)
         return ids[: self.max_target_len - 1] + [eos] if len(ids) > self.max_target_len else ids
 
+    def image_path(self, r: dict) -> Path:
+        """``image_root / file_name`` (an absolute or ``..`` file name raises DataFormatError)."""
+        from pixelllm.data.images import image_file
+
+        return image_file(self.image_root, r["file_name"], f"DenseCapDataset record image_id {r.get('image_id')!r}")
+
+    def missing_images(self, indices: Sequence[int] | None = None) -> list[Path]:
+        """The image files of the dataset (or of samples ``indices``) that do not exist, each once."""
+        recs = self.records if indices is None else [self.records[i] for i in indices]
+        return [p for p in dict.fromkeys(self.image_path(r) for r in recs) if not p.is_file()]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from PIL import Image
+        from pixelllm.data.images import open_image
 
         r = self.records[i]
-        path = self.image_root / r["file_name"]
-        if not path.is_file():
-            raise FileNotFoundError(f"DenseCapDataset: image file not found: {path} (image_id {r['image_id']})")
-        with Image.open(path) as im:
-            img = im.convert("RGB")
+        img = open_image(self.image_path(r), (r.get("height"), r.get("width")),
+                         what=f"DenseCapDataset, image_id {r.get('image_id')!r}")
         h, w = img.height, img.width
         _, nh, nw = self.transform.geometry(h, w)
         boxes = self.transform.boxes([xywh_to_xyxy(g["bbox"]) for g in r["regions"]], h, w)   # N×4 resized
@@ -224,6 +232,8 @@ def evaluate_densecap(detections: Sequence[dict], ground_truth: Sequence[dict],
     ``meteor_fn(pairs) -> scores`` replaces METEOR (Java) in tests."""
     from pixelllm.eval.densecap import densecap_map
 
+    if not detections:
+        raise ValueError("evaluate_densecap: no image was predicted (empty split?); nothing to score")
     ids = {d["image_id"] for d in detections}
     gt = [g for g in ground_truth if g["image_id"] in ids]
     return densecap_map(detections, gt, meteor_fn=meteor_fn)

@@ -176,15 +176,18 @@ def evaluate_loc_caption(model, datasets: dict, tokenizer, prompt: str = REGION_
 def scene_objects(scenes_path: str | os.PathLike) -> dict[int, list[dict]]:
     """{image_id: objects} of the synthetic world's ``scenes.json`` (each object: ``id``, ``shape``,
     ``color``, ``size``, ``bbox`` [x, y, w, h] original pixels)."""
-    import json
+    from pixelllm.data.errors import DataFormatError, read_json, require
 
     p = Path(scenes_path)
     if not p.is_file():
         raise FileNotFoundError(f"scene_objects: {p} not found (the synthetic world's ground truth)")
-    data = json.loads(p.read_text())
-    if "images" not in data:
-        raise ValueError(f"{p}: no 'images' field")
-    return {int(im["image_id"]): list(im.get("objects", [])) for im in data["images"]}
+    out: dict[int, list[dict]] = {}
+    for i, im in enumerate(require(read_json(p), "images", list, p, None)):
+        iid = require(im, "image_id", int, p, None, f"images[{i}].")
+        if iid in out:
+            raise DataFormatError(p, None, f"images[{i}].image_id", f"duplicate image id {iid}")
+        out[iid] = list(require(im, "objects", list, p, None, f"images[{i}].", optional=True, default=[]))
+    return out
 
 
 def region_attribute_targets(results: Sequence[dict], objects: dict[int, list[dict]], min_iou: float = 0.5,

@@ -53,7 +53,8 @@ from pixelllm.data.synthetic.language import (Descriptor, ParsedExpression, land
                                               relation_holds, resolve_expression)
 from pixelllm.data.synthetic.text import captions_for_scene, narrative_for_scene, region_phrases_for_object
 from pixelllm.data.synthetic.card import write_dataset_card
-from pixelllm.data.synthetic.world import add_pointing_sidecars, assign_splits, generate
+from pixelllm.data.synthetic.world import (add_pointing_sidecars, assign_splits, check_split_sizes, clear_world,
+                                           generate, prepare_world_dir, split_sizes)
 
 __all__ = [
     # constants
@@ -67,5 +68,6 @@ __all__ = [
     # text
     "captions_for_scene", "narrative_for_scene", "region_phrases_for_object",
     # card, world
-    "write_dataset_card", "add_pointing_sidecars", "assign_splits", "generate",
+    "write_dataset_card", "add_pointing_sidecars", "assign_splits", "generate", "check_split_sizes", "clear_world",
+    "prepare_world_dir", "split_sizes",
 ]

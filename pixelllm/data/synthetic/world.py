@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,10 +43,91 @@ def assign_splits(n_scenes: int, seed: int, split_fractions: Sequence[float]) ->
     return split
 
 
+def split_sizes(n_scenes: int, split_fractions: Sequence[float]) -> dict[str, int]:
+    """Images per split of :func:`assign_splits` (train = round(f_train·N), val = round(f_val·N), test = the
+    rest), without drawing the permutation."""
+    n_train = int(round(split_fractions[0] * n_scenes))
+    n_val = int(round(split_fractions[1] * n_scenes))
+    return {"train": n_train, "val": min(n_val, n_scenes - n_train), "test": max(0, n_scenes - n_train - n_val)}
+
+
+def check_split_sizes(n_scenes: int, split_fractions: Sequence[float]) -> dict[str, int]:
+    """:func:`split_sizes`, refusing (``ValueError`` with the counts and the smallest world that fills every
+    split) a world in which a split asked for (fraction > 0) gets no image — an empty val or test split
+    would make every later evaluation on it fail or score nothing."""
+    sizes = split_sizes(n_scenes, split_fractions)
+    empty = [sp for sp, f in zip(SPLITS, split_fractions) if f > 0 and sizes[sp] == 0]
+    if empty:
+        need = next((n for n in range(n_scenes + 1, 100 * n_scenes + 1000)
+                     if all(v > 0 for sp, v in split_sizes(n, split_fractions).items()
+                            if split_fractions[SPLITS.index(sp)] > 0)), None)
+        raise ValueError(f"a world of {n_scenes} scenes with split fractions {tuple(split_fractions)} has "
+                         f"{sizes} images per split: the {' and '.join(empty)} split(s) would be empty; use at "
+                         f"least {need} scenes (--n-scenes) or other fractions (--splits)")
+    return sizes
+
+
+#: what a world consists of (relative to its folder): the files :func:`generate` writes, and the config
+#: sidecar that ``found_or_compute`` puts beside ``stats.json``
+WORLD_FILES = ("scenes.json", "stats.json", "stats.json.config.json", "refcoco/refs(unc).p", "refcoco/instances.json",
+               "vg/region_descriptions.json", "vg/image_data.json", "vg/densecap_splits.json")
+WORLD_PATTERNS = {"images": re.compile(r"\d{12}\.jpg"), "captions": re.compile(r"captions_\w+\.json"),
+                  "coco": re.compile(r"instances_\w+\.json"),
+                  "localized_narratives": re.compile(r"synthetic_\w+_localized_narratives(\.pointing)?\.jsonl"),
+                  "muse": re.compile(r"synthetic_\w+_muse\.json")}
+_TEMP = re.compile(r"\..+\.tmp\d+")            # an interrupted atomic write (pixelllm.utils.atomic_write_bytes)
+
+
+def clear_world(out_dir: str | os.PathLike) -> list[Path]:
+    """Remove the world in ``out_dir``: only the files a world consists of (:data:`WORLD_FILES`, the
+    :data:`WORLD_PATTERNS` of its sub-folders, interrupted temporary files), then its sub-folders left
+    empty. Returns what was kept (files of someone else), each logged once as a warning."""
+    import logging
+
+    out = Path(out_dir)
+    owned = [out / f for f in WORLD_FILES]
+    for sub, pat in WORLD_PATTERNS.items():
+        if (out / sub).is_dir():
+            owned += [p for p in (out / sub).iterdir() if p.is_file() and (pat.fullmatch(p.name) or _TEMP.fullmatch(p.name))]
+    for sub in ("refcoco", "vg", "."):
+        if (out / sub).is_dir():
+            owned += [p for p in (out / sub).iterdir() if p.is_file() and _TEMP.fullmatch(p.name)]
+    for p in owned:
+        if p.is_file():
+            p.unlink()
+    for sub in (*WORLD_PATTERNS, "refcoco", "vg"):
+        d = out / sub
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    kept = sorted(p for p in out.rglob("*") if p.is_file())
+    if kept:
+        logging.getLogger("pixelllm.data").warning(
+            "%s: kept %d file(s) that are not part of a world, e.g. %s", out, len(kept), ", ".join(map(str, kept[:3])))
+    return kept
+
+
+def prepare_world_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Make ``out_dir`` ready for a new world: created when absent; an empty folder is used as is; a non-empty
+    one raises ``FileExistsError`` unless ``overwrite``, which first removes the old world
+    (:func:`clear_world`: only its own files, so no stale image of the old world stays beside the new)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            what = "a world" if (out / "stats.json").is_file() else "files"
+            raise FileExistsError(f"{out} is not empty (it holds {what}); pass --overwrite (overwrite=True) to "
+                                  "replace the world in it (only the files of a world are removed), or choose "
+                                  "another --out")
+        clear_world(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def generate(out_dir: str | os.PathLike, n_scenes: int = 2000, image_size: int = 128, seed: int = 0,
              split_fractions: Sequence[float] = (0.8, 0.1, 0.1), workers: int | None = None,
              write_card: str | os.PathLike | None = None, oddity_rate: float = DEFAULT_ODDITY_RATE,
-             progress: bool = True) -> dict:
+             progress: bool = True, overwrite: bool = False) -> dict:
     """Generate the synthetic world into ``out_dir`` (layout: :mod:`pixelllm.data.synthetic`).
 
     Args:
@@ -56,7 +138,10 @@ def generate(out_dir: str | os.PathLike, n_scenes: int = 2000, image_size: int =
         workers: processes (default: CPU count, at most 8); the result does not depend on it.
         write_card: if given, write the dataset card (markdown) there.
         oddity_rate: probability of each real-world oddity per record/image.
-    Returns the statistics (also written to ``out_dir/stats.json``).
+        overwrite: replace the world in a non-empty ``out_dir`` (:func:`prepare_world_dir`); without it a
+            non-empty ``out_dir`` raises ``FileExistsError`` and nothing is written.
+    Returns the statistics (also written to ``out_dir/stats.json``). A split with a fraction > 0 that would
+    get no image raises ``ValueError`` before anything is written (:func:`check_split_sizes`).
     """
     from tqdm.auto import tqdm
 
@@ -64,9 +149,9 @@ def generate(out_dir: str | os.PathLike, n_scenes: int = 2000, image_size: int =
     if n_scenes < 1 or seed < 0 or image_size < 32:
         raise ValueError(f"need n_scenes >= 1, seed >= 0 and image_size >= 32, got n_scenes={n_scenes}, "
                          f"seed={seed}, image_size={image_size}")
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    split_of = assign_splits(n_scenes, seed, split_fractions)
+    split_of = assign_splits(n_scenes, seed, split_fractions)        # checks the fractions
+    check_split_sizes(n_scenes, split_fractions)
+    out = prepare_world_dir(out_dir, overwrite)
     workers = max(1, min(workers or min(os.cpu_count() or 1, 8), 8))
     chunk = max(8, min(250, n_scenes // (workers * 8) or 1))
     items = [(i, split_of[i]) for i in range(1, n_scenes + 1)]
@@ -111,7 +196,7 @@ def add_pointing_sidecars(out_dir: str | os.PathLike, overwrite: bool = False) -
     :class:`~pixelllm.data.errors.DataFormatError` names the LN file and line. Returns the files written
     (none when every sidecar is present and ``overwrite`` is False). About 2 ms per narrative.
     """
-    from pixelllm.data.errors import DataFormatError
+    from pixelllm.data.errors import DataFormatError, read_json, read_json_lines, require
     from pixelllm.utils import atomic_write_bytes
 
     out = Path(out_dir)
@@ -120,7 +205,8 @@ def add_pointing_sidecars(out_dir: str | os.PathLike, overwrite: bool = False) -
     if not todo:
         return []
     stats_path = out / "stats.json"
-    conf = json.loads(stats_path.read_text()).get("config")
+    stored = read_json(stats_path) if stats_path.is_file() else None
+    conf = stored.get("config") if isinstance(stored, dict) else None
     keys = ("n_scenes", "image_size", "seed", "split_fractions", "oddity_rate")
     if not isinstance(conf, dict) or any(k not in conf for k in keys):
         raise DataFormatError(stats_path, None, "config", f"needs {', '.join(keys)} to replay the narratives")
@@ -128,11 +214,13 @@ def add_pointing_sidecars(out_dir: str | os.PathLike, overwrite: bool = False) -
     written = []
     for ln in todo:
         recs = []
-        for lineno, line in enumerate(ln.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            obj = json.loads(line)
-            image_id = int(obj["image_id"])
+        raw_lines = ln.read_bytes().split(b"\n")
+        for lineno, obj in read_json_lines(ln):                          # checks UTF-8 and JSON per line
+            line = raw_lines[lineno - 1].decode("utf-8").rstrip("\r")
+            image_id = require(obj, "image_id", (str, int), ln, lineno)
+            if not str(image_id).isdigit():
+                raise DataFormatError(ln, lineno, "image_id", f"expected a numeric id, got {image_id!r}")
+            image_id = int(image_id)
             if image_id not in split_of:
                 raise DataFormatError(ln, lineno, "image_id", f"{image_id} is not an image of this world "
                                       f"(1..{conf['n_scenes']})")

@@ -72,12 +72,19 @@ def eval_batches(datasets, batch_size: int, max_per_split: int | None, device, p
                  desc: str) -> Iterator[tuple[str, dict, list]]:
     """Yield ``(split, batch on device, records)`` over the first ``max_per_split`` samples of each split of
     ``datasets`` (:func:`by_split`), in order; a split's records are checked (:func:`require_clean_records`,
-    named ``where[split]``) before its first batch; one progress bar ``desc split`` per split."""
+    named ``where[split]``) before its first batch; one progress bar ``desc split`` per split. No split, or a
+    split with no sample to score, raises ``ValueError`` (never an empty or perfect score)."""
     from tqdm.auto import tqdm
 
-    for split, ds in by_split(datasets).items():
+    splits = by_split(datasets)
+    if not splits:
+        raise ValueError(f"{where}: no split to evaluate (empty dataset)")
+    for split, ds in splits.items():
         base, idx = dataset_records(ds)
         n = len(idx) if max_per_split is None else min(len(idx), max_per_split)
+        if n == 0:       # a score over nothing would read as a result (P@0.5 or IoU of an empty set)
+            raise ValueError(f"{where}[{split}]: empty split ({len(idx)} expressions, max_per_split="
+                             f"{max_per_split}); nothing to score")
         require_clean_records([base.records[i] for i in idx[:n]], None, f"{where}[{split}]")
         bar = tqdm(total=n, desc=f"{desc} {split}", disable=not progress, leave=False)
         for batch, recs in ordered_batches(ds, batch_size, n):

@@ -144,15 +144,16 @@ def evaluate_refseg(segmenter: ReferringSegmenter, datasets, batch_size: int = 1
             for m, r in zip(masks, recs):
                 preds.append(mask_utils.encode(np.asfortranarray(m.cpu().numpy().astype(np.uint8))))
                 seg = r.get("segmentation")
-                g = decode_segmentation(seg, r["height"], r["width"]) if seg else np.zeros((r["height"], r["width"]), np.uint8)
+                if not seg:      # an all-zero ground truth would score IoU 1 against an empty prediction
+                    raise ValueError(f"evaluate_refseg[{split}]: ref {r.get('ref_id')} (annotation {r.get('ann_id')}) "
+                                     "has no segmentation; referring segmentation needs a mask for every expression")
+                g = decode_segmentation(seg, r["height"], r["width"], field=f"annotation {r.get('ann_id')}.segmentation")
                 gts.append(mask_utils.encode(np.asfortranarray(g)))
             gt_boxes.append(gt_boxes_original(recs))
             splits += [split] * len(recs)
             rows += recs
     finally:
         segmenter.train(was)
-    if not preds:
-        return ({}, []) if return_predictions else {}
     gtb = torch.cat(gt_boxes)
     metrics = refseg_metrics(preds, gts, splits)
     for s in metrics:

@@ -594,3 +594,13 @@ def test_muse_file_with_a_hostile_polygon_or_path_is_refused(tmp_path):
         load_muse(p)
     p.write_text(json.dumps({"info": {}, "questions": [rec()]}))
     assert load_muse(p)[0]["answers"][0]["segmentation"] == [[1, 1, 3, 1, 3, 3, 1, 3]]
+
+
+def test_teacher_forced_eval_refuses_an_empty_split():
+    # an empty split used to score ce = 0.0 (a perfect loss) without a word
+    import torch
+
+    from pixelllm.engine.evaluate import teacher_forced_eval
+
+    with pytest.raises(ValueError, match="0 samples with no target token"):
+        teacher_forced_eval(torch.nn.Linear(1, 1), [], batch_size=4)

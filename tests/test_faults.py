@@ -282,8 +282,8 @@ def test_missing_training_images_are_found_before_the_first_step(tmp_path):
     from pathlib import Path
 
     class WithImages(ToyDataset):
-        def missing_images(self):
-            return [Path("/nowhere/000000000007.jpg")]
+        def missing_images(self, indices=None):      # only the Subset's samples are asked about
+            return [Path(f"/nowhere/{i:012d}.jpg") for i in (indices if indices is not None else range(24)) if i == 7]
 
     sub = torch.utils.data.Subset(WithImages(24), range(16))
     with pytest.raises(FileNotFoundError, match=r"1 training image\(s\) do not exist, e\.g\. /nowhere/000000000007\.jpg"):

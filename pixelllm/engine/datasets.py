@@ -42,28 +42,6 @@ class MixtureDataset:
         return self.datasets[k][j]
 
 
-def missing_training_images(dataset, limit: int = 0) -> list:
-    """Image paths a training set needs that do not exist, found before training: every dataset inside
-    ``dataset`` (a ``Subset``'s ``.dataset``, a :class:`MixtureDataset`'s or ``ConcatDataset``'s
-    ``.datasets``) that offers ``missing_images()`` is asked (each checks every image of its split). A
-    dataset without that method (e.g. a toy one) is not checked. ``limit`` > 0 stops after that many."""
-    todo, seen, out = [dataset], set(), []
-    while todo:
-        d = todo.pop()
-        if id(d) in seen:
-            continue
-        seen.add(id(d))
-        if callable(getattr(d, "missing_images", None)):
-            out += [p for p in d.missing_images() if p not in out]
-            if limit and len(out) >= limit:
-                return out[:limit]
-        inner = getattr(d, "datasets", None)
-        todo += list(inner.values()) if isinstance(inner, dict) else list(inner or [])
-        if getattr(d, "dataset", None) is not None:
-            todo.append(d.dataset)
-    return out
-
-
 #: target tokens of a referring sample (expression + EOS) when mixed into another stage
 REFER_MAX_TARGET_LEN = 16
 

@@ -55,7 +55,9 @@ def teacher_forced_eval(model, dataset, batch_size: int = 32, device: str = "cpu
                     samples.append(b["trace_samples"][i, :t].cpu().numpy())
                     targets.append(gn[i, :t])
     model.train(was)
-    res = {"ce": sums["ce"] / max(n_tok, 1), "point_l1_px": sums["point_l1_px"] / max(n_pt, 1) if n_pt else float("nan")}
+    if n_tok == 0:    # an empty split must not report a perfect (zero) loss
+        raise ValueError(f"teacher-forced evaluation: {len(dataset)} samples with no target token to score")
+    res = {"ce": sums["ce"] / n_tok, "point_l1_px": sums["point_l1_px"] / max(n_pt, 1) if n_pt else float("nan")}
     if preds:
         P, Vd, S_ = np.concatenate(preds), np.concatenate(valids), np.concatenate(samples)
         res["point_l1"] = point_l1(P, S_, Vd)

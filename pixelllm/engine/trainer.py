@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 from pixelllm.engine import checkpoint as ckpt
 from pixelllm.engine import distributed as dist_utils
 from pixelllm.engine.builder import init_checksums
-from pixelllm.engine.datasets import missing_training_images
+from pixelllm.data.datasets import find_missing_images
 from pixelllm.engine.distributed import DistInfo
 from pixelllm.data.datasets import enable_image_cache
 from pixelllm.modeling.losses import POINT_TASKS, count_targets, pixelllm_loss
@@ -264,7 +264,7 @@ class Trainer:
         self.sampler = ResumableSampler(train_dataset, self.dist.world_size, self.dist.rank, shuffle=True, seed=cfg.seed)
         if len(self.sampler.inner) < self.local_batch:
             raise ValueError(f"{len(train_dataset)} training samples < one batch of {cfg.batch_size}")
-        missing = missing_training_images(train_dataset) if self.dist.is_main else []
+        missing = find_missing_images(train_dataset) if self.dist.is_main else []
         if missing:
             raise FileNotFoundError(f"{len(missing)} training image(s) do not exist, e.g. "
                                     f"{', '.join(str(m) for m in missing[:3])} (found before training)")

@@ -30,6 +30,7 @@ STAGE_RUNNERS = {
     "refseg": "pixelllm.tasks.referring:train_mask_adapter",
     "loc_caption": "pixelllm.tasks.region_caption:train_loc_caption",
     "densecap": "pixelllm.tasks.densecap:run_densecap_training",
+    "pixellm": "pixelllm.tasks.pixellm:train_pixellm",
 }
 
 

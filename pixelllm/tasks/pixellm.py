@@ -1,0 +1,210 @@
+"""PixelLM beside PixelLLM (notebook 09, PAPER_NOTES.md §10): the ``pixellm`` stage, its evaluation, and the
+side-by-side measurements against PixelLLM's SAM path (:mod:`pixelllm.tasks.referring`).
+
+* :func:`build_pixellm_model` — a :class:`~pixelllm.modeling.pixellm.PixelLM` around the PixelLLM of the
+  config's ``init_from`` checkpoint (stage 2), seeded;
+* :func:`pixellm_trainer` / :func:`train_pixellm` — the engine ``Trainer`` on RefCOCO train masks (one
+  target) mixed with multi-target questions; :func:`load_pixellm` loads a finished stage back;
+* :func:`pixellm_collate` — the repo's collate plus ``masks`` B×K×S×S and ``mask_valid`` B×K;
+* :func:`evaluate_pixellm_refseg` — cIoU / gIoU in original-image pixels, exactly as
+  :func:`~pixelllm.tasks.referring.evaluate_refseg` scores the SAM path;
+* :func:`latency_ms` — wall-clock milliseconds per image of a prediction function, batch 1.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+
+# ------------------------------------------------------------------------------------------- batches
+def pixellm_collate(samples: Sequence[dict]) -> dict[str, Any]:
+    """The repo's :func:`~pixelllm.data.datasets.collate` of ``samples`` (their ``masks`` set aside) plus
+    ``masks`` B×K×S×S bool (K = the most targets in the batch; a sample's ``masks`` is S×S for one target or
+    k×S×S) and ``mask_valid`` B×K bool."""
+    from pixelllm.data.datasets import collate
+
+    masks = []
+    for i, s in enumerate(samples):
+        if "masks" not in s:
+            raise KeyError(f"pixellm_collate: sample {i} has no 'masks'")
+        m = s["masks"]
+        masks.append(m.unsqueeze(0) if m.ndim == 2 else m)
+    out = collate([{k: v for k, v in s.items() if k != "masks"} for s in samples])
+    k = max(len(m) for m in masks)
+    side = masks[0].shape[-2:]
+    out["masks"] = torch.zeros(len(samples), k, *side, dtype=torch.bool)
+    out["mask_valid"] = torch.zeros(len(samples), k, dtype=torch.bool)
+    for i, m in enumerate(masks):
+        out["masks"][i, :len(m)] = m.bool()
+        out["mask_valid"][i, :len(m)] = True
+    return out
+
+
+def training_sets(cfg, data_dir: str | os.PathLike, tokenizer: Any, image_size: int) -> dict:
+    """``{"train": mixture, "val": RefExp val}``: RefCOCO train with masks (task ``refer``) and, when
+    ``cfg.tasks`` weighs ``muse`` > 0, the multi-target training questions (:func:`muse_training_set`)."""
+    from torch.utils.data import ConcatDataset
+
+    from pixelllm.tasks.referring.data import training_datasets
+
+    sets = training_datasets(cfg, data_dir, tokenizer, image_size, return_masks=True)
+    parts = [sets["train"]] if cfg.tasks.get("refer", 0) > 0 else []
+    if cfg.tasks.get("muse", 0) > 0:
+        parts.append(muse_training_set(cfg, data_dir, tokenizer, image_size))
+    if not parts:
+        raise ValueError(f"{cfg.stage}: tasks={cfg.tasks} trains nothing (weigh 'refer' and/or 'muse' > 0)")
+    out = {"train": parts[0] if len(parts) == 1 else ConcatDataset(parts)}
+    if "val" in sets:
+        out["val"] = sets["val"]
+    return out
+
+
+def muse_training_set(cfg, data_dir, tokenizer, image_size: int):
+    """The multi-target training questions as repo-collate samples (filled in by the multi-target data)."""
+    raise NotImplementedError(f"{cfg.stage}: the multi-target data (pixelllm.data.muse) is not available; "
+                              "train with tasks={'refer': 1.0}")
+
+
+# ------------------------------------------------------------------------------------------- model
+def build_pixellm_model(cfg, tokenizer=None, device: str = "cpu"):
+    """PixelLM of a ``pixellm`` config: the PixelLLM of ``cfg.init_from`` (one checkpoint, which must exist)
+    rebuilt by :func:`~pixelllm.engine.builder.load_stage_model`, then the PixelLM parts of
+    ``cfg.pixellm_preset`` + ``cfg.pixellm_overrides`` initialised from ``cfg.seed``."""
+    from pixelllm.data.tokenizer import load_tokenizer
+    from pixelllm.engine.builder import load_stage_model, resolve_inits
+    from pixelllm.engine.paths import resolve_paths
+    from pixelllm.modeling.pixellm import build_pixellm
+    from pixelllm.utils import seed_everything
+
+    paths = resolve_paths(cfg)
+    inits = resolve_inits(cfg, paths, required=True)
+    if len(inits) != 1:
+        raise ValueError(f"{cfg.stage}: init_from={cfg.init_from!r} must name one checkpoint, found {len(inits)}")
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(paths.tokenizer)
+    base, _ = load_stage_model(inits[0], tokenizer, device=device)
+    seed_everything(cfg.seed)
+    model = build_pixellm(base, cfg.pixellm_preset, **cfg.pixellm_overrides)
+    return model.to(device)
+
+
+def load_pixellm(checkpoint: str | os.PathLike, tokenizer=None, device: str = "cpu"):
+    """A trained ``pixellm`` stage from its checkpoint (file, or folder → latest) → (model in eval mode, config)."""
+    from pixelllm.engine.builder import checkpoint_config
+    from pixelllm.engine.checkpoint import load_trainable_state_dict
+
+    cfg, state = checkpoint_config(checkpoint)
+    model = build_pixellm_model(cfg, tokenizer, device=device)
+    load_trainable_state_dict(model, state["model"])
+    return model.eval(), cfg
+
+
+# ---------------------------------------------------------------------------------------- training
+def pixellm_trainer(cfg, model, tokenizer, progress: bool = True, write: bool = True):
+    """The engine ``Trainer`` of a ``pixellm`` config: :func:`training_sets`, :func:`pixellm_collate`, the
+    frozen features cached per image, an eval hook scoring val cIoU on ``cfg.eval_samples`` expressions."""
+    from pixelllm.engine.paths import resolve_paths
+    from pixelllm.engine.trainer import Trainer
+    from pixelllm.tasks.referring.localization import val_metric_hook
+
+    paths = resolve_paths(cfg)
+    sets = training_sets(cfg, paths.data, tokenizer, model.image_size)
+    return Trainer(model, cfg, sets["train"], pixellm_collate, out_dir=paths.out if write else None,
+                   progress=progress, eval_fn=val_metric_hook(sets.get("val"), evaluate_pixellm_refseg, "cIoU"))
+
+
+def train_pixellm(cfg, progress: bool = True, resume: bool = True):
+    """Make stage ``cfg.stage`` (:func:`pixelllm.configs.pixellm.get_config`): prerequisites found or made,
+    the model built (:func:`build_pixellm_model`), resumed from ``out_dir`` when ``resume``, trained to
+    ``cfg.steps``. Returns the Trainer (``.model`` is the PixelLM); it loads back with :func:`load_pixellm`."""
+    from pixelllm.data.tokenizer import load_tokenizer
+    from pixelllm.pretrain.prerequisites import ensure_prerequisites
+
+    paths = ensure_prerequisites(cfg, progress=progress)
+    tokenizer = load_tokenizer(paths.tokenizer)
+    trainer = pixellm_trainer(cfg, build_pixellm_model(cfg, tokenizer), tokenizer, progress=progress)
+    if resume and trainer.resume(discard_mismatch=True) and progress:
+        print(f"[{cfg.stage}] resumed from {trainer.last_checkpoint} at step {trainer.step}")
+    trainer.fit()
+    return trainer
+
+
+# --------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_pixellm_refseg(model, datasets, batch_size: int = 16, max_per_split: int | None = None,
+                            progress: bool = True, return_predictions: bool = False):
+    """Single-target referring segmentation: the mask of the one codebook group after the expression,
+    cIoU (ΣI/ΣU) and gIoU (mean IoU) per split in original-image pixels — the numbers
+    :func:`~pixelllm.tasks.referring.evaluate_refseg` gives the SAM path. ``datasets``: ``{split:
+    RefExpDataset}`` (``return_masks`` not needed). Returns ``{split: {"cIoU", "gIoU", "n"}, "all": …}``
+    (+ rows ``split, ref_id, expression, iou, mask_rle`` with ``return_predictions``)."""
+    from pycocotools import mask as mask_utils
+
+    from pixelllm.data.coco import decode_segmentation
+    from pixelllm.eval.masks import mask_iou, refseg_metrics
+    from pixelllm.modeling.mask_head import postprocess_masks
+    from pixelllm.tasks.referring.data import eval_batches
+
+    was = model.training
+    model.eval()
+    preds, gts, splits, rows = [], [], [], []
+    try:
+        for split, batch, recs in eval_batches(datasets, batch_size, max_per_split, model.device, progress,
+                                               "evaluate_pixellm_refseg", "pixellm"):
+            ones = torch.ones(len(recs), dtype=torch.long, device=model.device)
+            out = model.predict(batch, num_targets=ones)
+            full = postprocess_masks(out.masks[:, :1], model.image_size, batch["image_sizes"], batch["orig_sizes"])
+            for m, r in zip(full, recs):
+                preds.append(mask_utils.encode(np.asfortranarray((m[0] > 0).cpu().numpy().astype(np.uint8))))
+                seg = r.get("segmentation")
+                g = decode_segmentation(seg, r["height"], r["width"]) if seg else np.zeros((r["height"], r["width"]), np.uint8)
+                gts.append(mask_utils.encode(np.asfortranarray(g)))
+            splits += [split] * len(recs)
+            rows += recs
+    finally:
+        model.train(was)
+    if not preds:
+        return ({}, []) if return_predictions else {}
+    metrics = refseg_metrics(preds, gts, splits)
+    if not return_predictions:
+        return metrics
+    out_rows = [{"split": s, "ref_id": r.get("ref_id"), "expression": r["expression"], "iou": mask_iou(p, g),
+                 "mask_rle": p} for s, r, p, g in zip(splits, rows, preds, gts)]
+    return metrics, out_rows
+
+
+# --------------------------------------------------------------------------------------- measurements
+def trainable_and_total(modules: Iterable[torch.nn.Module]) -> dict[str, int]:
+    """``{"trainable", "total"}`` parameter counts over ``modules`` (each parameter counted once)."""
+    seen: dict[int, torch.nn.Parameter] = {}
+    for m in modules:
+        for p in m.parameters():
+            seen[id(p)] = p
+    return {"trainable": sum(p.numel() for p in seen.values() if p.requires_grad),
+            "total": sum(p.numel() for p in seen.values())}
+
+
+@torch.no_grad()
+def latency_ms(predict: Callable[[dict], Any], batches: Sequence[dict], warmup: int = 2) -> float:
+    """Median wall-clock milliseconds of ``predict(batch)`` over ``batches`` (one image each, everything
+    computed from pixels: no cached features), after ``warmup`` untimed calls."""
+    for b in batches[:warmup]:
+        predict(b)
+    times = []
+    for b in batches:
+        t0 = time.perf_counter()
+        predict(b)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))
+
+
+def batch_to(batch: Mapping[str, Any], device) -> dict:
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+__all__ = ["batch_to", "build_pixellm_model", "evaluate_pixellm_refseg", "latency_ms", "load_pixellm",
+           "muse_training_set", "pixellm_collate", "pixellm_trainer", "train_pixellm", "trainable_and_total",
+           "training_sets"]

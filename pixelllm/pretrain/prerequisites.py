@@ -29,7 +29,8 @@ def prerequisite_config(name: str, cfg):
 def ensure_data(cfg, progress: bool = True) -> Path:
     """``<run>/data``: the synthetic world of ``get_config("data")``. A reused world made before the pointing
     sidecars existed gets them added (re-drawn and checked against its narratives; nothing else changes,
-    so the world is not regenerated)."""
+    so the world is not regenerated), and likewise its multi-target questions ``muse/`` (made from its
+    scenes and instances by :func:`pixelllm.data.synthetic.muse.write_muse`)."""
     from pixelllm.data.synthetic import add_pointing_sidecars, generate
 
     dc = prerequisite_config("data", cfg)
@@ -38,6 +39,10 @@ def ensure_data(cfg, progress: bool = True) -> Path:
                                                           seed=dc.seed, progress=progress), config=dc)
     for p in add_pointing_sidecars(out):
         print(f"added the pointing sidecar {p}")
+    from pixelllm.data.synthetic.muse import write_muse
+
+    for p in write_muse(out, seed=dc.seed):
+        print(f"added the multi-target questions {p}")
     return out
 
 

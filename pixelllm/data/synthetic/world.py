@@ -88,6 +88,10 @@ def generate(out_dir: str | os.PathLike, n_scenes: int = 2000, image_size: int =
     bar.close()
     t_render = time.perf_counter() - t_start
     stats = _write_annotations(out, results, image_size)
+    from pixelllm.data.synthetic.muse import muse_statistics, write_muse
+
+    write_muse(out, seed=seed, overwrite=True)                   # multi-target questions (PixelLM MUSE-like)
+    stats["muse"] = muse_statistics(out)
     stats["config"] = {"n_scenes": n_scenes, "image_size": image_size, "seed": seed,
                        "split_fractions": list(split_fractions), "oddity_rate": oddity_rate}
     stats["timing"] = {"seconds": round(time.perf_counter() - t_start, 2),

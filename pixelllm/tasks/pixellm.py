@@ -63,10 +63,76 @@ def training_sets(cfg, data_dir: str | os.PathLike, tokenizer: Any, image_size: 
     return out
 
 
+class MuseSamples(torch.utils.data.Dataset):
+    """:class:`~pixelllm.data.muse.MuseDataset` questions as repo-collate samples (task ``muse``): prompt =
+    the question (+ EOS), target = ``text_answer`` tokenised piece by piece with a
+    :data:`~pixelllm.modeling.pixellm.codebook.SEG_SLOT` after each target phrase (where the model puts a
+    codebook group, as the release writes ``[SEG…]`` there) + EOS; ``masks`` K×S×S; whole-image prompt box;
+    no point targets. ``meta`` keeps the question id, texts and the targets' phrases."""
+
+    task = "muse"
+
+    def __init__(self, muse, tokenizer, max_prompt_len: int = 32, max_target_len: int = 64) -> None:
+        from pixelllm.data.muse import SEG_PLACEHOLDER
+        from pixelllm.modeling.pixellm.codebook import SEG_SLOT
+
+        self.muse, self.tokenizer = muse, tokenizer
+        self.records = muse.records
+        self.max_prompt_len, self.max_target_len = max_prompt_len, max_target_len
+        self._slot, self._placeholder = SEG_SLOT, SEG_PLACEHOLDER
+        eos = getattr(tokenizer, "eos_token_id", None)
+        self.eos_id = 1 if eos is None else int(eos)
+
+    def __len__(self) -> int:
+        return len(self.muse)
+
+    def target_ids(self, text_answer: str) -> torch.Tensor:
+        """``text_answer`` ("A {seg}, B {seg} and C {seg}") → ids with a slot per ``{seg}``, + EOS."""
+        ids: list[int] = []
+        pieces = text_answer.split(self._placeholder)
+        for j, piece in enumerate(pieces):
+            if piece.strip():
+                ids += self.tokenizer(piece.strip(), add_special_tokens=False)["input_ids"]
+            if j < len(pieces) - 1:
+                ids.append(self._slot)
+        if len(ids) + 1 > self.max_target_len:
+            raise ValueError(f"MuseSamples: answer {text_answer!r} needs {len(ids) + 1} tokens > max_target_len "
+                             f"{self.max_target_len}")
+        return torch.tensor(ids + [self.eos_id], dtype=torch.long)
+
+    def __getitem__(self, i: int) -> dict:
+        item, rec = self.muse[i], self.records[i]
+        _, nh, nw = self.muse.transform.geometry(rec["height"], rec["width"])
+        prompt = self.tokenizer(item["question"], truncation=True, max_length=self.max_prompt_len)["input_ids"]
+        target = self.target_ids(item["text_answer"])
+        t = len(target)
+        return {"images": item["image"], "image_sizes": torch.tensor([nh, nw]),
+                "orig_sizes": torch.tensor([rec["height"], rec["width"]]), "image_ids": item["image_id"],
+                "boxes": torch.tensor([0.0, 0.0, float(nw), float(nh)]), "task": self.task,
+                "prompt_ids": torch.tensor(prompt, dtype=torch.long), "target_ids": target,
+                "points": torch.zeros(t, 4), "point_valid": torch.zeros(t, dtype=torch.bool),
+                "masks": item["masks"],
+                "meta": {"id": item["id"], "question": item["question"], "answer": item["answer"],
+                         "phrases": [a["rephrased_name"] for a in rec["answers"]], "template": item["template"]}}
+
+
+def muse_samples(cfg, data_dir, tokenizer, image_size: int, split: str, limit: int = 0) -> MuseSamples:
+    """:class:`MuseSamples` of ``<data_dir>/<cfg.muse_file>`` for ``split`` (first ``limit`` questions, 0 = all)."""
+    from pathlib import Path
+
+    from torch.utils.data import Subset
+
+    from pixelllm.data.muse import MuseDataset
+
+    path = Path(data_dir) / cfg.muse_file.format(split=split)
+    ds = MuseSamples(MuseDataset(data_dir, split, tokenizer, image_size, max_targets=cfg.max_targets, path=path),
+                     tokenizer, max_target_len=max(cfg.max_target_len, 48))
+    return Subset(ds, range(min(limit, len(ds)))) if limit else ds
+
+
 def muse_training_set(cfg, data_dir, tokenizer, image_size: int):
-    """The multi-target training questions as repo-collate samples (filled in by the multi-target data)."""
-    raise NotImplementedError(f"{cfg.stage}: the multi-target data (pixelllm.data.muse) is not available; "
-                              "train with tasks={'refer': 1.0}")
+    """The multi-target training questions (first ``cfg.muse_samples``; 0 = all)."""
+    return muse_samples(cfg, data_dir, tokenizer, image_size, "train", cfg.muse_samples)
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -206,5 +272,5 @@ def batch_to(batch: Mapping[str, Any], device) -> dict:
 
 
 __all__ = ["batch_to", "build_pixellm_model", "evaluate_pixellm_refseg", "latency_ms", "load_pixellm",
-           "muse_training_set", "pixellm_collate", "pixellm_trainer", "train_pixellm", "trainable_and_total",
+           "MuseSamples", "muse_samples", "muse_training_set", "pixellm_collate", "pixellm_trainer", "train_pixellm", "trainable_and_total",
            "training_sets"]

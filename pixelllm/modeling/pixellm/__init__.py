@@ -15,7 +15,7 @@ from pixelllm._lazy import lazy_module_getattr
 _LAZY = {
     "PixelLM": ".model", "PixelLMConfig": ".model", "PixelLMOutput": ".model", "PIXELLM_PRESETS": ".model",
     "build_pixellm": ".model", "sam_block_features": ".model",
-    "SegCodebook": ".codebook", "insert_groups": ".codebook", "TokenFusion": ".fusion",
+    "SegCodebook": ".codebook", "SEG_SLOT": ".codebook", "insert_groups": ".codebook", "TokenFusion": ".fusion",
     "PixelDecoder": ".pixel_decoder", "PixelDecoderOutput": ".pixel_decoder", "ScaleAttention": ".pixel_decoder",
     "ScaleProjection": ".pixel_decoder", "pixellm_loss": ".losses", "refinement_loss": ".losses",
     "mask_bce": ".losses", "mask_dice": ".losses",

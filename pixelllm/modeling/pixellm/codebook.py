@@ -63,16 +63,33 @@ class SegCodebook(nn.Module):
         return torch.cat([base_logits, self.output(hidden)], dim=-1)
 
 
+#: a target's place in an answer before the codebook ids are known: ``insert_groups`` puts a group there
+SEG_SLOT = -1
+
+
 def insert_groups(target_ids: torch.Tensor, target_mask: torch.Tensor, num_targets: torch.Tensor,
                   group: torch.Tensor, eos_id: int, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Answers ``text … EOS`` → ``text … [group]×K EOS``: ``num_targets[b]`` copies of ``group`` (L·N ids)
-    inserted before each row's EOS (its last valid token). target_ids/mask B×T → B×T' (right-padded)."""
+    """An answer's ids with one group of L·N codebook ids (``group``) per target → (ids, mask) B×T'.
+
+    A row that holds :data:`SEG_SLOT` markers (the release's ``{seg}`` after each target phrase) gets a
+    group in place of each marker; their count must equal ``num_targets[b]``. A row without markers gets
+    ``num_targets[b]`` groups before its EOS (its last valid token), e.g. "<expression> [group] EOS"."""
     rows = []
-    for ids, m, k in zip(target_ids, target_mask.bool(), num_targets.tolist()):
+    for b, (ids, m, k) in enumerate(zip(target_ids, target_mask.bool(), num_targets.tolist())):
         valid = ids[m]
         if len(valid) == 0 or int(valid[-1]) != eos_id:
-            raise ValueError(f"insert_groups: every answer must end with EOS (id {eos_id}); got {valid.tolist()}")
-        rows.append(torch.cat([valid[:-1], group.to(ids).repeat(int(k)), valid[-1:]]))
+            raise ValueError(f"insert_groups: row {b} must end with EOS (id {eos_id}); got {valid.tolist()}")
+        slots = valid == SEG_SLOT
+        if slots.any():
+            if int(slots.sum()) != int(k):
+                raise ValueError(f"insert_groups: row {b} has {int(slots.sum())} target slots for {k} targets")
+            pieces, start = [], 0
+            for j in torch.nonzero(slots).flatten().tolist():
+                pieces += [valid[start:j], group.to(ids)]
+                start = j + 1
+            rows.append(torch.cat(pieces + [valid[start:]]))
+        else:
+            rows.append(torch.cat([valid[:-1], group.to(ids).repeat(int(k)), valid[-1:]]))
     t = max(len(r) for r in rows)
     out = torch.full((len(rows), t), pad_id, dtype=target_ids.dtype, device=target_ids.device)
     mask = torch.zeros(len(rows), t, dtype=torch.bool, device=target_ids.device)
@@ -81,4 +98,4 @@ def insert_groups(target_ids: torch.Tensor, target_mask: torch.Tensor, num_targe
     return out, mask
 
 
-__all__ = ["SegCodebook", "insert_groups"]
+__all__ = ["SEG_SLOT", "SegCodebook", "insert_groups"]

@@ -242,6 +242,101 @@ def evaluate_pixellm_refseg(model, datasets, batch_size: int = 16, max_per_split
     return metrics, out_rows
 
 
+def _muse_base(dataset):
+    """(:class:`MuseSamples`, indices) for a MuseSamples or a ``Subset`` of one."""
+    from torch.utils.data import Subset
+
+    idx = None
+    while isinstance(dataset, Subset):
+        inner = list(dataset.indices)
+        idx = inner if idx is None else [inner[i] for i in idx]
+        dataset = dataset.dataset
+    if not isinstance(dataset, MuseSamples):
+        raise TypeError(f"expected MuseSamples (or a Subset of it), got {type(dataset).__name__}")
+    return dataset, list(range(len(dataset))) if idx is None else idx
+
+
+def _original_masks(logits: torch.Tensor, image_size: int, image_size_hw, orig_hw) -> np.ndarray:
+    """K×S×S logits on the input frame → K×H0×W0 bool masks in original-image pixels."""
+    from pixelllm.modeling.mask_head import postprocess_masks
+
+    full = postprocess_masks(logits.unsqueeze(0), image_size, [image_size_hw], [orig_hw])[0]
+    return (full > 0).cpu().numpy()
+
+
+@torch.no_grad()
+def predict_multi_pixellm(model, dataset, batch_size: int = 8, limit: int | None = None,
+                          progress: bool = True) -> list[dict]:
+    """PixelLM on multi-target questions (:class:`MuseSamples`): one mask per codebook group of the reference
+    answer → ``[{"id", "template", "num_targets", "pred_masks" K×H0×W0 bool, "gt_masks"}]`` in
+    original-image pixels (the input of :func:`pixelllm.eval.multi_mask.evaluate_multi_target`)."""
+    from tqdm.auto import tqdm
+
+    from pixelllm.data.muse import target_masks_np
+
+    base, idx = _muse_base(dataset)
+    idx = idx[:limit] if limit else idx
+    was = model.training
+    model.eval()
+    out = []
+    try:
+        for s in tqdm(range(0, len(idx), batch_size), desc="pixellm multi", disable=not progress, leave=False):
+            chunk = idx[s:s + batch_size]
+            batch = batch_to(pixellm_collate([base[i] for i in chunk]), model.device)
+            pred = model.predict(batch)
+            for j, i in enumerate(chunk):
+                rec = base.records[i]
+                k = int(batch["mask_valid"][j].sum())
+                out.append({"id": rec["id"], "template": rec.get("template", ""), "num_targets": k,
+                            "pred_masks": _original_masks(pred.masks[j, :k], model.image_size,
+                                                          batch["image_sizes"][j].tolist(), batch["orig_sizes"][j].tolist()),
+                            "gt_masks": target_masks_np(rec)})
+    finally:
+        model.train(was)
+    return out
+
+
+@torch.no_grad()
+def predict_multi_sam_path(segmenter, dataset, tokenizer, prompt: str | None = None, limit: int | None = None,
+                           progress: bool = True) -> list[dict]:
+    """PixelLLM's SAM path on multi-target questions: one referring pass per target phrase of the reference
+    answer ("where is <phrase>" → EOS box → SAM decoder + adapter), so one box and one mask per named
+    target; same output as :func:`predict_multi_pixellm`."""
+    from tqdm.auto import tqdm
+
+    from pixelllm.configs.refcoco import REFER_PROMPT
+    from pixelllm.data.muse import target_masks_np
+
+    prompt = prompt or REFER_PROMPT
+    base, idx = _muse_base(dataset)
+    idx = idx[:limit] if limit else idx
+    dev = segmenter.device
+    eos = base.eos_id
+    out = []
+    for i in tqdm(idx, desc="sam path multi", disable=not progress, leave=False):
+        sample, rec = base[i], base.records[i]
+        phrases = [a["rephrased_name"] for a in rec["answers"]]
+        k = len(phrases)
+        p = tokenizer([prompt.format(expr=x) for x in phrases], padding=True, return_tensors="pt")
+        t = [tokenizer(x, add_special_tokens=False)["input_ids"] + [eos] for x in phrases]
+        tmax = max(len(x) for x in t)
+        tids = torch.zeros(k, tmax, dtype=torch.long)
+        tmask = torch.zeros(k, tmax, dtype=torch.bool)
+        for j, x in enumerate(t):
+            tids[j, :len(x)], tmask[j, :len(x)] = torch.tensor(x), True
+        batch = {"images": sample["images"].unsqueeze(0).expand(k, -1, -1, -1), "image_sizes":
+                 sample["image_sizes"].unsqueeze(0).expand(k, -1), "boxes": sample["boxes"].unsqueeze(0).expand(k, -1),
+                 "prompt_ids": p["input_ids"], "prompt_mask": p["attention_mask"].bool(),
+                 "target_ids": tids, "target_mask": tmask}
+        pred = segmenter.predict(batch_to(batch, dev))
+        hw = sample["image_sizes"].tolist()
+        out.append({"id": rec["id"], "template": rec.get("template", ""), "num_targets": k,
+                    "pred_masks": _original_masks(pred["masks"][:, 0], segmenter.model.image_size, hw,
+                                                  sample["orig_sizes"].tolist()),
+                    "gt_masks": target_masks_np(rec)})
+    return out
+
+
 # --------------------------------------------------------------------------------------- measurements
 def trainable_and_total(modules: Iterable[torch.nn.Module]) -> dict[str, int]:
     """``{"trainable", "total"}`` parameter counts over ``modules`` (each parameter counted once)."""
@@ -272,5 +367,5 @@ def batch_to(batch: Mapping[str, Any], device) -> dict:
 
 
 __all__ = ["batch_to", "build_pixellm_model", "evaluate_pixellm_refseg", "latency_ms", "load_pixellm",
-           "MuseSamples", "muse_samples", "muse_training_set", "pixellm_collate", "pixellm_trainer", "train_pixellm", "trainable_and_total",
+           "MuseSamples", "muse_samples", "muse_training_set", "predict_multi_pixellm", "predict_multi_sam_path", "pixellm_collate", "pixellm_trainer", "train_pixellm", "trainable_and_total",
            "training_sets"]

@@ -168,8 +168,9 @@ class DecodedImages:
 
 def enable_image_cache(dataset, store: DecodedImages | None = None) -> DecodedImages:
     """Give every task dataset inside ``dataset`` (itself, a ``Subset``'s ``.dataset``, a mixture's
-    ``.datasets``, a view's ``.dataset``) one shared :class:`DecodedImages` store; returns the store.
-    Datasets that decode images their own way are left as they are."""
+    ``.datasets``, a view's ``.dataset``) — and any other dataset with a ``decoded`` attribute — one shared
+    :class:`DecodedImages` store; returns the store. Datasets that decode images their own way are left as
+    they are."""
     store = store if store is not None else DecodedImages()
     seen: set[int] = set()
 
@@ -177,7 +178,7 @@ def enable_image_cache(dataset, store: DecodedImages | None = None) -> DecodedIm
         if d is None or id(d) in seen:
             return
         seen.add(id(d))
-        if isinstance(d, _TaskDataset):
+        if isinstance(d, _TaskDataset) or hasattr(d, "decoded"):        # hasattr: e.g. MuseDataset
             d.decoded = store
         inner = getattr(d, "datasets", None)
         for child in (inner.values() if isinstance(inner, dict) else inner or ()):

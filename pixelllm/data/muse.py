@@ -158,7 +158,10 @@ def load_muse(path: str | os.PathLike) -> list[dict]:
     "segmentation"}]}``. Raises :class:`DataFormatError` naming the file, ``questions[i]`` (+ its id) and
     the field."""
     data = read_json(path)
-    if isinstance(data, dict) and "info" in data:
+    if not isinstance(data, dict):
+        raise DataFormatError(path, None, "questions", f"expected a top-level object {{info, questions}}, "
+                                                       f"got {type(data).__name__}")
+    if "info" in data:
         check_type(data["info"], dict, path, None, "info")
     questions = require(data, "questions", list, path, None)
     out: list[dict] = []

@@ -89,7 +89,36 @@ def write_dataset_card(path: str | os.PathLike, stats: dict) -> None:
           f"| LN record with no trace | {ln['oddities']['no_trace']} |",
           f"| VG phrase with a trailing space | {vg['oddities']['trailing_space']} |",
           f"| VG box with negative x or y | {vg['oddities']['negative_xy']} |",
+          *_muse_section(stats.get("muse")),
           "", "## Generation", "",
           f"{stats['timing']['seconds']} s with {stats['timing']['workers']} worker(s) "
           f"({stats['timing']['render_seconds']} s sampling/rendering/annotating, the rest writing files).", ""]
     atomic_write_bytes(path, "\n".join(L).encode())
+
+
+def _muse_section(muse: dict | None) -> list[str]:
+    """Card lines for the multi-target questions (:mod:`pixelllm.data.synthetic.muse`), if the world has them."""
+    if not muse:
+        return []
+    from pixelllm.data.synthetic.muse import MAX_TARGETS, QUESTIONS_PER_IMAGE, TEMPLATES
+
+    ks = [str(k) for k in range(1, MAX_TARGETS + 1)]
+    L = ["", "## Multi-target questions (PixelLM MUSE-like)", "",
+         "`muse/synthetic_{split}_muse.json`, made from `scenes.json` and the COCO instances by "
+         "`pixelllm.data.synthetic.muse.write_muse` (a world without them gets them from `ensure_data`, nothing "
+         f"else changes). {QUESTIONS_PER_IMAGE} questions per image whose answers name 1–{MAX_TARGETS} objects, "
+         "each with its instance mask (the COCO RLE), box and the character span of its phrase in the answer; "
+         "schema in `pixelllm/data/muse.py` and `docs/PAPER_NOTES.md` §7.1. Example: \"segment every red shape\" → "
+         "\"the red circle, the red star and the red square\".", "",
+         "| split | questions | images | " + " | ".join(f"{k} target{'s' * (k != '1')}" for k in ks)
+         + " | mean targets |", "|---|" + "---|" * (len(ks) + 3)]
+    for sp in SPLITS:
+        if sp in muse:
+            m = muse[sp]
+            L.append(f"| {sp} | {m['questions']} | {m['images']} | " + " | ".join(str(m["by_targets"][k]) for k in ks)
+                     + f" | {m['mean_targets']} |")
+    L += ["", "| template | " + " | ".join(sp for sp in SPLITS if sp in muse) + " |",
+          "|---|" + "---|" * sum(sp in muse for sp in SPLITS)]
+    for t in TEMPLATES:
+        L.append(f"| {t} | " + " | ".join(str(muse[sp]["by_template"].get(t, 0)) for sp in SPLITS if sp in muse) + " |")
+    return L

@@ -20,10 +20,12 @@ Question templates (each target set is computed from the scene and checked to ho
                                                          (:func:`~pixelllm.data.synthetic.language.relation_holds`),
                                                          only when no object is within a margin of the rule
     position      "segment every shape on the left"      image thirds of the box centre, with a margin
+    exclusion     "find every shape except the red star" / "... every shape that is not blue"
     all           "segment every shape"                  every object (scenes of ≤ 4 objects)
 
 The answer names the targets left to right (box centre x, then y) as "the <colour> <shape>" — with the
-size word first when another object shares colour and shape — joined "a, b and c".
+size word and/or the position phrase when another object shares colour and shape
+(:func:`target_phrase`) — joined "a, b and c".
 
 Balance: for each split, images in id order, each question picks the number of targets K with the fewest
 questions so far among the Ks the image offers (ties broken by the seeded generator), preferring a
@@ -43,7 +45,7 @@ from pixelllm.data import vocab as V
 from pixelllm.data.errors import DataFormatError, read_json, require
 from pixelllm.data.muse import MUSE_VERSION, muse_path, text_answer_of
 from pixelllm.data.synthetic.constants import NEXT_TO_MAX_GAP, RELATION_MIN_OFFSET, SPLITS
-from pixelllm.data.synthetic.language import Descriptor, landmark_names, position_of
+from pixelllm.data.synthetic.language import Descriptor, landmark_names, position_of, position_phrase
 
 #: largest number of targets of a question (PixelLM's MUSE answers average 3.7 targets)
 MAX_TARGETS = 4
@@ -53,7 +55,7 @@ QUESTIONS_PER_IMAGE = 4
 #: of the rule's threshold (the answer would hinge on a pixel)
 RULE_MARGIN = 0.02
 VERBS = ("segment", "find", "show")
-TEMPLATES = ("colour", "shape", "colour_shape", "size", "superlative", "relation", "position", "all")
+TEMPLATES = ("colour", "shape", "colour_shape", "size", "superlative", "relation", "position", "exclusion", "all")
 SIZE_RANK = {s: k for k, s in enumerate(V.SIZES)}             # small 0 < medium 1 < big 2
 
 
@@ -86,10 +88,20 @@ def _reading_order(objs: list[dict]) -> list[dict]:
 
 
 def target_phrase(obj: dict, scene: dict) -> str:
-    """"the red circle", or "the big red circle" when another object of the scene is a red circle too."""
-    twin = any(o["id"] != obj["id"] and o["color"] == obj["color"] and o["shape"] == obj["shape"]
-               for o in scene["objects"])
-    return "the " + (f"{obj['size']} " if twin else "") + f"{obj['color']} {obj['shape']}"
+    """The shortest of "the red circle", "the big red circle", "the red circle on the left", "the big red
+    circle on the left" (position: :func:`~pixelllm.data.synthetic.language.position_phrase`) that no other
+    red circle of the scene shares; the longest when none is unique (identical twins)."""
+    W, H = int(scene["width"]), int(scene["height"])
+    twins = [o for o in scene["objects"] if o["id"] != obj["id"] and o["color"] == obj["color"]
+             and o["shape"] == obj["shape"]]
+
+    def name(o: dict, size: bool, where: bool) -> str:
+        return ("the " + (f"{o['size']} " if size else "") + f"{o['color']} {o['shape']}"
+                + (f" {position_phrase(o['bbox'], W, H)}" if where else ""))
+
+    forms = [(False, False), (True, False), (False, True), (True, True)]
+    return next((name(obj, *f) for f in forms if all(name(t, *f) != name(obj, *f) for t in twins)),
+                name(obj, True, True))
 
 
 def answer_of(targets: list[dict], scene: dict) -> tuple[str, list[str], list[list[int]]]:
@@ -161,6 +173,13 @@ def candidate_questions(scene: dict) -> list[tuple[str, str, tuple[int, ...]]]:
             continue
         sel = [o for o in objs if position_of(o["bbox"], W, H)[axis] == side]
         add("position", f"every shape {phrase}", sel)
+    # exclusions: everything but a uniquely named object, or but one colour
+    for lm in objs:
+        d = names[lm["id"]]
+        if d is not None:
+            add("exclusion", f"every shape except the {d.text()}", [o for o in objs if o["id"] != lm["id"]])
+    for c in colours:
+        add("exclusion", f"every shape that is not {c}", [o for o in objs if o["color"] != c])
     add("all", "every shape", list(objs))
     return [(t, np_, ids) for np_, (t, ids) in out.items()]
 

@@ -362,10 +362,61 @@ def latency_ms(predict: Callable[[dict], Any], batches: Sequence[dict], warmup: 
     return float(np.median(times))
 
 
+def multi_target_metrics(results: Sequence[dict]) -> dict:
+    """:func:`~pixelllm.eval.multi_mask.evaluate_multi_target` of ``results`` plus ``"2-4"``: the same
+    numbers over the questions with 2 to 4 targets (the multi-target goal of notebook 09)."""
+    from pixelllm.eval.multi_mask import evaluate_multi_target
+
+    out = evaluate_multi_target(results)
+    multi = [r for r in results if 2 <= len(r["gt_masks"]) <= 4]
+    if multi:
+        m = evaluate_multi_target(multi)
+        out["2-4"] = {k: m[k] for k in ("giou", "ciou", "n", "count_accuracy")}
+    return out
+
+
+def parameters_added(model, segmenter) -> dict[str, dict[str, int]]:
+    """Parameters each mask path adds to the language model (PixelLLM's image encoder, extractor and T5 are
+    shared): PixelLM — codebook, fusion, projections, pixel decoder (all trainable); the SAM path — SAM's
+    prompt encoder and mask decoder (frozen) and the gated adapter (trainable). ``{"pixellm", "sam_path"}``
+    → ``{"trainable", "total"}``; ``"pixellm_finetuned"``: LoRA + extractor, which PixelLM also tunes."""
+    pix = trainable_and_total(model.added_modules().values())
+    sam = trainable_and_total([segmenter.mask_head])
+    tuned = sum(p.numel() for n, p in model.llm.named_parameters() if p.requires_grad)
+    return {"pixellm": pix, "sam_path": sam, "pixellm_finetuned": {"trainable": tuned, "total": tuned}}
+
+
+def training_minutes(metrics_jsonl: str | os.PathLike) -> float | None:
+    """Minutes of training in a stage's ``metrics.jsonl`` (the ``time`` of its last record), None without one."""
+    import json
+    from pathlib import Path
+
+    p = Path(metrics_jsonl)
+    if not p.is_file():
+        return None
+    times = [json.loads(line).get("time") for line in p.read_text().splitlines() if line.strip()]
+    times = [t for t in times if isinstance(t, (int, float))]
+    return round(times[-1] / 60.0, 2) if times else None
+
+
+@torch.no_grad()
+def compare_latency(model, segmenter, dataset, n: int = 20) -> dict[str, float]:
+    """Median milliseconds per image, batch 1, everything from pixels (no cached features), on the first
+    ``n`` samples of a RefExp dataset, with the current thread count: ``{"pixellm", "sam_path"}``."""
+    from pixelllm.data.datasets import collate
+
+    batches = [batch_to(collate([dataset[i]]), model.device) for i in range(min(n, len(dataset)))]
+    ones = torch.ones(1, dtype=torch.long, device=model.device)
+    model.eval()
+    segmenter.eval()
+    return {"pixellm": latency_ms(lambda b: model.predict(b, num_targets=ones), batches),
+            "sam_path": latency_ms(lambda b: segmenter.predict(b), batches)}
+
+
 def batch_to(batch: Mapping[str, Any], device) -> dict:
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-__all__ = ["batch_to", "build_pixellm_model", "evaluate_pixellm_refseg", "latency_ms", "load_pixellm",
+__all__ = ["batch_to", "compare_latency", "multi_target_metrics", "parameters_added", "training_minutes", "build_pixellm_model", "evaluate_pixellm_refseg", "latency_ms", "load_pixellm",
            "MuseSamples", "muse_samples", "muse_training_set", "predict_multi_pixellm", "predict_multi_sam_path", "pixellm_collate", "pixellm_trainer", "train_pixellm", "trainable_and_total",
            "training_sets"]

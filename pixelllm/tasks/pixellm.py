@@ -135,6 +135,32 @@ def muse_training_set(cfg, data_dir, tokenizer, image_size: int):
     return muse_samples(cfg, data_dir, tokenizer, image_size, "train", cfg.muse_samples)
 
 
+def ensure_comparison_stages(smoke: bool, progress: bool = False) -> dict:
+    """The stages notebook 09 builds on, each found (made by its config of record) or made with the same
+    ``found_or_compute(out / "final.json", …, config=cfg)`` as notebooks 03–05: ``pretrain`` → ``ln_trace``
+    (PixelLM's starting point) → ``refcoco`` → ``refseg`` (the SAM path). Returns ``{stage: out_dir}``."""
+    from pixelllm.configs import get_config
+    from pixelllm.engine.paths import resolve_paths
+    from pixelllm.pretrain.prerequisites import ensure_prerequisites
+    from pixelllm.tasks.captioning import run_training
+    from pixelllm.tasks.referring import finetune_referring, train_mask_adapter
+    from pixelllm.utils import found_or_compute
+
+    makers = {"pretrain": lambda c: run_training(c, eval_fn=None, progress=progress),
+              "ln_trace": lambda c: run_training(c, progress=progress),
+              "refcoco": lambda c: finetune_referring(c, progress=progress),
+              "refseg": lambda c: train_mask_adapter(c, progress=progress)}
+    out = {}
+    for name, make in makers.items():
+        c = get_config(name, smoke=smoke)
+        if name == "pretrain":
+            ensure_prerequisites(c, progress=progress)
+        d = resolve_paths(c).out
+        found_or_compute(d / "final.json", lambda c=c, make=make: make(c), config=c)
+        out[name] = d
+    return out
+
+
 # ------------------------------------------------------------------------------------------- model
 def build_pixellm_model(cfg, tokenizer=None, device: str = "cpu"):
     """PixelLM of a ``pixellm`` config: the PixelLLM of ``cfg.init_from`` (one checkpoint, which must exist)
@@ -417,6 +443,7 @@ def batch_to(batch: Mapping[str, Any], device) -> dict:
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-__all__ = ["batch_to", "compare_latency", "multi_target_metrics", "parameters_added", "training_minutes", "build_pixellm_model", "evaluate_pixellm_refseg", "latency_ms", "load_pixellm",
-           "MuseSamples", "muse_samples", "muse_training_set", "predict_multi_pixellm", "predict_multi_sam_path", "pixellm_collate", "pixellm_trainer", "train_pixellm", "trainable_and_total",
-           "training_sets"]
+__all__ = ["MuseSamples", "batch_to", "build_pixellm_model", "compare_latency", "ensure_comparison_stages",
+           "evaluate_pixellm_refseg", "latency_ms", "load_pixellm", "multi_target_metrics", "muse_samples",
+           "muse_training_set", "parameters_added", "pixellm_collate", "pixellm_trainer", "predict_multi_pixellm",
+           "predict_multi_sam_path", "train_pixellm", "trainable_and_total", "training_minutes", "training_sets"]

@@ -91,6 +91,9 @@ RESULTS = {
     "07": {"densecap.json": ["map", "map_detection", "ap_table/*", "train/steps"]},
     "08": {"ablations.json": ["loc_supervision/*/*/mean", "encoder/*/*/mean", "point_target/*/*/mean", "head/*/*/mean",
                               "lm/*/*/mean", "protocol/steps"]},
+    "09": {"pixellm.json": ["pixellm/ciou_single", "pixellm/ciou_single_sam_path", "pixellm/giou_multi",
+                            "pixellm/params_added", "pixellm/params_added_sam_path", "pixellm/latency_ms",
+                            "pixellm/latency_ms_sam_path", "ablations/*/ciou_single/mean"]},
 }
 
 

@@ -215,3 +215,27 @@ def test_paper_shaped_variant_on_meta():
     total = sum(p.numel() for p in m.parameters())
     print(f"paper-shaped PixelLM: {added / 1e6:.2f} M added parameters of {total / 1e9:.2f} B")
     assert 1e6 < added < 0.002 * total
+
+
+# ------------------------------------------------------------------------------------------ report
+def test_report_reads_the_pixellm_section(tmp_path):
+    import json
+
+    from pixelllm.report import collect, report_markdown
+
+    res = {"pixellm": {"ciou_single": 0.50, "ciou_single_sam_path": 0.58, "giou_multi": 0.65, "params_added": 300290,
+                       "params_added_sam_path": 900000, "latency_ms": 20.0, "latency_ms_sam_path": 35.0},
+           "multi": {"pixellm": {"by_targets": {"1": {"giou": 0.7}, "2": {"giou": 0.66}, "3+": {"giou": 0.6}}},
+                     "sam_path": {"by_targets": {"1": {"giou": 0.8}, "2": {"giou": 0.7}, "3+": {"giou": 0.65}}}},
+           "ablations": {"n1": {"label": "N = 1", "ciou_single": {"mean": 0.4, "values": [0.4]},
+                                "giou_multi": {"mean": 0.5, "values": [0.5]}}}}
+    (tmp_path / "pixellm.json").write_text(json.dumps(res))
+    s = collect(tmp_path)
+    assert s["pixellm"]["ciou_gap"] == pytest.approx(-0.08)
+    goals = {g["goal"]: g for g in s["goals"]}
+    assert goals["PixelLM single-target cIoU − SAM path cIoU"]["met"] is False
+    assert goals["PixelLM multi-target gIoU (2–4 targets)"]["met"] is True
+    md = "\n".join(report_markdown(s).splitlines())
+    assert "| single-target cIoU | 50.0 | 58.0 |" in md
+    assert "| latency per image (ms, batch 1, 1 thread) | 20.0 | 35.0 |" in md
+    assert "| PixelLM | 70.0 | 66.0 | 60.0 |" in md and "| N = 1 | 40.0 | 50.0 | 1 |" in md

@@ -401,6 +401,67 @@ def multi_target_metrics(results: Sequence[dict]) -> dict:
     return out
 
 
+def cached_evaluation(path: str | os.PathLike, config: Mapping[str, Any], compute: Callable[[], dict]) -> dict:
+    """``compute()`` (a JSON-able dict of metrics) stored at ``path`` with ``config`` beside it
+    (:func:`~pixelllm.utils.found_or_compute`): found and made by the same config → read back, else
+    computed. Lets a notebook re-run reuse the scores of stages that did not change."""
+    import json
+    from pathlib import Path
+
+    from pixelllm.utils import found_or_compute, write_json
+
+    p = Path(path)
+    found_or_compute(p, lambda: write_json(p, compute()), config=dict(config))
+    return json.loads(p.read_text())
+
+
+def evaluate_stage(checkpoint_dir: str | os.PathLike, tokenizer, refer_sets, muse, per_split: int, muse_limit: int,
+                   folder: str | os.PathLike) -> dict:
+    """A trained ``pixellm`` stage scored on single-target referring segmentation
+    (:func:`evaluate_pixellm_refseg`, first ``per_split`` expressions per split) and on multi-target
+    questions (:func:`multi_target_metrics` of :func:`predict_multi_pixellm`, first ``muse_limit``), cached
+    in ``folder/<stage>_eval.json`` under the stage's stored config and the evaluation sizes →
+    ``{"single", "multi", "train_minutes"}``."""
+    from pathlib import Path
+
+    from pixelllm.engine.builder import checkpoint_config
+
+    d = Path(checkpoint_dir)
+    cfg, _ = checkpoint_config(d)
+
+    def compute() -> dict:
+        model, _ = load_pixellm(d, tokenizer)
+        return {"single": evaluate_pixellm_refseg(model, refer_sets, max_per_split=per_split, progress=False),
+                "multi": multi_target_metrics(predict_multi_pixellm(model, muse, limit=muse_limit, progress=False)),
+                "train_minutes": training_minutes(d / "metrics.jsonl")}
+
+    return cached_evaluation(Path(folder) / f"{cfg.stage}_eval.json",
+                             {"stage": cfg.to_dict(), "per_split": per_split, "muse_limit": muse_limit}, compute)
+
+
+def evaluate_sam_path(refseg_dir: str | os.PathLike, tokenizer, refer_sets, muse, per_split: int, muse_limit: int,
+                      folder: str | os.PathLike) -> dict:
+    """The SAM path (a finished ``refseg`` stage) scored like :func:`evaluate_stage`: single-target
+    :func:`~pixelllm.tasks.referring.evaluate_refseg`, multi-target :func:`predict_multi_sam_path`, cached in
+    ``folder/sam_path_eval.json`` → ``{"single", "multi"}``."""
+    from pathlib import Path
+
+    from pixelllm.engine.builder import checkpoint_config
+    from pixelllm.tasks.referring import evaluate_refseg, load_refseg
+
+    d = Path(refseg_dir)
+    cfg, _ = checkpoint_config(d)
+
+    def compute() -> dict:
+        seg, _ = load_refseg(d, tokenizer)
+        return {"single": evaluate_refseg(seg, refer_sets, max_per_split=per_split, progress=False),
+                "multi": multi_target_metrics(predict_multi_sam_path(seg, muse, tokenizer, limit=muse_limit,
+                                                                     progress=False))}
+
+    return cached_evaluation(Path(folder) / "sam_path_eval.json",
+                             {"refseg": cfg.to_dict(), "per_split": per_split, "muse_limit": muse_limit}, compute)
+
+
 def parameters_added(model, segmenter) -> dict[str, dict[str, int]]:
     """Parameters each mask path adds to the language model (PixelLLM's image encoder, extractor and T5 are
     shared): PixelLM — codebook, fusion, projections, pixel decoder (all trainable); the SAM path — SAM's
@@ -443,7 +504,7 @@ def batch_to(batch: Mapping[str, Any], device) -> dict:
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-__all__ = ["MuseSamples", "batch_to", "build_pixellm_model", "compare_latency", "ensure_comparison_stages",
+__all__ = ["MuseSamples", "batch_to", "build_pixellm_model", "cached_evaluation", "evaluate_sam_path", "evaluate_stage", "compare_latency", "ensure_comparison_stages",
            "evaluate_pixellm_refseg", "latency_ms", "load_pixellm", "multi_target_metrics", "muse_samples",
            "muse_training_set", "parameters_added", "pixellm_collate", "pixellm_trainer", "predict_multi_pixellm",
            "predict_multi_sam_path", "train_pixellm", "trainable_and_total", "training_minutes", "training_sets"]

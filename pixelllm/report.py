@@ -311,7 +311,8 @@ def pixellm_markdown(p: dict[str, Any]) -> list[str]:
            f"| {n(p.get('params_added_sam_path'))} ({n(p.get('params_trainable_sam_path'))} trainable) |",
            f"| training minutes | {_f(p.get('train_minutes'))} | {_f(p.get('train_minutes_sam_path'))} (refcoco + refseg) |",
            f"| latency per image (ms, batch 1, 1 thread) | {_f(p.get('latency_ms'))} | {_f(p.get('latency_ms_sam_path'))} |",
-           ""]
+           "", "Training minutes come from each stage's `metrics.jsonl` and depend on how loaded the CPU was when "
+           "that stage ran; the two latencies are measured in one run, on the same images.", ""]
     bt = p.get("by_targets") or {}
     if bt.get("pixellm"):
         out += ["| gIoU by targets | " + " | ".join(bt["pixellm"]) + " |", "|---|" + "---|" * len(bt["pixellm"])]
@@ -320,7 +321,7 @@ def pixellm_markdown(p: dict[str, Any]) -> list[str]:
         out.append("")
     ab = p.get("ablations") or {}
     if ab:
-        out += ["| PixelLM arm | cIoU single | gIoU 2–4 targets | seeds |", "|---|---|---|---|"]
+        out += ["| PixelLM arm (mean over seeds) | cIoU single | gIoU 2–4 targets | seeds |", "|---|---|---|---|"]
         for v in ab.values():
             out.append(f"| {v.get('label')} | {_f(v.get('ciou_single'), 100)} | {_f(v.get('giou_multi'), 100)} "
                        f"| {v.get('seeds')} |")

@@ -31,7 +31,7 @@ Output (the layout of the synthetic world, ``pixelllm.data.synthetic``; formats 
     vg/region_descriptions.json, vg/image_data.json, vg/densecap_splits.json   Visual Genome regions
     stats.json                                          counts, the split of each image, its source file
 
-Utterance timing of a trace (PAPER_NOTES.md §10): Localized Narratives time every utterance from the
+Utterance timing of a trace (PAPER_NOTES.md §11): Localized Narratives time every utterance from the
 speech; a plain trace has only point times, so each caption word becomes one utterance, timed by
 :func:`data_prep.trace_sim.word_spans` — the words tile the trace's time span [t_first, t_last] in
 proportion to ``len(word) + 1`` characters (a constant speaking rate, a pause after each word). The

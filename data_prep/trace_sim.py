@@ -1,5 +1,5 @@
 """A mouse-trace simulator: a plausible Localized-Narratives-style trace for a caption and the boxes of the
-objects it names (PAPER_NOTES.md §6, §10).
+objects it names (PAPER_NOTES.md §6, §11).
 
 The speaking model (shared with :func:`word_spans`, which ``data_prep.convert`` uses to time a trace that
 comes without word timings): the caption is spoken at a constant rate in *characters*, word k taking

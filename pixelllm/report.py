@@ -55,7 +55,15 @@ GOALS = [
     ("location-conditioned CIDEr-D (VG)", ("loccap", "vg_cider"), 1.5, "min"),
     ("location-conditioned region attribute accuracy", ("loccap", "region_attribute_accuracy"), 0.85, "min"),
     ("DenseCap mAP", ("densecap", "map"), 0.30, "min"),
+    ("PixelLM single-target cIoU − SAM path cIoU", ("pixellm", "ciou_gap"), -0.05, "min"),
+    ("PixelLM multi-target gIoU (2–4 targets)", ("pixellm", "giou_multi"), 0.60, "min"),
 ]
+
+#: the ``pixellm`` section of summary.json (notebook 09's results/pixellm.json)
+PIXELLM_KEYS = ("ciou_single", "ciou_single_sam_path", "giou_single", "giou_single_sam_path", "giou_multi",
+                "giou_multi_sam_path", "ciou_multi", "ciou_multi_sam_path", "params_added", "params_added_sam_path",
+                "params_trainable_sam_path", "params_finetuned_pixellm", "latency_ms", "latency_ms_sam_path",
+                "train_minutes", "train_minutes_sam_path")
 
 
 def _load(d: Path, name: str) -> dict[str, Any]:
@@ -116,6 +124,17 @@ def collect(d: Path) -> dict[str, Any]:
     ab = _load(d, "ablations.json")
     if ab:
         s["ablations"] = ab
+    pl = _load(d, "pixellm.json")
+    if pl:
+        s["pixellm"] = {k: _num(pl.get("pixellm", {}).get(k)) for k in PIXELLM_KEYS}
+        a, b = s["pixellm"]["ciou_single"], s["pixellm"]["ciou_single_sam_path"]
+        s["pixellm"]["ciou_gap"] = None if a is None or b is None else a - b
+        s["pixellm"]["by_targets"] = {m: {t: _num(v.get("giou")) for t, v in pl.get("multi", {}).get(m, {})
+                                          .get("by_targets", {}).items()} for m in ("pixellm", "sam_path")}
+        s["pixellm"]["ablations"] = {k: {"label": v.get("label"), **{m: _num(v.get(m, {}).get("mean"))
+                                                                     for m in ("ciou_single", "giou_multi")},
+                                         "seeds": len(v.get("ciou_single", {}).get("values", []))}
+                                     for k, v in pl.get("ablations", {}).items()}
     bench = {}
     to = _load(d, "trace_overhead.json")
     if to:
@@ -268,8 +287,46 @@ def report_markdown(s: dict[str, Any]) -> str:
     ab = s.get("ablations")
     if ab:
         out += ablation_markdown(ab)
+    if s.get("pixellm"):
+        out += pixellm_markdown(s["pixellm"])
     out += ["## Quality goals and timings", "", readme_block(s), ""]
     return "\n".join(out)
+
+
+def pixellm_markdown(p: dict[str, Any]) -> list[str]:
+    """Notebook 09's table: PixelLM's codebook + pixel decoder beside PixelLLM's box → SAM path."""
+    def n(x: Any) -> str:
+        return "—" if x is None else f"{x:,.0f}"
+
+    out = ["## PixelLM beside PixelLLM (notebook 09)", "",
+           "Same image encoder, extractor and T5 + LoRA; masks read at the reference answer; RefCOCO testA+testB "
+           "for one target, the MUSE-like test questions for 2–4 targets (the SAM path: one referring pass per "
+           "target phrase).", "",
+           "| | PixelLM (codebook + pixel decoder) | PixelLLM (box at EOS → SAM + adapter) |", "|---|---|---|",
+           f"| single-target cIoU | {_f(p.get('ciou_single'), 100)} | {_f(p.get('ciou_single_sam_path'), 100)} |",
+           f"| single-target gIoU | {_f(p.get('giou_single'), 100)} | {_f(p.get('giou_single_sam_path'), 100)} |",
+           f"| multi-target gIoU (2–4) | {_f(p.get('giou_multi'), 100)} | {_f(p.get('giou_multi_sam_path'), 100)} |",
+           f"| multi-target cIoU (2–4) | {_f(p.get('ciou_multi'), 100)} | {_f(p.get('ciou_multi_sam_path'), 100)} |",
+           f"| parameters added | {n(p.get('params_added'))} (+ {n(p.get('params_finetuned_pixellm'))} fine-tuned) "
+           f"| {n(p.get('params_added_sam_path'))} ({n(p.get('params_trainable_sam_path'))} trainable) |",
+           f"| training minutes | {_f(p.get('train_minutes'))} | {_f(p.get('train_minutes_sam_path'))} (refcoco + refseg) |",
+           f"| latency per image (ms, batch 1, 1 thread) | {_f(p.get('latency_ms'))} | {_f(p.get('latency_ms_sam_path'))} |",
+           "", "Training minutes come from each stage's `metrics.jsonl` and depend on how loaded the CPU was when "
+           "that stage ran; the two latencies are measured in one run, on the same images.", ""]
+    bt = p.get("by_targets") or {}
+    if bt.get("pixellm"):
+        out += ["| gIoU by targets | " + " | ".join(bt["pixellm"]) + " |", "|---|" + "---|" * len(bt["pixellm"])]
+        for m, label in (("pixellm", "PixelLM"), ("sam_path", "SAM path")):
+            out.append(f"| {label} | " + " | ".join(_f(bt.get(m, {}).get(t), 100) for t in bt["pixellm"]) + " |")
+        out.append("")
+    ab = p.get("ablations") or {}
+    if ab:
+        out += ["| PixelLM arm (mean over seeds) | cIoU single | gIoU 2–4 targets | seeds |", "|---|---|---|---|"]
+        for v in ab.values():
+            out.append(f"| {v.get('label')} | {_f(v.get('ciou_single'), 100)} | {_f(v.get('giou_multi'), 100)} "
+                       f"| {v.get('seeds')} |")
+        out.append("")
+    return out
 
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"

@@ -41,6 +41,7 @@ STAGE_RUNNERS = {
     "loc_caption": "pixelllm.tasks.region_caption:train_loc_caption",
     "densecap": "pixelllm.tasks.densecap:run_densecap_training",
     "own_data": "pixelllm.tasks.captioning:run_training",
+    "pixellm": "pixelllm.tasks.pixellm:train_pixellm",
 }
 
 

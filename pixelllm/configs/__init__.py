@@ -26,6 +26,7 @@ REGISTRY = {
     "loc_caption": "loc_caption:get_config",
     "densecap": "densecap:get_config",
     "own_data": "own_data:get_config",      # stage 2 continued on your own converted data (notebook 11)
+    "pixellm": "pixellm:get_config",
 }
 CONFIGS = tuple(REGISTRY)
 PREREQUISITES = ("data", "tokenizer", "sam_tiny", "t5_tiny", "semantic_tiny")
@@ -52,10 +53,10 @@ def config_from_dict(d: dict):
     renamed stages), else :class:`TrainConfig` (unknown keys raise)."""
     import dataclasses
 
-    from pixelllm.configs import ablations, densecap, loc_caption, prerequisites, refcoco
+    from pixelllm.configs import ablations, densecap, loc_caption, pixellm, prerequisites, refcoco
 
     classes = [TrainConfig, refcoco.ReferringConfig, refcoco.RefSegConfig, loc_caption.LocCaptionConfig,
-               densecap.DenseCapConfig, ablations.AblationConfig,
+               densecap.DenseCapConfig, pixellm.PixelLMTrainConfig, ablations.AblationConfig,
                prerequisites.SamPretrainConfig, prerequisites.T5PretrainConfig, prerequisites.SemanticPretrainConfig]
     if d.get("stage") in REGISTRY:
         classes.insert(0, type(get_config(d["stage"])))

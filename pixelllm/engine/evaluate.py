@@ -270,7 +270,7 @@ def evaluate_word(model, dataset, tokenizer, word: str, boxes: dict, batch_size:
             image, normalised by the image width/height; an image without one maps to ``[]`` (or is absent).
     A word spans the tokens of :func:`~pixelllm.eval.trace.words_of_tokens` (a new word is often several
     sub-word pieces); its point is the mean of those tokens' box centres (:func:`~pixelllm.eval.trace.word_centres`,
-    PAPER_NOTES.md §10).
+    PAPER_NOTES.md §11).
 
     Returns:
         ``word_pointing_accuracy``: teacher-forced, over the occurrences of ``word`` in the reference narratives

@@ -296,7 +296,7 @@ def word_centres(tokens: Sequence[str], points, word: str, marker: str = "\u2581
 
     Words are grouped by :func:`words_of_tokens` (a word of several sub-word pieces is one occurrence;
     case and punctuation ignored); an occurrence's point is the mean over its tokens of their box centres,
-    ``points`` being T×4 (x0, y0, x1, y1) per token (PAPER_NOTES.md §2.8, §10)."""
+    ``points`` being T×4 (x0, y0, x1, y1) per token (PAPER_NOTES.md §2.8, §11)."""
     p = _np(points, np.float64).reshape(-1, 4)
     if len(p) < len(tokens):
         raise ValueError(f"word_centres: {len(tokens)} tokens but {len(p)} points")

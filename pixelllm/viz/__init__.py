@@ -26,6 +26,9 @@ import sys
 from pixelllm._lazy import lazy_module_getattr
 
 _LAZY = {
+    # pixellm.py: notebook 09 (PixelLM beside PixelLLM)
+    "figure_multi_target": "pixelllm.viz.pixellm",
+    "figure_scale_attention": "pixelllm.viz.pixellm",
     # inputs.py: arrays, colours, tokens
     "word_colors": "pixelllm.viz.inputs",
     "clean_tokens": "pixelllm.viz.inputs",

@@ -165,7 +165,8 @@ def ensure_comparison_stages(smoke: bool, progress: bool = False) -> dict:
 def build_pixellm_model(cfg, tokenizer=None, device: str = "cpu"):
     """PixelLM of a ``pixellm`` config: the PixelLLM of ``cfg.init_from`` (one checkpoint, which must exist)
     rebuilt by :func:`~pixelllm.engine.builder.load_stage_model`, then the PixelLM parts of
-    ``cfg.pixellm_preset`` + ``cfg.pixellm_overrides`` initialised from ``cfg.seed``."""
+    ``cfg.pixellm_preset`` + ``cfg.pixellm_overrides`` initialised from ``cfg.seed`` (a ``decoder='sam'``
+    pixel decoder then loaded from the run's SAM checkpoint, ``resolve_paths(cfg).sam``)."""
     from pixelllm.data.tokenizer import load_tokenizer
     from pixelllm.engine.builder import load_stage_model, resolve_inits
     from pixelllm.engine.paths import resolve_paths
@@ -180,6 +181,8 @@ def build_pixellm_model(cfg, tokenizer=None, device: str = "cpu"):
     base, _ = load_stage_model(inits[0], tokenizer, device=device)
     seed_everything(cfg.seed)
     model = build_pixellm(base, cfg.pixellm_preset, **cfg.pixellm_overrides)
+    if model.config.decoder == "sam":                  # the pixel decoder starts as the pretrained SAM decoder
+        model.load_sam_decoder(str(paths.sam))
     return model.to(device)
 
 

@@ -34,6 +34,7 @@ from .codebook import SegCodebook, insert_groups
 from .fusion import TokenFusion
 from .losses import pixellm_loss
 from .pixel_decoder import PixelDecoder, PixelDecoderOutput, ScaleProjection
+from .sam_decoder import SamPixelDecoder
 
 
 @dataclass
@@ -51,12 +52,17 @@ class PixelLMConfig:
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     refine_weight: float = 2.0            # release: overlap term added with the BCE weight; 0 = off
+    decoder: str = "light"                # "light": PixelDecoder (one-layer blocks per scale, from scratch);
+                                          # "sam": SamPixelDecoder (SAM's mask decoder shared by the scales,
+                                          # loaded from the SAM checkpoint; d = SAM's prompt width)
 
     def __post_init__(self) -> None:
         self.scale_layers = tuple(int(x) for x in self.scale_layers)
         if len(self.scale_layers) != self.num_scales - 1:
             raise ValueError(f"PixelLMConfig: scale_layers {self.scale_layers} must name num_scales − 1 = "
                              f"{self.num_scales - 1} SAM blocks (the coarsest scale is the encoder grid)")
+        if self.decoder not in ("light", "sam"):
+            raise ValueError(f"PixelLMConfig: decoder must be 'light' or 'sam', got {self.decoder!r}")
 
 
 PIXELLM_PRESETS: dict[str, PixelLMConfig] = {
@@ -124,7 +130,21 @@ class PixelLM(nn.Module):
         vit_dim = enc.sam_encoder.patch_embed.proj.out_channels
         ins = [enc.out_channels] + [vit_dim] * (cfg.num_scales - 1)
         self.projections = nn.ModuleList([ScaleProjection(c, cfg.dim, upsample=i) for i, c in enumerate(ins)])
-        self.decoder = PixelDecoder(cfg.dim, cfg.num_scales, cfg.num_heads, cfg.out_size, cfg.modulate)
+        if cfg.decoder == "sam":
+            from ..sam import SAM_CONFIGS
+
+            sam_cfg = SAM_CONFIGS[getattr(getattr(pixelllm, "config", None), "sam", "tiny")]
+            if cfg.dim != sam_cfg.prompt_embed_dim or enc.sam_dim != cfg.dim:
+                raise ValueError(f"PixelLM: decoder='sam' needs dim = SAM's prompt width {sam_cfg.prompt_embed_dim} "
+                                 f"(= its neck width {enc.sam_dim}), got dim={cfg.dim}")
+            # the coarsest grid is SAM's own embedding plus a learned residual that starts at zero
+            # (p_{V→D}'s last LayerNorm2d zeroed), so the SAM decoder first sees what it was trained on
+            nn.init.zeros_(self.projections[0].neck[-1].weight)
+            self.decoder = SamPixelDecoder(cfg.dim, cfg.num_scales, sam_cfg.decoder_depth, sam_cfg.decoder_mlp_dim,
+                                           sam_cfg.decoder_num_heads, sam_cfg.num_multimask_outputs + 1,
+                                           cfg.out_size, cfg.modulate)
+        else:
+            self.decoder = PixelDecoder(cfg.dim, cfg.num_scales, cfg.num_heads, cfg.out_size, cfg.modulate)
 
     # --- sizes ----------------------------------------------------------------------------------------
     @property
@@ -142,6 +162,23 @@ class PixelLM(nn.Module):
 
     def added_parameters(self) -> int:
         return sum(p.numel() for m in self.added_modules().values() for p in m.parameters())
+
+    def load_sam_decoder(self, sam_checkpoint: str | None) -> "PixelLM":
+        """``decoder='sam'``: initialise the pixel decoder from the SAM checkpoint (SAM-format state_dict,
+        e.g. ``<run>/sam_tiny/sam_tiny.pth``) — its mask decoder and its prompt encoder's no-mask embedding
+        and PE. Raises ``ValueError`` for a ``'light'`` decoder or a missing file."""
+        from pathlib import Path
+
+        from ..sam import build_sam
+
+        if self.config.decoder != "sam":
+            raise ValueError(f"PixelLM.load_sam_decoder: decoder is {self.config.decoder!r}, not 'sam'")
+        if not sam_checkpoint or not Path(sam_checkpoint).is_file():
+            raise ValueError(f"PixelLM.load_sam_decoder: SAM checkpoint {sam_checkpoint!r} not found")
+        sam = build_sam(getattr(getattr(self.llm, "config", None), "sam", "tiny"), checkpoint=sam_checkpoint,
+                        image_size=self.image_size)
+        self.decoder.load_sam(sam.mask_decoder, sam.prompt_encoder)
+        return self
 
     def train(self, mode: bool = True) -> "PixelLM":
         super().train(mode)
@@ -215,7 +252,9 @@ class PixelLM(nn.Module):
         states = hidden[cb].reshape(-1, cfg.num_scales, cfg.tokens_per_scale, hidden.shape[-1])
         image_of_row = torch.repeat_interleave(torch.arange(len(num_targets), device=images.device), num_targets)
         h = self.fusion(states)                                                              # R×L×d
-        grids = [proj(src) for proj, src in zip(self.projections, [sources[0]] + sources[1:])]
+        grids = [proj(src) for proj, src in zip(self.projections, sources)]
+        if cfg.decoder == "sam":                                   # SAM's embedding + zero-initialised residual
+            grids[0] = grids[0] + sources[0][:, :self.llm.image_encoder.sam_dim]
         dec = self.decoder(h, [g[image_of_row] for g in grids])
         # back to B×K slots, logits on the S×S frame
         rows = torch.arange(k_max, device=images.device)[None, :] < num_targets[:, None]     # B×K

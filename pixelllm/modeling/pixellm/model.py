@@ -55,6 +55,8 @@ class PixelLMConfig:
     decoder: str = "light"                # "light": PixelDecoder (one-layer blocks per scale, from scratch);
                                           # "sam": SamPixelDecoder (SAM's mask decoder shared by the scales,
                                           # loaded from the SAM checkpoint; d = SAM's prompt width)
+    box_prompt: bool = False              # decoder "sam" only: the first codebook state of a group also goes
+                                          # through the frozen trace head → box → SAM's box prompt tokens
 
     def __post_init__(self) -> None:
         self.scale_layers = tuple(int(x) for x in self.scale_layers)
@@ -63,6 +65,8 @@ class PixelLMConfig:
                              f"{self.num_scales - 1} SAM blocks (the coarsest scale is the encoder grid)")
         if self.decoder not in ("light", "sam"):
             raise ValueError(f"PixelLMConfig: decoder must be 'light' or 'sam', got {self.decoder!r}")
+        if self.box_prompt and self.decoder != "sam":
+            raise ValueError("PixelLMConfig: box_prompt needs decoder='sam' (the box enters as SAM prompt tokens)")
 
 
 PIXELLM_PRESETS: dict[str, PixelLMConfig] = {
@@ -255,7 +259,16 @@ class PixelLM(nn.Module):
         grids = [proj(src) for proj, src in zip(self.projections, sources)]
         if cfg.decoder == "sam":                                   # SAM's embedding + zero-initialised residual
             grids[0] = grids[0] + sources[0][:, :self.llm.image_encoder.sam_dim]
-        dec = self.decoder(h, [g[image_of_row] for g in grids])
+        prompts = None
+        if cfg.box_prompt:                                         # hybrid: state → trace-head box → SAM box tokens
+            from ..referring import clip_boxes_per_image
+
+            grid_rows = sources[0][image_of_row]
+            box = llm.trace_head(states[:, :1, 0], llm.frame_hw, grid_rows)[:, 0].detach()    # R×4 pixels
+            box = clip_boxes_per_image(box, sizes[image_of_row] if sizes is not None else None, self.image_size)
+            prompts, _ = llm.prompt_encoder.sam_prompt_encoder(points=None, boxes=box, masks=None)  # R×2×d
+        dec = self.decoder(h, [g[image_of_row] for g in grids], prompts) if prompts is not None else \
+            self.decoder(h, [g[image_of_row] for g in grids])
         # back to B×K slots, logits on the S×S frame
         rows = torch.arange(k_max, device=images.device)[None, :] < num_targets[:, None]     # B×K
         s = self.image_size

@@ -100,14 +100,17 @@ class SamPixelDecoder(nn.Module):
                              f"(d={self.iou_token.embedding_dim}, {len(self.transformer.layers)} layers): {e}") from e
         return self
 
-    def decode_scale(self, level: int, h: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One scale: h R×d, feats R×d×g×g → (mask logits R×4g×4g, attention R×g×g)."""
+    def decode_scale(self, level: int, h: torch.Tensor, feats: torch.Tensor, prompts: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One scale: h R×d, feats R×d×g×g, optional extra sparse prompt tokens R×P×d (e.g. SAM box
+        embeddings) → (mask logits R×4g×4g, attention R×g×g)."""
         r, d, gh, gw = feats.shape
         if h.shape != (r, d):
             raise ValueError(f"SamPixelDecoder: h must be R×d = ({r}, {d}), got {tuple(h.shape)}")
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)      # (1+M)×d
         prompt = (h + self.level_embed.weight[level]).unsqueeze(1)                            # R×1×d
-        tokens = torch.cat([out_tokens.unsqueeze(0).expand(r, -1, -1), prompt], dim=1)       # R×T×d
+        parts = [out_tokens.unsqueeze(0).expand(r, -1, -1), prompt] + ([prompts] if prompts is not None else [])
+        tokens = torch.cat(parts, dim=1)                                                     # R×T×d
         src = feats + self.no_mask_embed.weight.reshape(1, -1, 1, 1)
         pos = self.pe((gh, gw)).to(feats).unsqueeze(0)                                       # 1×d×g×g
         captured: dict[str, torch.Tensor] = {}
@@ -124,7 +127,9 @@ class SamPixelDecoder(nn.Module):
                                         captured["k"], self.num_heads)[:, 0]
         return mask, attn.reshape(r, gh, gw)
 
-    def forward(self, h: torch.Tensor, feats: list[torch.Tensor]) -> PixelDecoderOutput:
+    def forward(self, h: torch.Tensor, feats: list[torch.Tensor], prompts: torch.Tensor | None = None
+                ) -> PixelDecoderOutput:
+        """``prompts``: optional R×P×d extra sparse tokens given to every scale."""
         if h.ndim != 3 or h.shape[1] != self.num_scales or len(feats) != self.num_scales:
             raise ValueError(f"SamPixelDecoder: expected h R×{self.num_scales}×d and {self.num_scales} feature "
                              f"grids, got h {tuple(h.shape)} and {len(feats)} grids")
@@ -136,7 +141,7 @@ class SamPixelDecoder(nn.Module):
             if prev is not None and self.modulate:                  # f^l' = f^l ⊙ (σ(m^{l+1}) + 1)
                 m = F.interpolate(prev.unsqueeze(1), size=f.shape[-2:], mode="bilinear", align_corners=False)
                 f = f * (torch.sigmoid(m) + 1)
-            m_l, attn = self.decode_scale(level, h[:, level], f)
+            m_l, attn = self.decode_scale(level, h[:, level], f, prompts)
             scale_masks.append(m_l)
             attention.append(attn)
             total = total + gamma[level] * F.interpolate(m_l.unsqueeze(1), size=(self.out_size, self.out_size),

@@ -66,3 +66,30 @@ def test_pixellm_with_sam_decoder_loads_the_checkpoint_and_starts_from_sams_embe
         m.load_sam_decoder(str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="decoder must be"):
         build_pixellm(llm, "tiny", decoder="big")
+
+
+def test_box_prompt_adds_two_box_tokens_and_changes_the_masks():
+    from pixelllm.modeling.pixellm import PixelLMConfig, SEG_SLOT
+
+    llm = make_test_model(semantic_trainable=False)
+    d = llm.image_encoder.sam_dim
+    torch.manual_seed(6)
+    m = build_pixellm(llm, "tiny", decoder="sam", dim=d, out_size=64, box_prompt=True).eval()
+    torch.manual_seed(1)
+    batch = {"images": torch.rand(2, 3, 128, 128), "image_sizes": torch.tensor([[128, 128], [96, 128]]),
+             "prompt_ids": torch.randint(2, 200, (2, 4)), "prompt_mask": torch.ones(2, 4, dtype=torch.bool),
+             "target_ids": torch.tensor([[5, SEG_SLOT, 6, SEG_SLOT, 1], [7, 8, 1, 0, 0]]),
+             "target_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]).bool(),
+             "masks": torch.rand(2, 2, 128, 128) > 0.6, "mask_valid": torch.tensor([[True, True], [True, False]])}
+    seen = []
+    hook = m.decoder.transformer.register_forward_hook(lambda _m, args, _o: seen.append(args[2].shape[1]))
+    with_box = m.predict(batch).masks
+    hook.remove()
+    assert seen and all(t == 1 + m.decoder.mask_tokens.num_embeddings + 1 + 2 for t in seen)   # iou, masks, h, box
+    m.config.box_prompt = False
+    without = m.predict(batch).masks
+    m.config.box_prompt = True
+    assert with_box.shape == without.shape == (2, 2, 128, 128)
+    assert not torch.allclose(with_box, without)
+    with pytest.raises(ValueError, match="box_prompt needs"):
+        PixelLMConfig(box_prompt=True)

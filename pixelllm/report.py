@@ -177,9 +177,9 @@ def readme_block(s: dict[str, Any]) -> str:
     if tm:
         mode = "SMOKE mode" if s.get("smoke") else "full mode"
         lines += ["", f"| notebook ({mode}, 2 CPU cores) | minutes |", "|---|---|"]
-        lines += [f"| {k} | {v / 60:.1f} |" for k, v in tm.items()]
+        lines += [f"| {k} | {v / 60:.1f} |" for k, v in sorted(tm.items())]
         core = [v for k, v in tm.items() if k[:2] < "08"]
-        rest = [v for k, v in tm.items() if k[:2] >= "08"]
+        rest = [v for k, v in tm.items() if k[:2] == "08"]
         if core and rest:
             lines.append(f"| core stages 01–07 (goal ≤ 30) | {sum(core) / 60:.1f} |")
             lines.append(f"| ablations 08 (goal ≤ 20) | {sum(rest) / 60:.1f} |")

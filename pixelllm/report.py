@@ -179,10 +179,15 @@ def readme_block(s: dict[str, Any]) -> str:
         lines += ["", f"| notebook ({mode}, 2 CPU cores) | minutes |", "|---|---|"]
         lines += [f"| {k} | {v / 60:.1f} |" for k, v in sorted(tm.items())]
         core = [v for k, v in tm.items() if k[:2] < "08"]
-        rest = [v for k, v in tm.items() if k[:2] == "08"]
-        if core and rest:
+        abl = [v for k, v in tm.items() if k[:2] == "08"]
+        ext = [v for k, v in tm.items() if k[:2] > "08"]
+        if core and (abl or ext):
             lines.append(f"| core stages 01–07 (goal ≤ 30) | {sum(core) / 60:.1f} |")
-            lines.append(f"| ablations 08 (goal ≤ 20) | {sum(rest) / 60:.1f} |")
+        if abl:
+            lines.append(f"| ablations 08 (goal ≤ 20) | {sum(abl) / 60:.1f} |")
+        if ext:
+            lines.append(f"| beyond the paper 09–{max(k[:2] for k in tm)} (PixelLM, playground, your own data) | "
+                         f"{sum(ext) / 60:.1f} |")
         lines.append(f"| **total** | **{sum(tm.values()) / 60:.1f}** |")
     return "\n".join(lines)
 

@@ -60,11 +60,13 @@ def test_visual_reliance_and_stage_subtotals_reach_the_report(tmp_path):
     (tmp_path / "visual_reliance.json").write_text(json.dumps({
         "ce_real_images": 1.1, "ce_shuffled_images": 1.3, "ce_blank_images": 1.5, "image_gain_nats": 0.4,
         "this_image_gain_nats": 0.2, "colour_word_ce": {"real": 0.9, "shuffled": 2.0, "blank": 2.5}}))
-    (tmp_path / "timings.json").write_text(json.dumps({"01_data_prep": 60, "07_dense": 120, "08_ablations": 600}))
+    (tmp_path / "timings.json").write_text(json.dumps({"01_data_prep": 60, "07_dense": 120, "08_ablations": 600,
+                                                            "10_playground": 90, "11_own": 30}))
     s = report.collect(tmp_path)
     assert s["bench"]["visual_reliance"]["colour_word_ce"] == {"real": 0.9, "shuffled": 2.0, "blank": 2.5}
     md = report.report_markdown(s)
     assert "| all | 1.100 | 1.300 | 1.500 |" in md and "| colour words | 0.900 | 2.000 | 2.500 |" in md
     block = report.readme_block(s)
     assert "| core stages 01–07 (goal ≤ 30) | 3.0 |" in block and "| ablations 08 (goal ≤ 20) | 10.0 |" in block
-    assert "| **total** | **13.0** |" in block
+    assert "| beyond the paper 09–11 (PixelLM, playground, your own data) | 2.0 |" in block
+    assert "| **total** | **15.0** |" in block

@@ -20,7 +20,7 @@ import time
 import torch
 
 
-def _summary(e: dict) -> dict:
+def summary(e: dict) -> dict:
     multi = e["multi"]
     return {"ciou_single": e["single"]["all"]["cIoU"], "giou_single": e["single"]["all"]["gIoU"],
             "giou_multi_2_4": multi.get("2-4", {}).get("giou"),
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         out["train_minutes"] = e["train_minutes"]
     else:
         e = P.evaluate_sam_path(paths.run / "checkpoints" / "refseg", tok, sets, muse, args.n, 2 * args.n, folder)
-    out.update(_summary(e), minutes=round((time.time() - t0) / 60, 2))
+    out.update(summary(e), minutes=round((time.time() - t0) / 60, 2))
     print(json.dumps(out))
     if args.log:
         with open(args.log, "a") as f:

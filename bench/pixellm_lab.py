@@ -21,6 +21,8 @@ import torch
 
 
 def summary(e: dict) -> dict:
+    """The lab fields of an ``evaluate_stage`` / ``evaluate_sam_path`` result (single-target cIoU / gIoU, gIoU
+    on 2–4 targets or None, gIoU per number of targets)."""
     multi = e["multi"]
     return {"ciou_single": e["single"]["all"]["cIoU"], "giou_single": e["single"]["all"]["gIoU"],
             "giou_multi_2_4": multi.get("2-4", {}).get("giou"),

@@ -21,6 +21,7 @@ token MLP, image → token cross-attention, then ``m = MLP(t) · up2(x)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -122,21 +123,30 @@ class PixelDecoder(nn.Module):
         if h.ndim != 3 or h.shape[1] != self.num_scales or len(feats) != self.num_scales:
             raise ValueError(f"PixelDecoder: expected h R×{self.num_scales}×d and {self.num_scales} feature grids, "
                              f"got h {tuple(h.shape)} and {len(feats)} grids")
-        gamma = self.gamma
-        total = h.new_zeros(h.shape[0], self.out_size, self.out_size)
-        prev: torch.Tensor | None = None
-        scale_masks, attention = [], []
-        for level, (block, f) in enumerate(zip(self.blocks, feats)):
-            if prev is not None and self.modulate:                 # f^l' = f^l ⊙ (σ(m^{l+1}) + 1)
-                m = F.interpolate(prev.unsqueeze(1), size=f.shape[-2:], mode="bilinear", align_corners=False)
-                f = f * (torch.sigmoid(m) + 1)
-            m_l, attn = block(h[:, level] + self.level_embed.weight[level], f)
-            scale_masks.append(m_l)
-            attention.append(attn)
-            total = total + gamma[level] * F.interpolate(m_l.unsqueeze(1), size=(self.out_size, self.out_size),
-                                                         mode="bilinear", align_corners=False)[:, 0]
-            prev = m_l
-        return PixelDecoderOutput(total, scale_masks, attention, gamma)
+        return coarse_to_fine(h, feats, self.gamma, self.out_size, self.modulate,
+                              lambda level, h_l, f: self.blocks[level](h_l + self.level_embed.weight[level], f))
 
 
-__all__ = ["PixelDecoder", "PixelDecoderOutput", "ScaleAttention", "ScaleProjection"]
+def coarse_to_fine(h: torch.Tensor, feats: list[torch.Tensor], gamma: torch.Tensor, out_size: int, modulate: bool,
+                   decode: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+                   ) -> PixelDecoderOutput:
+    """PixelLM's decoding order, shared by :class:`PixelDecoder` and the SAM-initialised decoder: scale by
+    scale, coarse to fine, f^l' = f^l ⊙ (σ(m^{l+1}) + 1) (when ``modulate``), m^l = ``decode(l, h[:, l], f^l')``
+    (→ R×h_l×w_l mask logits, its attention map), and M̂ = Σ_l γ^l up(m^l) at ``out_size``."""
+    total = h.new_zeros(h.shape[0], out_size, out_size)
+    prev: torch.Tensor | None = None
+    scale_masks, attention = [], []
+    for level, f in enumerate(feats):
+        if prev is not None and modulate:                      # f^l' = f^l ⊙ (σ(m^{l+1}) + 1)
+            m = F.interpolate(prev.unsqueeze(1), size=f.shape[-2:], mode="bilinear", align_corners=False)
+            f = f * (torch.sigmoid(m) + 1)
+        m_l, attn = decode(level, h[:, level], f)
+        scale_masks.append(m_l)
+        attention.append(attn)
+        total = total + gamma[level] * F.interpolate(m_l.unsqueeze(1), size=(out_size, out_size),
+                                                     mode="bilinear", align_corners=False)[:, 0]
+        prev = m_l
+    return PixelDecoderOutput(total, scale_masks, attention, gamma)
+
+
+__all__ = ["PixelDecoder", "coarse_to_fine", "PixelDecoderOutput", "ScaleAttention", "ScaleProjection"]

@@ -22,13 +22,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
-from .pixel_decoder import PixelDecoderOutput
+from .pixel_decoder import PixelDecoderOutput, coarse_to_fine
 
 
 def token_to_image_attention(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -133,21 +132,8 @@ class SamPixelDecoder(nn.Module):
         if h.ndim != 3 or h.shape[1] != self.num_scales or len(feats) != self.num_scales:
             raise ValueError(f"SamPixelDecoder: expected h R×{self.num_scales}×d and {self.num_scales} feature "
                              f"grids, got h {tuple(h.shape)} and {len(feats)} grids")
-        gamma = self.gamma
-        total = h.new_zeros(h.shape[0], self.out_size, self.out_size)
-        prev: torch.Tensor | None = None
-        scale_masks, attention = [], []
-        for level, f in enumerate(feats):
-            if prev is not None and self.modulate:                  # f^l' = f^l ⊙ (σ(m^{l+1}) + 1)
-                m = F.interpolate(prev.unsqueeze(1), size=f.shape[-2:], mode="bilinear", align_corners=False)
-                f = f * (torch.sigmoid(m) + 1)
-            m_l, attn = self.decode_scale(level, h[:, level], f, prompts)
-            scale_masks.append(m_l)
-            attention.append(attn)
-            total = total + gamma[level] * F.interpolate(m_l.unsqueeze(1), size=(self.out_size, self.out_size),
-                                                         mode="bilinear", align_corners=False)[:, 0]
-            prev = m_l
-        return PixelDecoderOutput(total, scale_masks, attention, gamma)
+        return coarse_to_fine(h, feats, self.gamma, self.out_size, self.modulate,
+                              lambda level, h_l, f: self.decode_scale(level, h_l, f, prompts))
 
 
 __all__ = ["SamPixelDecoder", "token_to_image_attention"]

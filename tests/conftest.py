@@ -25,3 +25,22 @@ def make_test_model(preset: str = "tiny", seed: int | None = 0, eval: bool = Tru
         torch.manual_seed(seed)
     model = build_pixelllm(preset, **small_model_overrides(**overrides))
     return model.eval() if eval else model
+
+
+def import_bench(name: str):
+    """Import ``bench/<name>.py`` as a module (the benchmarks are scripts, not a package); a generator for a
+    module-scoped fixture: ``yield from import_bench("grounding_lab")``. ``sys.path`` and ``sys.modules``
+    are restored afterwards."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    mp = pytest.MonkeyPatch()
+    mp.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        mp.undo()
+        sys.modules.pop(name, None)

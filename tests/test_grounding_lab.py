@@ -1,23 +1,13 @@
 """bench/grounding_lab.py: the table groups seeds per (recipe, steps) and one SMOKE run produces every metric."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import import_bench
 
 
 @pytest.fixture(scope="module")
 def lab():
-    mp = pytest.MonkeyPatch()
-    mp.syspath_prepend(str(ROOT / "bench"))
-    try:
-        import grounding_lab
-        yield grounding_lab
-    finally:
-        mp.undo()
-        sys.modules.pop("grounding_lab", None)
+    yield from import_bench("grounding_lab")
 
 
 def row(recipe, seed, l1, acc, p05, trace_steps=300, minutes=5.0):

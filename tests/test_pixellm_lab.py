@@ -1,23 +1,13 @@
 """bench/pixellm_lab.py: the result line is built from an evaluation dict, and bad overrides are refused
 before anything trains."""
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import import_bench
 
 
 @pytest.fixture(scope="module")
 def lab():
-    mp = pytest.MonkeyPatch()
-    mp.syspath_prepend(str(ROOT / "bench"))
-    try:
-        import pixellm_lab
-        yield pixellm_lab
-    finally:
-        mp.undo()
-        sys.modules.pop("pixellm_lab", None)
+    yield from import_bench("pixellm_lab")
 
 
 def test_summary_reads_single_and_multi_scores(lab):

@@ -22,6 +22,12 @@ Tiny-preset grounding recipe (two deviations from the paper, chosen in the groun
 * ``semantic_trainable=False``: the stage-1 semantic ViT stays frozen, so the whole image feature grid is
   computed once per image and cached (the paper keeps EVA02 trainable). Per step this learned as well as
   a trainable ViT in the lab and costs a fraction of it, so the same CPU time buys twice the steps.
+* ``lr_multipliers={"trace_head.": 5.0}``: the newly initialised head learns at 5x the rate of the
+  pretrained parts (lab rows ``pointer_head_lr5`` / ``sem_long_lr5``: pointing accuracy 0.31 -> 0.37 and
+  referring P@0.5 0.28 -> 0.37 at the same budget).
+
+The semantic ViT under it is pretrained 2,400 steps (``get_semantic_config``): its per-patch shape accuracy
+rises from 0.48 (800 steps) to 0.81, and with it referring P@0.5 (lab row ``sem_long``).
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ def get_config(smoke: bool = False) -> TrainConfig:
         batch_size=32,
         steps=1200,
         lr=1e-3,
+        lr_multipliers={"trace_head.": 5.0},   # the new head learns at 5x (docstring)
         warmup_steps=100,
         weight_decay=0.0,
         grad_clip=1.0,

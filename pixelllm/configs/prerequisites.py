@@ -112,7 +112,7 @@ def get_t5_config(smoke: bool = False) -> T5PretrainConfig:
 
 
 def get_semantic_config(smoke: bool = False) -> SemanticPretrainConfig:
-    cfg = SemanticPretrainConfig(stage="semantic_tiny", smoke=smoke, tasks={}, prompts={}, batch_size=32, steps=800,
+    cfg = SemanticPretrainConfig(stage="semantic_tiny", smoke=smoke, tasks={}, prompts={}, batch_size=32, steps=2400,
                                  lr=1e-3, warmup_steps=30, weight_decay=0.05, grad_clip=1.0, eval_interval=133,
                                  log_interval=1, ckpt_interval=400, keep_last=1, cache_sam_features=False)
     if smoke:

@@ -16,7 +16,8 @@ from pixelllm.data.localized_narratives import load_localized_narratives, uttera
 from pixelllm.data.pointing import (dump_pointing, load_object_boxes, load_pointing, pointing_path,
                                     pointing_record)
 from pixelllm.eval.trace import (centre_points, colour_shape_phrases, generated_pointing_hits, mean_point,
-                                 pointing_accuracy, points_in_boxes, random_object_points, words_of_tokens)
+                                 identified_tokens, pointing_accuracy, points_in_boxes, random_object_points,
+                                 words_of_tokens)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -217,9 +218,33 @@ def test_evaluate_pointing_end_to_end(world):
     assert res["pointing_accuracy_target"] > 0.6                  # the training targets mostly point right
     for k in ("pointing_accuracy", "pointing_accuracy_random_object"):
         assert 0.0 <= res[k] <= 1.0
+    # the identified / unidentified split partitions the same tokens
+    f = res["identified_fraction"]
+    assert 0.2 < f < 1.0
+    assert res["pointing_accuracy"] == pytest.approx(
+        f * res["pointing_accuracy_identified"] + (1 - f) * res["pointing_accuracy_unidentified"])
     assert res["n_images_generated"] == 2 and len(res["generated"]) == 2
     assert res["n_phrases"] == sum(len(g["phrases"]) for g in res["generated"])
     assert res["n_phrases_existing"] == sum(p["exists"] for g in res["generated"] for p in g["phrases"])
     assert not any(p["hit"] and not p["exists"] for g in res["generated"] for p in g["phrases"])
     with pytest.raises(ValueError, match="return_trace_samples"):
         evaluate_pointing(model, LNTraceDataset(_ln(world, "test"), world / "images", tok, image_size=128), tok)
+
+
+def test_identified_tokens_hand_made():
+    # "we see a big red star in the top , a small gre|en circle ." ; object 7 then object 9
+    toks = ["\u2581we", "\u2581see", "\u2581a", "\u2581big", "\u2581red", "\u2581star", "\u2581in", "\u2581the",
+            "\u2581top", ",", "\u2581a", "\u2581small", "\u2581gre", "en", "\u2581circle", "."]
+    objs = [None, None, 7, 7, 7, 7, 7, 7, 7, None, 9, 9, 9, 9, 9, 9]
+    ids = {"red", "green", "star", "circle", "top"}
+    got = identified_tokens(toks, objs, ids)
+    # object 7: "red" ends at 4 → tokens 5.. known; object 9: "green" ends at 13 (two pieces) → 14.. known
+    want = [False] * 5 + [True] * 4 + [False] * 5 + [True, True]
+    assert got.tolist() == want
+    # a new run of the same object after a connective starts unidentified again
+    got2 = identified_tokens(["\u2581red", "\u2581star", "\u2581and", "\u2581it"], [7, 7, None, 7], ids)
+    assert got2.tolist() == [False, True, False, False]
+    # a word split across two runs does not identify either
+    assert not identified_tokens(["\u2581gre", "en", "\u2581x"], [1, 2, 2], ids).any()
+    with pytest.raises(ValueError, match="3 tokens but 2 objects"):
+        identified_tokens(toks[:3], objs[:2], ids)

@@ -132,6 +132,11 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
       dataset's): phrases "colour shape" of the generated caption; a hit when the shape noun's point lies
       in the box of an object of that colour and shape; the image centre as baseline.
 
+    * the teacher-forced tokens split by :func:`~pixelllm.eval.trace.identified_tokens`:
+      ``pointing_accuracy_identified`` on tokens whose state has already read a colour, shape or position
+      word of their object, ``pointing_accuracy_unidentified`` on the others (their point can only guess
+      which object comes next), ``identified_fraction`` the share of the first kind (PAPER_NOTES.md §2.8).
+
     ``caption_images=0`` skips the free-running part. Returns ``pointing_accuracy``, ``pointing_accuracy_centre``, ``pointing_accuracy_random_object``,
     ``pointing_accuracy_target``,
     ``n_tokens`` (on-object tokens), ``n_narratives``, the teacher-forced ``point_l1`` / ``centre_l1`` / ``ce`` of
@@ -147,7 +152,7 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
     from pixelllm.data import vocab as V
     from pixelllm.data.pointing import load_object_boxes, load_pointing, pointing_path
     from pixelllm.eval.trace import (centre_points, colour_shape_phrases, generated_pointing_hits,
-                                     pointing_accuracy, random_object_points)
+                                     identified_tokens, pointing_accuracy, random_object_points)
 
     base, indices = dataset, list(range(len(dataset)))
     while isinstance(base, Subset):
@@ -171,7 +176,8 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
 
     # --- teacher-forced
     tf = teacher_forced_eval(model, dataset, batch_size=batch_size, device=device)
-    preds, targets, boxes, on, image_boxes = [], [], [], [], []
+    preds, targets, boxes, on, image_boxes, known = [], [], [], [], [], []
+    id_words = set(V.COLORS) | set(V.SHAPES) | set(V.POSITION_WORDS)
     for pred, target, i in zip(tf["pred"], tf["targets"], indices):
         n = base.narratives[i]
         utt = base.token_utterances(i)
@@ -182,6 +188,8 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
             raise KeyError(f"{n.source}: narrative {key} has no line in {pointing_path(ln_path)}")
         objs = {o.ann_id: o.box for o in objects.get(str(n.image_id), [])}
         all_boxes = np.array(list(objs.values()), dtype=np.float64).reshape(-1, 4)
+        anns = [table[key][u] if u >= 0 else None for u in utt.tolist()]
+        seen = identified_tokens(tokenizer.convert_ids_to_tokens(base._alignment(i)[0][: len(utt)]), anns, id_words)
         for j, u in enumerate(utt.tolist()):
             ann = table[key][u] if u >= 0 else None
             if ann is not None and ann not in objs:
@@ -194,11 +202,16 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
             boxes.append(objs[ann])
             on.append(True)
             image_boxes.append(all_boxes)
+            known.append(bool(seen[j]))
     P = np.asarray(preds, np.float64).reshape(-1, 4)
     B = np.asarray(boxes, np.float64).reshape(-1, 4)
     on_obj = np.asarray(on, bool)
     T = np.asarray(targets, np.float64).reshape(-1, 4)
+    K = np.asarray(known, bool)
     res = {"pointing_accuracy": pointing_accuracy(P, B, on_obj),
+           "pointing_accuracy_identified": pointing_accuracy(P, B, on_obj & K),
+           "pointing_accuracy_unidentified": pointing_accuracy(P, B, on_obj & ~K),
+           "identified_fraction": float(K.mean()) if len(K) else float("nan"),
            "pointing_accuracy_target": pointing_accuracy(T, B, on_obj),
            "pointing_accuracy_centre": pointing_accuracy(centre_points(on_obj.shape), B, on_obj),
            "pointing_accuracy_random_object": pointing_accuracy(random_object_points(image_boxes, seed), B, on_obj)

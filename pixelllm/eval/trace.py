@@ -324,6 +324,40 @@ def colour_shape_phrases(tokens: Sequence[str], colours, shape_words, marker: st
             for (a, _), (b, idx) in zip(words, words[1:]) if a in colours and b in shapes]
 
 
+def identified_tokens(tokens: Sequence[str], objects: Sequence, id_words, marker: str = "\u2581") -> np.ndarray:
+    """Which tokens' decoder states have already *seen* a word that identifies their object.
+
+    With teacher forcing the state that predicts token j has read tokens < j only (T5's decoder input is the
+    target shifted right). In "a big red star in the top left corner" the tokens of "a", "big" and "red"
+    are predicted before any word of the phrase says which object it is about: their point can only be
+    right by guessing which object the narrative describes next. A token is **identified** when an
+    earlier word of the same object run (consecutive tokens whose utterances are on the same object) is in
+    ``id_words`` (colours, shapes, position words) and ends before it.
+
+    Args:
+      tokens: the target's T tokens (e.g. ``tokenizer.convert_ids_to_tokens``).
+      objects: per token, the object (annotation id) its utterance is on, or None.
+      id_words: the identifying words (lower case).
+    Returns:
+      T bool; always False where ``objects`` is None.
+    """
+    if len(objects) != len(tokens):
+        raise ValueError(f"identified_tokens: {len(tokens)} tokens but {len(objects)} objects")
+    ids = {w.lower() for w in id_words}
+    run = np.zeros(len(tokens), np.int64)                          # run index of each token
+    for j in range(1, len(tokens)):
+        same = objects[j] is not None and objects[j] == objects[j - 1]
+        run[j] = run[j - 1] + (0 if same else 1)
+    first_seen: dict[int, int] = {}                                # run → first token after an identifying word
+    for word, idx in words_of_tokens(tokens, marker):
+        r = run[idx[-1]]
+        if word in ids and objects[idx[-1]] is not None and all(run[k] == r for k in idx):
+            first_seen.setdefault(int(r), idx[-1] + 1)
+    out = np.array([objects[j] is not None and j >= first_seen.get(int(run[j]), len(tokens) + 1)
+                    for j in range(len(tokens))], dtype=bool)
+    return out
+
+
 def generated_pointing_hits(phrases: Sequence[dict], pred_points, objects: Sequence) -> np.ndarray:
     """Free-running pointing (PAPER_NOTES.md §2.8): a phrase naming colour + shape is a hit when its point
     lies inside the box of an object of that colour and shape in the image.

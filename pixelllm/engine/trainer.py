@@ -426,6 +426,15 @@ class Trainer:
                 os.replace(f, dest / f.name)
         return dest
 
+    def resume_and_fit(self, resume: bool = True) -> "Trainer":
+        """What every stage runner does: resume from ``out_dir`` when ``resume`` (a run made by another
+        config is set aside, :meth:`resume` with ``discard_mismatch``), say so, train to ``config.steps``.
+        Returns the trainer."""
+        if resume and self.resume(discard_mismatch=True) and self.progress and self.dist.is_main:
+            print(f"[{self.cfg.stage}] resumed from {self.last_checkpoint} at step {self.step}")
+        self.fit()
+        return self
+
     def resume(self, path: str | os.PathLike | None = None, discard_mismatch: bool = False) -> bool:
         """Restore model (trainable weights), optimizer, scheduler, RNG and data position from ``path``
         (file or folder; default ``out_dir``; a folder's corrupt newest checkpoint is passed over with a

@@ -310,10 +310,7 @@ def train_loc_caption(cfg, progress: bool = True, resume: bool = True):
     paths = ensure_prerequisites(cfg, progress=progress)
     tok = load_tokenizer(paths.tokenizer)
     trainer = loc_caption_trainer(cfg, build_model(cfg, paths, tok), tok, paths, progress=progress)
-    if resume and trainer.resume(discard_mismatch=True):
-        print(f"resumed from {trainer.last_checkpoint} at step {trainer.step}")
-    trainer.fit()
-    return trainer
+    return trainer.resume_and_fit(resume)
 
 
 # ------------------------------------------------------------------------------------- report / figures

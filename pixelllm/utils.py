@@ -176,6 +176,17 @@ def found_or_compute(path: str | os.PathLike, compute: Callable[[], Any], force:
     return p
 
 
+def preset_config(preset: Any, presets: dict[str, T], overrides: dict, who: str) -> T:
+    """A preset's config dataclass with ``overrides`` (field → value) applied: ``preset`` is a name of
+    ``presets`` or a config instance itself; an unknown name raises ``KeyError`` naming ``who`` and the
+    known ones (the builders of PixelLLM and PixelLM)."""
+    if isinstance(preset, str):
+        if preset not in presets:
+            raise KeyError(f"{who}: unknown preset {preset!r}; known: {sorted(presets)}")
+        preset = presets[preset]
+    return dataclasses.replace(preset, **overrides)
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
     import numpy as np

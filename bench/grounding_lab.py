@@ -108,7 +108,8 @@ def score_trace(model, cfg, paths, tok, n: int) -> dict:
     val = task_dataset("trace", "val", cfg, paths, tok, model.image_size, return_trace_samples=True)
     res = evaluate_pointing(model, Subset(val, range(min(n, len(val)))), tok, caption_images=0, progress=False)
     keep = ("point_l1", "centre_l1", "ce", "pointing_accuracy", "pointing_accuracy_centre",
-            "pointing_accuracy_random_object", "pointing_accuracy_target")
+            "pointing_accuracy_random_object", "pointing_accuracy_target", "pointing_accuracy_identified",
+            "pointing_accuracy_unidentified", "identified_fraction")
     return {k: res[k] for k in keep if k in res}
 
 

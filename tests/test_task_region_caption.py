@@ -225,7 +225,9 @@ def test_one_text_prompt_per_source_in_training_and_evaluation(world, tok, model
                                             "region_caption:refcocog": "a referring expression for"}})
     assert rc.source_prompt(cfg, "vg") == "an object of"
     assert rc.source_prompt(cfg, "refcocog") == "a referring expression for"
-    assert rc.source_prompt(get_config("loc_caption", smoke=True), "refcocog") == "an object of"   # one prompt
+    one = get_config("loc_caption", smoke=True, overrides={"prompts": {"region_caption": "an object of"}})
+    assert rc.source_prompt(one, "refcocog") == "an object of"                          # one prompt for all
+    assert rc.source_prompt(get_config("loc_caption"), "refcocog") == "a referring expression for"   # of record
     paths = resolve_paths(cfg)
     train = rc.loc_caption_train_dataset(cfg, paths, tok, model.image_size)
     prompts = {k: tok.decode(d.dataset[0]["prompt_ids"] if hasattr(d, "dataset") else d[0]["prompt_ids"],

@@ -75,6 +75,10 @@ RECIPES: dict[str, tuple[str, dict]] = {
                                                             "caption": "A short image caption:",
                                                             "refer": "where is {expr}"}},
                                    "refcoco": {"model_overrides": FROZEN, "lambda_point": 1.0}}),
+    "pointer_lr5_grouped": ("pointer head (ViT frozen), head lr x5, stage-2 batches grouped by target length (less padding)",
+                            {"ln_trace": {"model_overrides": FROZEN, "lr_multipliers": {"trace_head.": 5.0},
+                                          "group_by_length": True},
+                             "refcoco": {"model_overrides": FROZEN, "lr_multipliers": {"trace_head.": 5.0}}}),
     "pointer_trace_only": ("pointer head (ViT frozen), stage 2 on LN only (no short captions mixed in)",
                            {"ln_trace": {"model_overrides": FROZEN, "tasks": {"trace": 1.0}},
                             "refcoco": {"model_overrides": FROZEN}}),
@@ -85,7 +89,9 @@ def merged(cfg_name: str, recipe: dict, extra: dict, smoke: bool):
     from pixelllm.configs import get_config
 
     base = get_config(cfg_name, smoke=smoke)
-    over = dict(recipe.get(cfg_name, {}))
+    # the lab's base is the config of record without its head-lr multiplier: a recipe names its own, so a
+    # row means the same whatever the configs of record adopt later
+    over = {"lr_multipliers": {}, **recipe.get(cfg_name, {})}
     if "model_overrides" in over:
         over["model_overrides"] = {**base.model_overrides, **over["model_overrides"]}
     return get_config(cfg_name, smoke=smoke, overrides={**over, **extra})
@@ -102,7 +108,8 @@ def score_trace(model, cfg, paths, tok, n: int) -> dict:
     val = task_dataset("trace", "val", cfg, paths, tok, model.image_size, return_trace_samples=True)
     res = evaluate_pointing(model, Subset(val, range(min(n, len(val)))), tok, caption_images=0, progress=False)
     keep = ("point_l1", "centre_l1", "ce", "pointing_accuracy", "pointing_accuracy_centre",
-            "pointing_accuracy_random_object", "pointing_accuracy_target")
+            "pointing_accuracy_random_object", "pointing_accuracy_target", "pointing_accuracy_identified",
+            "pointing_accuracy_unidentified", "identified_fraction")
     return {k: res[k] for k in keep if k in res}
 
 

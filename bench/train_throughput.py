@@ -17,7 +17,7 @@ Writes ``results/throughput.json``:
 Times are this process's CPU seconds (stable on a shared 2-core CPU; 1 torch thread by default), wall
 clock beside. Ratios within one run are what count.
 
-    python bench/train_throughput.py [--steps 4] [--blocks 3] [--max-samples 64] [--compile] [--quick]
+    python bench/train_throughput.py [--steps 4] [--blocks 3] [--max-samples 256] [--compile] [--quick]
 
 ``--quick`` (SMOKE run folder, a few steps, stage 2 + the tiny-T5 pretraining) is for the tests.
 """
@@ -55,6 +55,7 @@ LEVERS: dict[str, dict[str, Any]] = {
                                                 "ln_alignment": "official",
                                                 "model_overrides": {"head": "pointer", "semantic_trainable": False,
                                                                     "num_queries": 16}}},
+    "group_by_length": {"overrides": {"group_by_length": True}},
     "torch_compile": {"compile": True},
 }
 
@@ -319,7 +320,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4, help="timed optimizer steps per block")
     ap.add_argument("--blocks", type=int, default=3, help="interleaved timed blocks per stage-2 recipe")
-    ap.add_argument("--max-samples", type=int, default=64, help="training samples per task (one warm-up epoch)")
+    ap.add_argument("--max-samples", type=int, default=256,
+                    help="training samples per task (one warm-up epoch); enough for several batches per length group")
     ap.add_argument("--threads", type=int, default=1, help="torch threads, set once (1: least sensitive to load)")
     ap.add_argument("--stages", default=None, help="comma-separated stages (default all; --quick: t5_tiny,ln_trace)")
     ap.add_argument("--no-levers", action="store_true", help="skip the one-lever rows")

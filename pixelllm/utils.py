@@ -108,7 +108,7 @@ TASK_CONFIG_KEYS = {"ln_alignment": "trace", "ln_file": "trace"}
 
 #: config fields added after artifacts were made, with the value that reproduces what was done before they
 #: existed: an artifact whose stored config lacks the field matches a config holding that value.
-NEUTRAL_NEW_KEYS = {"lr_multipliers": {}}
+NEUTRAL_NEW_KEYS = {"lr_multipliers": {}, "group_by_length": False}
 
 
 #: recorded facts (not config fields) compared only when the stored side has them: an artifact made before
@@ -174,6 +174,17 @@ def found_or_compute(path: str | os.PathLike, compute: Callable[[], Any], force:
         if wanted is not None:
             write_json(config_sidecar(p), wanted)
     return p
+
+
+def preset_config(preset: Any, presets: dict[str, T], overrides: dict, who: str) -> T:
+    """A preset's config dataclass with ``overrides`` (field → value) applied: ``preset`` is a name of
+    ``presets`` or a config instance itself; an unknown name raises ``KeyError`` naming ``who`` and the
+    known ones (the builders of PixelLLM and PixelLM)."""
+    if isinstance(preset, str):
+        if preset not in presets:
+            raise KeyError(f"{who}: unknown preset {preset!r}; known: {sorted(presets)}")
+        preset = presets[preset]
+    return dataclasses.replace(preset, **overrides)
 
 
 def seed_everything(seed: int) -> None:

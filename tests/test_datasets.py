@@ -238,3 +238,74 @@ def refcoco_records(root):
     from pixelllm.data.refcoco import RefCOCO
 
     return RefCOCO(root)
+
+
+# ------------------------------------------------------------------------------- length grouping
+def test_target_length_matches_the_samples(world):
+    """``target_length(i)`` (no image loaded) is ``len(ds[i]["target_ids"])`` for every task dataset, and
+    ``sample_lengths`` finds it through Subset, ConcatDataset and the task mixture."""
+    from torch.utils.data import ConcatDataset, Subset
+
+    from pixelllm.data.refcoco import RefCOCO
+    from pixelllm.data.visual_genome import load_visual_genome
+    from pixelllm.engine.datasets import MixtureDataset, sample_lengths
+
+    root, tok, _ = world
+    img = root / "images"
+    ln = LNTraceDataset(root / "localized_narratives" / "synthetic_train_localized_narratives.jsonl", img, tok,
+                        image_size=64, max_target_len=24)                    # some narratives are cut
+    cd = CaptionDataset(root / "captions" / "captions_train.json", img, tok, image_size=64)
+    rd = RefExpDataset(RefCOCO(root), img, tok, split="train", image_size=64)
+    vg = load_visual_genome(root / "vg" / "region_descriptions.json", root / "vg" / "image_data.json")
+    rc = RegionCaptionDataset(vg, img, tok, image_size=64)
+    for ds in (ln, cd, rd, rc):
+        want = [len(ds[i]["target_ids"]) for i in range(min(len(ds), 12))]
+        assert [ds.target_length(i) for i in range(len(want))] == want
+    assert max(ln.target_length(i) for i in range(len(ln))) == 24
+    mix = MixtureDataset({"trace": ln, "caption": Subset(cd, range(7))}, {"trace": 2.0, "caption": 1.0}, seed=3)
+    got = sample_lengths(mix)
+    assert len(got) == len(mix) and got == [len(mix[i]["target_ids"]) for i in range(len(mix))]
+    assert sample_lengths(ConcatDataset([rd, rc])) == [rd.target_length(i) for i in range(len(rd))] + \
+        [rc.target_length(i) for i in range(len(rc))]
+    with pytest.raises(TypeError, match="group_by_length=False"):
+        sample_lengths(list(range(3)))
+
+
+def test_length_grouped_sampler_order_padding_ranks_and_resume():
+    from pixelllm.engine.trainer import ResumableSampler
+
+    rng = np.random.default_rng(0)
+    lengths = np.where(rng.random(1000) < 0.5, rng.integers(5, 15, 1000), rng.integers(30, 90, 1000)).tolist()
+    data = list(range(1000))
+    b = 8
+    s = ResumableSampler(data, seed=1, lengths=lengths, batch_size=b)
+    s.set_epoch(0)
+    order = list(s)
+    assert sorted(order) == data                                                  # each sample once (1000 = 125·8)
+    s.set_epoch(0)
+    assert list(s) == order                                                       # seeded
+    s.set_epoch(1)
+    assert list(s) != order                                                       # a new order per epoch
+
+    def padded(o):                                                                # tokens of the padded batches
+        return sum(max(lengths[i] for i in o[k:k + b]) * b for k in range(0, len(o) - b + 1, b))
+
+    plain = ResumableSampler(data, seed=1)
+    plain.set_epoch(0)
+    assert padded(order) < 0.75 * padded(list(plain))
+    # batches are not in long-to-short blocks: the long half of the batches is spread over the epoch
+    long_batch = [max(lengths[i] for i in order[k:k + b]) >= 30 for k in range(0, 1000, b)]
+    assert 0.3 < np.mean(long_batch[:40]) < 0.8
+    # two ranks: the union of their k-th batches of 4 is the k-th batch of 8 of one process
+    ranks = []
+    for r in range(2):
+        sr = ResumableSampler(data, num_replicas=2, rank=r, seed=1, lengths=lengths, batch_size=4)
+        sr.set_epoch(0)
+        ranks.append(list(sr))
+    for k in range(0, 500, 4):
+        assert sorted(ranks[0][k:k + 4] + ranks[1][k:k + 4]) == sorted(order[2 * k:2 * k + 8])
+    # resuming 24 samples into the epoch continues the same order
+    s.set_epoch(0, start=24)
+    assert list(s) == order[24:]
+    with pytest.raises(ValueError, match="3 lengths for 1000 samples"):
+        ResumableSampler(data, lengths=[1, 2, 3])

@@ -401,6 +401,9 @@ def test_task_scoped_config_keys_compare_only_for_their_task():
     assert config_difference(old, {"tasks": {"caption": 1.0}, "steps": 3, "lr_multipliers": {}}) == {}
     assert config_difference(old, {"tasks": {"caption": 1.0}, "steps": 3, "lr_multipliers": {"a.": 2.0}}) == {
         "lr_multipliers": ("<absent>", {"a.": 2.0})}
+    assert config_difference(old, {"tasks": {"caption": 1.0}, "steps": 3, "group_by_length": False}) == {}
+    assert config_difference(old, {"tasks": {"caption": 1.0}, "steps": 3, "group_by_length": True}) == {
+        "group_by_length": ("<absent>", True)}
     trace_old = {"tasks": {"trace": 1.0}, "steps": 3}
     assert config_difference(trace_old, {"tasks": {"trace": 1.0}, "steps": 3, "ln_alignment": "official"}) == {
         "ln_alignment": ("<absent>", "official")}

@@ -49,3 +49,15 @@ def test_smoke_run_reports_every_metric(lab):
     assert 0.0 <= r["refer_p05"] <= 1.0
     assert not (run_dir(True) / "lab" / "my_label" / "seed0").exists()     # deleted after scoring
     json.dumps(r)
+
+
+def test_lab_rows_keep_their_meaning_when_the_configs_of_record_change(lab):
+    """The configs of record train the head at 5x; a lab recipe that does not name a multiplier runs at 1x."""
+    from pixelllm.configs import get_config
+
+    assert get_config("ln_trace").lr_multipliers == {"trace_head.": 5.0}
+    assert lab.merged("ln_trace", lab.RECIPES["pointer_frozen_sem"][1], {}, True).lr_multipliers == {}
+    assert lab.merged("refcoco", lab.RECIPES["pointer_head_lr5"][1], {}, True).lr_multipliers == {"trace_head.": 5.0}
+    grouped = lab.merged("ln_trace", lab.RECIPES["pointer_lr5_grouped"][1], {"steps": 7}, True)
+    assert grouped.group_by_length and grouped.steps == 7
+    assert not lab.merged("refcoco", lab.RECIPES["pointer_lr5_grouped"][1], {}, True).group_by_length

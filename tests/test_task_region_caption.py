@@ -214,3 +214,35 @@ def test_resume_is_exact(world, tok, tmp_path):
     for n, p in a.items():
         assert torch.equal(p, b[n]), n
     assert [r["loss"] for r in full.history[2:]] == [r["loss"] for r in again.history]
+
+
+def test_one_text_prompt_per_source_in_training_and_evaluation(world, tok, model, monkeypatch):
+    from pixelllm.configs import get_config
+    from pixelllm.engine.paths import resolve_paths
+
+    cfg = get_config("loc_caption", smoke=True, overrides={
+        "data_dir": str(world), "prompts": {"region_caption": "an object of",
+                                            "region_caption:refcocog": "a referring expression for"}})
+    assert rc.source_prompt(cfg, "vg") == "an object of"
+    assert rc.source_prompt(cfg, "refcocog") == "a referring expression for"
+    one = get_config("loc_caption", smoke=True, overrides={"prompts": {"region_caption": "an object of"}})
+    assert rc.source_prompt(one, "refcocog") == "an object of"                          # one prompt for all
+    assert rc.source_prompt(get_config("loc_caption"), "refcocog") == "a referring expression for"   # of record
+    paths = resolve_paths(cfg)
+    train = rc.loc_caption_train_dataset(cfg, paths, tok, model.image_size)
+    prompts = {k: tok.decode(d.dataset[0]["prompt_ids"] if hasattr(d, "dataset") else d[0]["prompt_ids"],
+                             skip_special_tokens=True) for k, d in train.datasets.items()}
+    assert prompts == {"vg": "an object of", "refcocog": "a referring expression for"}
+    ev = rc.eval_datasets(cfg, paths, tok, model.image_size)
+    assert ev["refcocog"].prompt == "a referring expression for" and ev["vg"].prompt == "an object of"
+    seen = []
+    orig = type(model).caption
+
+    def spy(self, *a, prompt=None, **kw):
+        seen.append(prompt)
+        return orig(self, *a, prompt=prompt, **kw)
+
+    monkeypatch.setattr(type(model), "caption", spy)
+    rc.caption_regions(model, ev["refcocog"], tok, limit=2, max_new_tokens=2, progress=False)
+    rc.caption_regions(model, ev["refcocog"], tok, prompt="an object of", limit=2, max_new_tokens=2, progress=False)
+    assert seen == ["a referring expression for", "an object of"]

@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     cache_decoded: bool = field(default=True, metadata={"help": "keep what is decoded per training sample once: the resized image as uint8 (pixelllm.data.datasets.DecodedImages) and the LN token-trace alignment; identical numbers, no JPEG decoding or trace interpolation after the first epoch"})
     num_threads: int = field(default=0, metadata={"help": "torch intra-op threads, set once when the Trainer starts (0 = leave torch's setting)"})
+    group_by_length: bool = field(default=False, metadata={"help": "batch samples of similar target length together (transformers' length-grouped indices, batch order then shuffled): less padding in the LM, the same samples per epoch"})
     cache_sam_features: bool = field(default=True, metadata={"help": "cache frozen-SAM features per image id (when frozen and no augmentation)"})
     log_interval: int = field(default=10, metadata={"help": "steps between metrics.jsonl records"})
     eval_interval: int = field(default=0, metadata={"help": "steps between eval-hook calls (0 = only at the end)"})

@@ -359,6 +359,10 @@ class CaptionDataset(_TaskDataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def target_length(self, i: int) -> int:
+        """Target tokens of sample ``i`` (EOS included), the image not loaded."""
+        return len(self._ids(self.items[i][1], self.max_target_len))
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec, cap = self.items[i]
         flip = self._flip()
@@ -449,6 +453,10 @@ class LNTraceDataset(_TaskDataset):
         t = min(len(ids), self.max_target_len)
         return np.concatenate([al.utterance_index[: t - 1], [-1]]).astype(np.int64)
 
+    def target_length(self, i: int) -> int:
+        """Target tokens of sample ``i`` (EOS included, truncation applied), the image not loaded."""
+        return min(len(self._ids(self.narratives[i].caption, None)), self.max_target_len)
+
     def _alignment(self, i: int) -> tuple[list[int], Any]:
         """(full caption ids + EOS, :class:`AlignedTrace` of its M kept tokens) of narrative ``i``; kept in
         :attr:`aligned` when the decoded cache is on (:func:`enable_image_cache`)."""
@@ -521,6 +529,11 @@ class RefExpDataset(_TaskDataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def target_length(self, i: int) -> int:
+        """Target tokens of sample ``i`` (EOS included), the image not loaded."""
+        expr = self.records[i]["expression"]
+        return len(self._ids(self.target.format(expr=expr), self.max_target_len)) if self.target else 1
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.records[i]
         flip = self._flip()
@@ -575,6 +588,10 @@ class RegionCaptionDataset(_TaskDataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def target_length(self, i: int) -> int:
+        """Target tokens of sample ``i`` (EOS included), the image not loaded."""
+        return len(self._ids(self.items[i][2], self.max_target_len))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec, bbox, phrase, rid = self.items[i]

@@ -42,6 +42,26 @@ class MixtureDataset:
         return self.datasets[k][j]
 
 
+def sample_lengths(dataset) -> list[int]:
+    """Target tokens of every sample of a training dataset (``target_length`` of the task datasets, through
+    ``Subset``, ``ConcatDataset`` and :class:`MixtureDataset`), no image loaded: what the length-grouped
+    sampler (``group_by_length``) batches by."""
+    from torch.utils.data import ConcatDataset, Subset
+
+    if isinstance(dataset, Subset):
+        inner = sample_lengths(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    if isinstance(dataset, MixtureDataset):
+        per = {k: sample_lengths(d) for k, d in dataset.datasets.items()}
+        return [per[k][j] for k, j in dataset.index]
+    if isinstance(dataset, ConcatDataset):
+        return [n for d in dataset.datasets for n in sample_lengths(d)]
+    if hasattr(dataset, "target_length"):
+        return [int(dataset.target_length(i)) for i in range(len(dataset))]
+    raise TypeError(f"sample_lengths: {type(dataset).__name__} has no target_length(i); "
+                    "set group_by_length=False for it")
+
+
 #: target tokens of a referring sample (expression + EOS) when mixed into another stage
 REFER_MAX_TARGET_LEN = 16
 

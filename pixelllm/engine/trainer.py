@@ -112,19 +112,47 @@ class ResumableSampler(Sampler):
 
     With ``num_replicas = 1`` it is a seeded shuffle; with N ranks the union of the ranks' k-th batches of
     size b equals the k-th batch of size N·b of the single-process run.
+
+    With ``lengths`` (one target length per sample) and ``batch_size`` (the micro-batch of one rank), the
+    epoch's order is length-grouped: transformers' ``get_length_grouped_indices`` (a seeded permutation cut
+    into mega-batches of 50 batches, each sorted by length) cut into global batches of
+    ``batch_size × num_replicas``, whose order is then shuffled (the last, partial one stays last). The
+    shuffle is ours: the library's order runs from long to short inside each mega-batch, which in a task
+    mixture means blocks of tens of batches of one task. Each rank then takes its strided share, so the
+    union property above still holds.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 lengths: Optional[Sequence[int]] = None, batch_size: int = 1):
         self.inner = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
                                         seed=seed, drop_last=True)
+        if lengths is not None and len(lengths) != len(dataset):
+            raise ValueError(f"ResumableSampler: {len(lengths)} lengths for {len(dataset)} samples")
+        self.lengths = None if lengths is None else [int(n) for n in lengths]
+        self.global_batch = batch_size * num_replicas
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.inner.set_epoch(epoch)
         self.start = start
 
+    def grouped_order(self) -> list[int]:
+        """This epoch's length-grouped order of all samples (before the rank's share is taken)."""
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        g = torch.Generator().manual_seed(self.inner.seed + self.inner.epoch)
+        idx = get_length_grouped_indices(self.lengths, self.global_batch, generator=g)
+        full = len(idx) // self.global_batch
+        batches = [idx[k * self.global_batch:(k + 1) * self.global_batch] for k in range(full)]
+        order = torch.randperm(full, generator=g).tolist()
+        return [i for k in order for i in batches[k]] + idx[full * self.global_batch:]
+
     def __iter__(self) -> Iterator[int]:
-        return iter(list(self.inner)[self.start:])
+        if self.lengths is None:
+            return iter(list(self.inner)[self.start:])
+        inner = self.inner                          # the same drop_last arithmetic as DistributedSampler
+        mine = self.grouped_order()[:inner.total_size][inner.rank:inner.total_size:inner.num_replicas]
+        return iter(mine[self.start:])
 
     def __len__(self) -> int:
         return max(0, len(self.inner) - self.start)
@@ -261,7 +289,12 @@ class Trainer:
 
         self.dataset, self.collate_fn = train_dataset, collate_fn
         self.decoded = enable_image_cache(train_dataset) if getattr(cfg, "cache_decoded", False) else None
-        self.sampler = ResumableSampler(train_dataset, self.dist.world_size, self.dist.rank, shuffle=True, seed=cfg.seed)
+        lengths = None
+        if getattr(cfg, "group_by_length", False):
+            from pixelllm.engine.datasets import sample_lengths
+            lengths = sample_lengths(train_dataset)
+        self.sampler = ResumableSampler(train_dataset, self.dist.world_size, self.dist.rank, shuffle=True, seed=cfg.seed,
+                                        lengths=lengths, batch_size=self.local_batch)
         if len(self.sampler.inner) < self.local_batch:
             raise ValueError(f"{len(train_dataset)} training samples < one batch of {cfg.batch_size}")
         missing = find_missing_images(train_dataset) if self.dist.is_main else []
@@ -392,6 +425,15 @@ class Trainer:
             if f.is_file():
                 os.replace(f, dest / f.name)
         return dest
+
+    def resume_and_fit(self, resume: bool = True) -> "Trainer":
+        """What every stage runner does: resume from ``out_dir`` when ``resume`` (a run made by another
+        config is set aside, :meth:`resume` with ``discard_mismatch``), say so, train to ``config.steps``.
+        Returns the trainer."""
+        if resume and self.resume(discard_mismatch=True) and self.progress and self.dist.is_main:
+            print(f"[{self.cfg.stage}] resumed from {self.last_checkpoint} at step {self.step}")
+        self.fit()
+        return self
 
     def resume(self, path: str | os.PathLike | None = None, discard_mismatch: bool = False) -> bool:
         """Restore model (trainable weights), optimizer, scheduler, RNG and data position from ``path``

@@ -220,12 +220,9 @@ def build_pixelllm(name: str | PixelLLMConfig = "tiny", sam_checkpoint: str | Pa
             when neither checkpoint is given (3.8 B parameters).
         overrides: replace :class:`PixelLLMConfig` fields, e.g. ``lora_rank=8, head="spatial"``.
     """
-    if isinstance(name, PixelLLMConfig):
-        cfg = dataclasses.replace(name, **overrides)
-    elif name in PRESETS:
-        cfg = dataclasses.replace(PRESETS[name], **overrides)
-    else:
-        raise KeyError(f"build_pixelllm: unknown preset {name!r}; known: {sorted(PRESETS)}")
+    from pixelllm.utils import preset_config
+
+    cfg = preset_config(name, PRESETS, overrides, "build_pixelllm")
     if sam_checkpoint is not None:
         cfg.sam_checkpoint = str(sam_checkpoint)
     if cfg.semantic_checkpoint is not None:

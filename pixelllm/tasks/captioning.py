@@ -34,8 +34,4 @@ def run_training(cfg, eval_fn: Callable | str | None = "default", resume: bool =
         eval_fn = make_eval_fn(cfg, paths, tok, size, device=info.device)
     trainer = Trainer(model, cfg, train, collate, out_dir=paths.out, eval_fn=eval_fn, dist_info=info,
                       progress=progress)
-    if resume and trainer.resume(discard_mismatch=True):
-        if info.is_main:
-            print(f"resumed from {trainer.last_checkpoint} at step {trainer.step}")
-    trainer.fit()
-    return trainer
+    return trainer.resume_and_fit(resume)

@@ -199,10 +199,7 @@ def run_densecap_training(cfg, progress: bool = True, resume: bool = True):
     captioner = build_densecap(cfg, tok)
     train = densecap_train_dataset(cfg, tok, captioner.image_size)
     trainer = Trainer(captioner, cfg, train, densecap_collate, out_dir=paths.out, progress=progress)
-    if resume and trainer.resume(discard_mismatch=True):
-        print(f"resumed from {trainer.last_checkpoint} at step {trainer.step}")
-    trainer.fit()
-    return trainer
+    return trainer.resume_and_fit(resume)
 
 
 # ----------------------------------------------------------------------------------------------- eval

@@ -221,10 +221,7 @@ def train_pixellm(cfg, progress: bool = True, resume: bool = True):
     paths = ensure_prerequisites(cfg, progress=progress)
     tokenizer = load_tokenizer(paths.tokenizer)
     trainer = pixellm_trainer(cfg, build_pixellm_model(cfg, tokenizer), tokenizer, progress=progress)
-    if resume and trainer.resume(discard_mismatch=True) and progress:
-        print(f"[{cfg.stage}] resumed from {trainer.last_checkpoint} at step {trainer.step}")
-    trainer.fit()
-    return trainer
+    return trainer.resume_and_fit(resume)
 
 
 # --------------------------------------------------------------------------------------- evaluation

@@ -39,6 +39,15 @@ REGION_PROMPT = DEFAULT_PROMPTS["region_caption"]          # "an object of" (PAP
 EVAL_SPLITS = {"vg": "test", "refcocog": "val"}
 
 
+def source_prompt(cfg, name: str) -> str:
+    """The text prompt of region-caption source ``name`` (vg | refcocog): ``prompts["region_caption:<name>"]``
+    when the config has one, else ``prompts["region_caption"]`` (default "an object of"). A prompt per source
+    tells the captioner which style to write: VG phrases name colour and shape ("big yellow square"),
+    referring expressions often only what tells the object apart ("the square above the purple square")."""
+    prompts = getattr(cfg, "prompts", None) or {}
+    return prompts.get(f"region_caption:{name}") or prompts.get("region_caption", REGION_PROMPT)
+
+
 # ------------------------------------------------------------------------------------------------ data
 def clean_refer_records(records: Sequence[dict], skips: SkipCounter) -> list[dict]:
     """Refer per-expression records with their ``bbox`` (x, y, w, h, original pixels) clipped to the image;
@@ -111,10 +120,11 @@ def region_items(dataset) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------- inference
-def caption_regions(model, dataset, tokenizer, prompt: str = REGION_PROMPT, batch_size: int = 32,
+def caption_regions(model, dataset, tokenizer, prompt: str | None = None, batch_size: int = 32,
                     max_new_tokens: int = 16, num_beams: int = 1, limit: int | None = None,
                     device: str = "cpu", progress: bool = True) -> list[dict]:
-    """Caption every distinct (image, box) of ``dataset`` with the box as the location prompt.
+    """Caption every distinct (image, box) of ``dataset`` with the box as the location prompt and the text
+    ``prompt`` (None: the dataset's own, i.e. its source's training prompt).
 
     Returns dicts of :func:`region_items` plus ``text`` (the generated caption) and ``box_input``
     ((x0, y0, x1, y1) pixels of the resized S×S input, what the model saw).
@@ -123,6 +133,11 @@ def caption_regions(model, dataset, tokenizer, prompt: str = REGION_PROMPT, batc
     from tqdm.auto import tqdm
 
     items = region_items(dataset)[:limit] if limit else region_items(dataset)
+    if prompt is None:
+        base = dataset
+        while hasattr(base, "dataset") and not hasattr(base, "prompt"):             # through Subset
+            base = base.dataset
+        prompt = getattr(base, "prompt", REGION_PROMPT)
     was = model.training
     model.eval()
     out = []
@@ -152,11 +167,11 @@ def score_region_captions(results: Sequence[dict], metrics: Sequence[str] | None
     return caption_metrics(preds, refs, metrics=tuple(metrics or DEFAULT_METRICS), meteor=meteor)
 
 
-def evaluate_loc_caption(model, datasets: dict, tokenizer, prompt: str = REGION_PROMPT, batch_size: int = 32,
+def evaluate_loc_caption(model, datasets: dict, tokenizer, prompt: str | None = None, batch_size: int = 32,
                          max_new_tokens: int = 16, num_beams: int = 1, limit: int | None = None,
                          device: str = "cpu", progress: bool = True, meteor_fn=None) -> dict:
     """Per-dataset metrics ``{name: {metric: value, "num_items": n}}`` and the predictions
-    (``{"predictions": {name: [...]}}``). One METEOR Java process serves every dataset; ``meteor_fn``
+    (``{"predictions": {name: [...]}}``); ``prompt`` None = each dataset's own (:func:`caption_regions`). One METEOR Java process serves every dataset; ``meteor_fn``
     (an object with ``compute(pairs) -> (corpus, per_item)``) replaces it, e.g. in Java-free tests."""
     from pixelllm.eval.caption import Meteor
 
@@ -264,7 +279,7 @@ def loc_caption_train_dataset(cfg, paths, tokenizer, image_size: int):
     parts = {}
     for name in cfg.datasets:
         d = region_caption_dataset(paths.data, name, "train", tokenizer, image_size,
-                                   prompt=cfg.prompts.get("region_caption", REGION_PROMPT),
+                                   prompt=source_prompt(cfg, name),
                                    max_target_len=cfg.max_target_len, refer_dataset=cfg.refer_dataset,
                                    refer_split_by=cfg.refer_split_by)
         parts[name] = Subset(d, range(min(cfg.max_samples, len(d)))) if cfg.max_samples else d
@@ -275,7 +290,7 @@ def eval_datasets(cfg, paths, tokenizer, image_size: int) -> dict:
     """{name: RegionCaptionDataset} on each dataset's evaluation split (``cfg.eval_splits``)."""
     return {name: region_caption_dataset(paths.data, name, cfg.eval_splits.get(name, EVAL_SPLITS.get(name)),
                                          tokenizer, image_size,
-                                         prompt=cfg.prompts.get("region_caption", REGION_PROMPT),
+                                         prompt=source_prompt(cfg, name),
                                          max_target_len=cfg.max_target_len, refer_dataset=cfg.refer_dataset,
                                          refer_split_by=cfg.refer_split_by)
             for name in cfg.datasets}
@@ -310,10 +325,7 @@ def train_loc_caption(cfg, progress: bool = True, resume: bool = True):
     paths = ensure_prerequisites(cfg, progress=progress)
     tok = load_tokenizer(paths.tokenizer)
     trainer = loc_caption_trainer(cfg, build_model(cfg, paths, tok), tok, paths, progress=progress)
-    if resume and trainer.resume(discard_mismatch=True):
-        print(f"resumed from {trainer.last_checkpoint} at step {trainer.step}")
-    trainer.fit()
-    return trainer
+    return trainer.resume_and_fit(resume)
 
 
 # ------------------------------------------------------------------------------------- report / figures

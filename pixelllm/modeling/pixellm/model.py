@@ -21,7 +21,6 @@ Masks are read at the reference answer (teacher forcing), exactly as the SAM pat
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -308,12 +307,9 @@ def build_pixellm(pixelllm: nn.Module, preset: str | PixelLMConfig = "tiny", dev
     """PixelLM around a built PixelLLM (``build_pixelllm(...)`` or a loaded stage), from a preset of
     :data:`PIXELLM_PRESETS` with ``overrides`` (PixelLMConfig fields). ``device="meta"`` builds shapes only
     (the paper-shaped variant: ``build_pixellm(build_pixelllm("paper"), "paper", device="meta")``)."""
-    if isinstance(preset, PixelLMConfig):
-        cfg = dataclasses.replace(preset, **overrides)
-    elif preset in PIXELLM_PRESETS:
-        cfg = dataclasses.replace(PIXELLM_PRESETS[preset], **overrides)
-    else:
-        raise KeyError(f"build_pixellm: unknown preset {preset!r}; known: {sorted(PIXELLM_PRESETS)}")
+    from pixelllm.utils import preset_config
+
+    cfg = preset_config(preset, PIXELLM_PRESETS, overrides, "build_pixellm")
     meta = device is not None and torch.device(device).type == "meta"
     with (torch.device("meta") if meta else contextlib.nullcontext()):
         model = PixelLM(pixelllm, cfg)

@@ -101,7 +101,7 @@ def downstream_loc_caption(state: Mapping[str, torch.Tensor], cfg: AblationConfi
     use_feature_store(rc.loc_caption_trainer(lcfg, model, tokenizer, paths, progress=progress, write=False),
                       store).fit()
     test = rc.eval_datasets(lcfg, paths, tokenizer, model.image_size)
-    ev = rc.evaluate_loc_caption(model, test, tokenizer, prompt=lcfg.prompts["region_caption"], batch_size=32,
+    ev = rc.evaluate_loc_caption(model, test, tokenizer, batch_size=32,
                                  max_new_tokens=lcfg.max_new_tokens, limit=cfg.loccap_eval or None, progress=False,
                                  meteor_fn=meteor)
     m = ev["metrics"]["vg"]

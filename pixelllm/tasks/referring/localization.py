@@ -200,7 +200,4 @@ def finetune_referring(cfg, progress: bool = True, resume: bool = True):
     paths = ensure_prerequisites(cfg, progress=progress)
     tokenizer = load_tokenizer(paths.tokenizer)
     trainer = referring_trainer(cfg, build_model(cfg, paths, tokenizer), tokenizer, progress=progress)
-    if resume and trainer.resume(discard_mismatch=True) and progress:
-        print(f"[{cfg.stage}] resumed from {trainer.last_checkpoint} at step {trainer.step}")
-    trainer.fit()
-    return trainer
+    return trainer.resume_and_fit(resume)

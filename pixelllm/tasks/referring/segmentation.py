@@ -90,10 +90,7 @@ def train_mask_adapter(cfg, progress: bool = True, resume: bool = True):
     paths = ensure_prerequisites(cfg, progress=progress)
     tokenizer = load_tokenizer(paths.tokenizer)
     trainer = refseg_trainer(cfg, build_refseg_model(cfg, tokenizer), tokenizer, progress=progress)
-    if resume and trainer.resume(discard_mismatch=True) and progress:
-        print(f"[{cfg.stage}] resumed from {trainer.last_checkpoint} at step {trainer.step}")
-    trainer.fit()
-    return trainer
+    return trainer.resume_and_fit(resume)
 
 
 # --------------------------------------------------------------------------------------- evaluation

@@ -418,3 +418,13 @@ def test_resuming_a_finished_run_keeps_its_last_record_in_final_json(tmp_path):
     again.fit()                                                       # nothing left to train
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["step"] == 3 and final["train"]["loss"] == pytest.approx(first["train"]["loss"])
+
+
+def test_a_trainer_told_to_write_nothing_takes_no_lock(tmp_path):
+    """Benchmarks build a stage's trainer as the stage does (out_dir set) and then set ``out_dir = None``:
+    training must run and leave nothing in the folder, not even a lock."""
+    tr = make_trainer(toy_config(steps=2), out_dir=tmp_path / "run")
+    tr.out_dir = None
+    tr.fit()
+    assert tr.step == 2
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -326,8 +326,9 @@ class Trainer:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold ``out_dir``'s :class:`~pixelllm.engine.checkpoint.RunLock` (rank 0; re-entrant); on the
-        first entry, remove the temp files a killed writer left."""
-        if self._run_lock is None:
+        first entry, remove the temp files a killed writer left. A trainer whose ``out_dir`` was set to None
+        after construction (it writes nothing, e.g. a benchmark) holds no lock."""
+        if self._run_lock is None or self.out_dir is None:
             yield
             return
         with self._run_lock:

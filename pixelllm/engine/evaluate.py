@@ -189,7 +189,8 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
         objs = {o.ann_id: o.box for o in objects.get(str(n.image_id), [])}
         all_boxes = np.array(list(objs.values()), dtype=np.float64).reshape(-1, 4)
         anns = [table[key][u] if u >= 0 else None for u in utt.tolist()]
-        seen = identified_tokens(tokenizer.convert_ids_to_tokens(base._alignment(i)[0][: len(utt)]), anns, id_words)
+        ids = base._ids(n.caption, None)[: len(utt)]          # the target's tokens (no second trace alignment)
+        seen = identified_tokens(tokenizer.convert_ids_to_tokens(ids), anns, id_words)
         for j, u in enumerate(utt.tolist()):
             ann = table[key][u] if u >= 0 else None
             if ann is not None and ann not in objs:

@@ -79,6 +79,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
                             {"ln_trace": {"model_overrides": FROZEN, "lr_multipliers": {"trace_head.": 5.0},
                                           "group_by_length": True},
                              "refcoco": {"model_overrides": FROZEN, "lr_multipliers": {"trace_head.": 5.0}}}),
+    "pointer_lr5_cell": ("pointer head (ViT frozen), head lr x5, plus a cross entropy on its attention over the grid (target: the cell of the target box centre, weight 1)",
+                         both(model_overrides=FROZEN, lr_multipliers={"trace_head.": 5.0}, cell_weight=1.0)),
     "pointer_trace_only": ("pointer head (ViT frozen), stage 2 on LN only (no short captions mixed in)",
                            {"ln_trace": {"model_overrides": FROZEN, "tasks": {"trace": 1.0}},
                             "refcoco": {"model_overrides": FROZEN}}),

@@ -290,10 +290,10 @@ def flops_per_sample(trainer) -> float:
     feats = trainer.cache(batch) if trainer.cache is not None else None
     counter = FlopCounterMode(display=False)
     with counter:
-        logits, points = forward_batch(trainer.model, batch, feats, trainer.forward_keys)
+        logits, points, cells = forward_batch(trainer.model, batch, feats, trainer.forward_keys)
         out = trainer.loss_fn(logits, points, batch, lambda_point=cfg.lambda_point,
                               label_smoothing=cfg.label_smoothing, giou_weight=cfg.giou_weight,
-                              num_tokens=n_tok, num_points=n_pt)
+                              cell_logits=cells, cell_weight=cfg.cell_weight, num_tokens=n_tok, num_points=n_pt)
         out["loss"].backward()
     trainer.optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops() / trainer.local_batch

@@ -61,6 +61,7 @@ class TrainConfig:
     lambda_point: float = field(default=0.1, metadata={"help": "λ of the L1 point term, pixels of the resized input (paper 0.1)"})
     label_smoothing: float = field(default=0.1, metadata={"help": "ε, spread as ε/(V−1) on wrong tokens (official)"})
     giou_weight: float = field(default=0.0, metadata={"help": "GIoU weight on boxes of box tasks (refer); 0 = L1 only"})
+    cell_weight: float = field(default=0.0, metadata={"help": "weight of a cross entropy on a pointer head's attention over the grid, target = the cell holding the target box centre (0 = the paper's L1 only; PAPER_NOTES.md §9)"})
     # --- loop ----------------------------------------------------------------------------------------
     seed: int = field(default=0, metadata={"help": "seeds model init, dropout and the data order"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
@@ -123,7 +124,7 @@ class TrainConfig:
             need(name, isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
                  "must be an integer >= 0" + (" (0 = all)" if name == "max_samples" else ""))
         need("lr", finite(self.lr) and self.lr > 0, "must be a finite number > 0")
-        for name in ("weight_decay", "grad_clip", "lambda_point", "giou_weight", "time_limit_s"):
+        for name in ("weight_decay", "grad_clip", "lambda_point", "giou_weight", "cell_weight", "time_limit_s"):
             need(name, finite(getattr(self, name)) and getattr(self, name) >= 0, "must be a finite number >= 0")
         need("min_lr_ratio", finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]")
         need("label_smoothing", finite(self.label_smoothing) and 0 <= self.label_smoothing < 1, "must be in [0, 1)")

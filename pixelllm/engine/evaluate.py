@@ -38,8 +38,9 @@ def teacher_forced_eval(model, dataset, batch_size: int = 32, device: str = "cpu
             if max_batches is not None and k >= max_batches:
                 break
             b = to_device(b, torch.device(device))
-            logits, points = forward_batch(model, b)
-            out = pixelllm_loss(logits, points, b, lambda_point=cfg.lambda_point, label_smoothing=cfg.label_smoothing)
+            logits, points, cells = forward_batch(model, b)
+            out = pixelllm_loss(logits, points, b, lambda_point=cfg.lambda_point, label_smoothing=cfg.label_smoothing,
+                                cell_logits=cells, cell_weight=cfg.cell_weight)
             sums["ce"] += float(out["ce"]) * int(out["n_tokens"])
             n_tok += int(out["n_tokens"])
             if "n_points" in out:

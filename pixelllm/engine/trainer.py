@@ -210,15 +210,16 @@ def forward_keys(model: torch.nn.Module) -> tuple[str, ...]:
 def forward_batch(model: torch.nn.Module, batch: dict, features: Optional[torch.Tensor] = None,
                   keys: Optional[Sequence[str]] = None):
     """Call a captioner on the batch-dict keys its forward accepts (``keys``: :func:`forward_keys` of the
-    model, computed once by the caller; None = inspect it now); returns (logits B×T×V, points B×T×4|None)."""
+    model, computed once by the caller; None = inspect it now); returns (logits B×T×V, points B×T×4|None,
+    cell_logits B×T×H×W|None — a pointer head's attention logits over the grid)."""
     keys = forward_keys(model) if keys is None else keys
     kw = {k: batch[k] for k in keys if k in batch}
     if features is not None:
         kw["features"] = features
     out = model(**kw)
     if isinstance(out, dict):
-        return out["logits"], out.get("points")
-    return out.logits, getattr(out, "points", None)
+        return out["logits"], out.get("points"), out.get("cell_logits")
+    return out.logits, getattr(out, "points", None), getattr(out, "cell_logits", None)
 
 
 def frozen_feature_fn(model: torch.nn.Module) -> Optional[Callable]:
@@ -633,9 +634,10 @@ class Trainer:
                         out = {k: v / cfg.accum_steps for k, v in out.items() if not k.startswith("n_")}
                     else:
                         with self._autocast():
-                            logits, points = forward_batch(self.net, b, feats, self.forward_keys)
+                            logits, points, cells = forward_batch(self.net, b, feats, self.forward_keys)
                         out = self.loss_fn(logits, points, b, lambda_point=cfg.lambda_point,
                                            label_smoothing=cfg.label_smoothing, giou_weight=cfg.giou_weight,
+                                           cell_logits=cells, cell_weight=cfg.cell_weight,
                                            num_tokens=n_tok, num_points=n_pt)
                     out["loss"].backward()
                 for k, v in out.items():

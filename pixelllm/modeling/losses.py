@@ -71,6 +71,29 @@ def point_valid_mask(point_valid: torch.Tensor, tasks: Optional[Iterable[str]], 
     return valid
 
 
+def cell_cross_entropy(cell_logits: torch.Tensor, target: torch.Tensor, frame_hw: tuple[int, int]) -> torch.Tensor:
+    """Cross entropy of a pointer head's attention over the grid against the cell that holds the centre of
+    the target box (not in the paper; PAPER_NOTES.md §9).
+
+    The L1 term reaches the attention only through the soft-argmax, whose gradient is weak where the
+    attention is split between two objects (their mean can sit near the target); this term asks the
+    attention itself to peak on the right cell, as heatmap keypoint heads do.
+
+    Args:
+        cell_logits: B×T×H×W attention logits over the H×W grid covering the frame.
+        target: B×T×4 target boxes (x0, y0, x1, y1), pixels of the frame (h, w) = ``frame_hw``.
+    Returns:
+        B×T float32 per-token loss (no masking applied).
+    """
+    gh, gw = cell_logits.shape[-2:]
+    h, w = frame_hw
+    target = torch.nan_to_num(target.float(), nan=0.0, posinf=0.0, neginf=0.0)   # invalid tokens: any cell
+    cx = ((target[..., 0] + target[..., 2]) / 2 * (gw / w)).floor().clamp(0, gw - 1).long()
+    cy = ((target[..., 1] + target[..., 3]) / 2 * (gh / h)).floor().clamp(0, gh - 1).long()
+    logp = F.log_softmax(cell_logits.float().flatten(-2), dim=-1)                      # B×T×N
+    return -logp.gather(-1, (cy * gw + cx).unsqueeze(-1)).squeeze(-1)
+
+
 def count_targets(batch: dict, point_tasks: Iterable[str] = POINT_TASKS, eos_id: int = 1) -> tuple[int, int]:
     """(number of CE tokens, number of point targets) of a batch — the normalisers of
     :func:`pixelllm_loss`, countable before the forward pass (the trainer sums them over micro-batches
@@ -95,6 +118,8 @@ def pixelllm_loss(
     point_tasks: Iterable[str] = POINT_TASKS,
     box_tasks: Iterable[str] = BOX_TASKS,
     eos_id: int = 1,
+    cell_logits: Optional[torch.Tensor] = None,
+    cell_weight: float = 0.0,
 ) -> dict:
     """The PixelLLM loss on one (micro-)batch.
 
@@ -108,6 +133,9 @@ def pixelllm_loss(
         label_smoothing: ε (paper 0.1).
         giou_weight: weight of a GIoU term on the box of box tasks (0 = paper, L1 only).
         num_tokens / num_points: normalisers for the CE / point sums (default: this batch's counts).
+        cell_logits / cell_weight: a pointer head's attention logits B×T×H×W over the image grid and the
+            weight of :func:`cell_cross_entropy` on them (0 = the paper's loss), on the same tokens and
+            with the same normaliser as the point term.
     Returns:
         dict of scalar tensors: ``loss`` (to backpropagate), ``ce``, ``point_l1`` (already normalised,
         unweighted), ``giou`` when enabled, and the counts ``n_tokens`` / ``n_points`` of this batch.
@@ -135,6 +163,12 @@ def pixelllm_loss(
         out["point_l1"] = point_l1
         out["n_points"] = n_pt.detach()
         loss = loss + lambda_point * point_l1
+        if cell_weight > 0 and cell_logits is not None:
+            frame_hw = tuple(batch["images"].shape[-2:])
+            ce_cell = cell_cross_entropy(cell_logits, target, frame_hw)                   # B×T
+            cell_ce = torch.where(pt_valid, ce_cell, torch.zeros_like(ce_cell)).sum() / denom_pt
+            out["cell_ce"] = cell_ce
+            loss = loss + cell_weight * cell_ce
 
         if giou_weight > 0 and tasks is not None:
             box_tok = pt_valid & torch.tensor([t in tuple(box_tasks) for t in tasks], dtype=torch.bool,

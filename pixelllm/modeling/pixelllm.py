@@ -24,6 +24,7 @@ from .image_encoder import ImageEncoder
 from .language_model import LanguageModel
 from .prompt_encoder import BoxPromptEncoder, whole_image_boxes
 from .prompt_extractor import PromptFeatureExtractor
+from .trace_head import PointerHead
 
 if TYPE_CHECKING:  # annotations only: build.py imports this module
     from .build import PixelLLMConfig
@@ -44,6 +45,7 @@ class PixelLLMOutput:
     logits: torch.Tensor
     points: torch.Tensor
     hidden: torch.Tensor
+    cell_logits: torch.Tensor | None = None    # B×T×H×W attention logits of a pointer head over the grid
 
 
 class PixelLLM(nn.Module):
@@ -167,8 +169,12 @@ class PixelLLM(nn.Module):
         embeds, mask = self.encoder_inputs(visual, prompt_ids, prompt_mask)
         decoder_input_ids = self.language_model.shift_right(target_ids)                # B×T
         logits, hidden = self.language_model(embeds, mask, decoder_input_ids)
-        points = self.trace_head(hidden, self.frame_hw, grid)                          # B×T×4 pixels
-        return PixelLLMOutput(logits=logits, points=points, hidden=hidden)
+        cell_logits = None
+        if isinstance(self.trace_head, PointerHead):
+            points, cell_logits = self.trace_head(hidden, self.frame_hw, grid, return_logits=True)
+        else:
+            points = self.trace_head(hidden, self.frame_hw, grid)                      # B×T×4 pixels
+        return PixelLLMOutput(logits=logits, points=points, hidden=hidden, cell_logits=cell_logits)
 
     # --- inference -----------------------------------------------------------------------------------------
     def _tokenize_prompts(self, prompts: str | Sequence[str], batch_size: int, tokenizer: Any

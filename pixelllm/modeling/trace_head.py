@@ -168,28 +168,38 @@ class PointerHead(nn.Module):
         ang = c[:, :, None] * freqs                                                     # N×2×F
         return torch.cat([ang.sin(), ang.cos()], dim=-1).reshape(c.shape[0], -1)
 
-    def attention(self, hidden: torch.Tensor, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden B×T×D, grid B×C×H×W → (attention B×T×N over the cells, attended values B×T×A)."""
+    def attention_logits(self, hidden: torch.Tensor, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden B×T×D, grid B×C×H×W → (logits B×T×N over the cells, values B×N×A of the cells)."""
         gh, gw = image_features.shape[-2:]
         f = self.feature_norm(image_features.flatten(2).transpose(1, 2))               # B×N×C
         keys = self.key(f) + self.pos(self.position_code((gh, gw), f))                 # B×N×A
         q = self.query(self.norm(hidden))                                               # B×T×A
         logits = q @ keys.transpose(1, 2) * (self.log_temperature.exp() / self.attn_dim ** 0.5)
+        return logits, self.value(f)
+
+    def attention(self, hidden: torch.Tensor, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden B×T×D, grid B×C×H×W → (attention B×T×N over the cells, attended values B×T×A)."""
+        logits, values = self.attention_logits(hidden, image_features)
         attn = logits.softmax(dim=-1)                                                   # B×T×N
-        return attn, attn @ self.value(f)
+        return attn, attn @ values
 
     def forward(self, hidden: torch.Tensor, frame_hw: tuple[int, int],
-                image_features: torch.Tensor | None = None) -> torch.Tensor:
+                image_features: torch.Tensor | None = None, return_logits: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """hidden B×T×D, image_features B×C×H×W (the grid covering the S×S frame) → B×T×4 (x0, y0, x1, y1)
-        pixels of the frame (h, w) = ``frame_hw``."""
+        pixels of the frame (h, w) = ``frame_hw``; with ``return_logits`` also the attention logits
+        B×T×H×W (for the cell-classification loss, :func:`pixelllm.modeling.losses.cell_cross_entropy`)."""
         if image_features is None:
             raise ValueError("PointerHead needs image_features (B×C×H×W)")
         gh, gw = image_features.shape[-2:]
         h, w = frame_hw
-        attn, value = self.attention(hidden, image_features.to(hidden.dtype))
+        logits, value = self.attention_logits(hidden, image_features.to(hidden.dtype))
+        attn = logits.softmax(dim=-1)
+        value = attn @ value
         centre = attn @ grid_centres((gh, gw), frame_hw, hidden)                       # B×T×2 soft-argmax
         r = self.refine(torch.cat([self.norm(hidden), value], dim=-1))                 # B×T×4
         cell = torch.tensor([w / gw, h / gh], dtype=hidden.dtype, device=hidden.device)
         centre = centre + torch.tanh(r[..., :2]) * cell / 2
         size = torch.sigmoid(r[..., 2:]) * torch.tensor([w, h], dtype=hidden.dtype, device=hidden.device)
-        return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
+        points = torch.cat([centre - size / 2, centre + size / 2], dim=-1)
+        return (points, logits.unflatten(-1, (gh, gw))) if return_logits else points

@@ -81,6 +81,10 @@ RECIPES: dict[str, tuple[str, dict]] = {
                              "refcoco": {"model_overrides": FROZEN, "lr_multipliers": {"trace_head.": 5.0}}}),
     "pointer_lr5_cell": ("pointer head (ViT frozen), head lr x5, plus a cross entropy on its attention over the grid (target: the cell of the target box centre, weight 1)",
                          both(model_overrides=FROZEN, lr_multipliers={"trace_head.": 5.0}, cell_weight=1.0)),
+    "pointer_lr5_span": ("pointer head (ViT frozen), head lr x5, each LN token's target from the utterance it was spoken in (ln_alignment span) instead of by relative position",
+                         {"ln_trace": {"model_overrides": FROZEN, "lr_multipliers": {"trace_head.": 5.0},
+                                       "ln_alignment": "span"},
+                          "refcoco": {"model_overrides": FROZEN, "lr_multipliers": {"trace_head.": 5.0}}}),
     "pointer_trace_only": ("pointer head (ViT frozen), stage 2 on LN only (no short captions mixed in)",
                            {"ln_trace": {"model_overrides": FROZEN, "tasks": {"trace": 1.0}},
                             "refcoco": {"model_overrides": FROZEN}}),
@@ -111,7 +115,8 @@ def score_trace(model, cfg, paths, tok, n: int) -> dict:
     res = evaluate_pointing(model, Subset(val, range(min(n, len(val)))), tok, caption_images=0, progress=False)
     keep = ("point_l1", "centre_l1", "ce", "pointing_accuracy", "pointing_accuracy_centre",
             "pointing_accuracy_random_object", "pointing_accuracy_target", "pointing_accuracy_identified",
-            "pointing_accuracy_unidentified", "identified_fraction")
+            "pointing_accuracy_unidentified", "identified_fraction", "pointing_accuracy_own_utterance",
+            "pointing_accuracy_target_own_utterance")
     return {k: res[k] for k in keep if k in res}
 
 

@@ -320,3 +320,56 @@ def test_parity_with_official_token_mapping_on_random_cases():
         m = num_aligned_tokens(n, max_len)
         assert real.sum() == m
         np.testing.assert_array_equal(token_to_utterance(m, valid), ref[real], err_msg=f"{n=} {max_len=} {valid=}")
+
+
+class WordsWithOffsets(Words):
+    """:class:`Words` that also gives character offsets, as a fast tokenizer does."""
+    is_fast = True
+
+    def __call__(self, text, return_offsets_mapping=False, add_special_tokens=True):
+        import re
+        words = list(re.finditer(r"\S+", text))
+        out = {"input_ids": [len(m.group()) + 3 for m in words] + ([1] if add_special_tokens else [])}
+        if return_offsets_mapping:
+            out["offset_mapping"] = [m.span() for m in words]
+        return out
+
+
+def test_span_alignment_gives_each_token_its_own_utterance(tmp_path):
+    from pixelllm.data.localized_narratives import token_to_utterance_by_span, utterance_char_spans
+
+    caption = "A big red circle, on top."
+    spans = utterance_char_spans(caption, ["a big", "red circle,", "on top."])
+    assert spans == [(0, 5), (6, 17), (18, 25)]
+    offsets = [(0, 1), (2, 5), (6, 9), (10, 17), (18, 20), (21, 25)]
+    assert token_to_utterance_by_span(offsets, spans, [True] * 3).tolist() == [0, 0, 1, 1, 2, 2]
+    # the relative-position rule gives "big" the second utterance
+    assert token_to_utterance(6, [True] * 3).tolist() == [0, 1, 1, 1, 2, 2]
+    # an invalid utterance's tokens take the nearest valid one (ties → the earlier)
+    assert token_to_utterance_by_span(offsets, spans, [True, False, True]).tolist() == [0, 0, 0, 2, 2, 2]
+    assert token_to_utterance_by_span(offsets, spans, [False] * 3).tolist() == [-1] * 6
+    assert utterance_char_spans(caption, ["a big", "blue circle"]) is None     # not the caption's words
+
+    _image(tmp_path)
+    rec = record([("a big", 0.0, 2.0), ("red circle", 2.0, 4.0), ("on top", 4.0, 6.0)], LINEAR)
+    narr = parse_narrative(rec)
+    ds = LNTraceDataset([narr], tmp_path, WordsWithOffsets(), image_size=100, max_target_len=128, alignment="span")
+    # 100×50 image; utterance boxes x ∈ [0, .2], [.2, .4], [.4, .6] → two tokens each
+    torch.testing.assert_close(ds[0]["points"][:6, [0, 2]], torch.tensor(
+        [[0, 20], [0, 20], [20, 40], [20, 40], [40, 60], [40, 60]], dtype=torch.float32))
+    assert ds.token_utterances(0).tolist() == [0, 0, 1, 1, 2, 2, -1]
+    # truncation drops the later targets with their tokens, as full_caption does
+    cut = LNTraceDataset([narr], tmp_path, WordsWithOffsets(), image_size=100, max_target_len=4, alignment="span")
+    assert cut.token_utterances(0).tolist() == [0, 0, 1, -1]
+    with pytest.raises(ValueError, match="fast tokenizer"):
+        LNTraceDataset([narr], tmp_path, Words(), image_size=100, alignment="span")
+
+
+def test_span_alignment_falls_back_to_relative_position_and_says_so(tmp_path):
+    _image(tmp_path)
+    rec = record([("a big", 0.0, 2.0), ("red circle", 2.0, 4.0), ("on top", 4.0, 6.0)], LINEAR,
+                 caption="a large red circle on top")          # "a big" is not in the caption
+    narr = parse_narrative(rec)
+    ds = LNTraceDataset([narr], tmp_path, WordsWithOffsets(), image_size=100, alignment="span")
+    assert ds.skips["kept: utterances not found in order in the caption (relative-position alignment used)"] == 1
+    assert ds.token_utterances(0).tolist()[:-1] == token_to_utterance(6, [True] * 3, "full_caption").tolist()

@@ -121,3 +121,47 @@ def test_giou_option_for_box_tasks():
     assert out["loss"].item() == pytest.approx(math.log(5) + 0.1 * 1.0 + 2.0 * 4 / 3, abs=1e-5)
     same = pixelllm_loss(torch.zeros(1, 2, 5), b["points"], b, giou_weight=1.0)
     assert same["giou"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cell_cross_entropy_targets_the_cell_of_the_box_centre():
+    from pixelllm.modeling.losses import cell_cross_entropy
+
+    # a 4×4 grid over a 128×128 frame (32-px cells); box centre (112, 40) → column 3, row 1
+    logits = torch.zeros(1, 2, 4, 4)
+    logits[0, 0, 1, 3] = 5.0
+    target = torch.tensor([[[96.0, 32, 128, 48], [float("nan"), 0, 0, 0]]])
+    ce = cell_cross_entropy(logits, target, (128, 128))
+    assert ce[0, 0].item() == pytest.approx(-math.log(math.exp(5) / (math.exp(5) + 15)), abs=1e-5)
+    assert ce[0, 1].item() == pytest.approx(math.log(16), abs=1e-5)      # NaN target: a finite value, masked later
+    # a centre on the frame's far edge stays in the last cell
+    edge = cell_cross_entropy(logits[:, :1], torch.tensor([[[120.0, 120, 128, 128]]]), (128, 128))
+    assert edge.item() == pytest.approx(math.log(math.exp(5) + 15), abs=1e-5)    # cell (3, 3), not (1, 3)
+
+
+def test_cell_term_is_weighted_masked_and_absent_at_weight_zero():
+    b = {"target_ids": torch.tensor([[3, 4, 1]]), "target_mask": torch.tensor([[True, True, True]]),
+         "points": torch.tensor([[[0.0, 0, 32, 32], [64.0, 64, 128, 128], [0.0, 0, 0, 0]]]),
+         "point_valid": torch.tensor([[True, True, False]]), "task": ["trace"],
+         "images": torch.zeros(1, 3, 128, 128)}
+    pts = b["points"].clone()
+    cells = torch.zeros(1, 3, 2, 2)
+    cells[0, 0, 0, 0] = 10.0                                  # token 0 right (cell (0, 0)); token 1 uniform
+    plain = pixelllm_loss(torch.zeros(1, 3, 5), pts, b)
+    assert "cell_ce" not in plain
+    out = pixelllm_loss(torch.zeros(1, 3, 5), pts, b, cell_logits=cells, cell_weight=0.5)
+    right = -math.log(math.exp(10) / (math.exp(10) + 3))
+    assert out["cell_ce"].item() == pytest.approx((right + math.log(4)) / 2, abs=1e-5)
+    assert out["loss"].item() == pytest.approx(plain["loss"].item() + 0.5 * out["cell_ce"].item(), abs=1e-5)
+
+
+def test_pointer_head_returns_its_attention_logits():
+    from pixelllm.modeling.trace_head import PointerHead
+
+    torch.manual_seed(0)
+    head = PointerHead(dim=8, feature_dim=6, attn_dim=4, hidden_dim=4)
+    hidden, grid = torch.randn(2, 3, 8), torch.randn(2, 6, 4, 5)
+    pts, logits = head(hidden, (64, 80), grid, return_logits=True)
+    assert logits.shape == (2, 3, 4, 5)
+    torch.testing.assert_close(pts, head(hidden, (64, 80), grid))
+    attn, _ = head.attention(hidden, grid)
+    torch.testing.assert_close(attn, logits.flatten(-2).softmax(-1))

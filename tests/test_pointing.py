@@ -223,6 +223,10 @@ def test_evaluate_pointing_end_to_end(world):
     assert 0.2 < f < 1.0
     assert res["pointing_accuracy"] == pytest.approx(
         f * res["pointing_accuracy_identified"] + (1 - f) * res["pointing_accuracy_unidentified"])
+    # labelled by the utterance each token was spoken in: every on-object word counted once, and the
+    # relative-position targets land on the word's own object less often than on their own utterance's
+    assert res["n_tokens_own_utterance"] > 0 and 0.0 <= res["pointing_accuracy_own_utterance"] <= 1.0
+    assert res["pointing_accuracy_target_own_utterance"] <= res["pointing_accuracy_target"] + 1e-9
     assert res["n_images_generated"] == 2 and len(res["generated"]) == 2
     assert res["n_phrases"] == sum(len(g["phrases"]) for g in res["generated"])
     assert res["n_phrases_existing"] == sum(p["exists"] for g in res["generated"] for p in g["phrases"])

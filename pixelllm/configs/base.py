@@ -40,7 +40,7 @@ class TrainConfig:
                           metadata={"help": "text prompt per task (the LM's encoder context)"})
     image_size: int = field(default=0, metadata={"help": "S: images resized (longest side) and padded to S×S; 0 = the preset's"})
     max_target_len: int = field(default=64, metadata={"help": "target tokens per sample (EOS included), longer ones are cut"})
-    ln_alignment: str = field(default="official", metadata={"help": "LN token ↔ utterance alignment: official (utterances spread over the tokens kept after max_target_len; narratives without a valid utterance kept, every token → utterance 0) | full_caption (align the whole caption, then cut; such narratives dropped); PAPER_NOTES.md §2.7"})
+    ln_alignment: str = field(default="official", metadata={"help": "LN token ↔ utterance alignment: official (utterances spread over the tokens kept after max_target_len; narratives without a valid utterance kept, every token → utterance 0) | full_caption (align the whole caption, then cut; such narratives dropped) | span (each token → the utterance its characters come from; not in the paper); PAPER_NOTES.md §2.7"})
     max_samples: int = field(default=0, metadata={"help": "use only the first N training samples per task (0 = all)"})
     augment: bool = field(default=False, metadata={"help": "random augmentation (disables the frozen-feature cache)"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})

@@ -393,7 +393,7 @@ class LNTraceDataset(_TaskDataset):
         narratives: an LN ``.jsonl`` path or a list of :class:`Narrative`.
         point_target: "box" (two corners, paper) or "center".
         return_trace_samples: also return ``trace_samples`` T×16×2 (normalised, for ``point_l1``).
-        alignment: "official" (default) or "full_caption".
+        alignment: "official" (default), "full_caption" or "span" (a fast tokenizer's character offsets).
     """
     task = "trace"
 
@@ -403,7 +403,7 @@ class LNTraceDataset(_TaskDataset):
                  alignment: str = "official", **kw):
         super().__init__(image_root, tokenizer, image_size, max_target_len=max_target_len, **kw)
         from pixelllm.data.localized_narratives import (
-            check_alignment, load_localized_narratives, unusable_reason, utterance_traces,
+            check_alignment, load_localized_narratives, unusable_reason, utterance_char_spans, utterance_traces,
         )
 
         self.alignment = check_alignment(alignment)
@@ -424,6 +424,13 @@ class LNTraceDataset(_TaskDataset):
                 if not utterance_traces(n, num_samples).valid.any():
                     self.skips.add("kept: no valid utterance (every token → utterance 0, as official)",
                                    detail=n.source)
+        if alignment == "span":
+            if not getattr(tokenizer, "is_fast", False):
+                raise ValueError("LNTraceDataset: the 'span' alignment needs a fast tokenizer (character offsets)")
+            for n in narratives:
+                if utterance_char_spans(n.caption, [u.utterance for u in n.timed_caption]) is None:
+                    self.skips.add("kept: utterances not found in order in the caption (relative-position "
+                                   "alignment used)", detail=n.source)
         self.skips.report()
         self.narratives = narratives
         self.prompt, self.point_target = prompt, point_target
@@ -460,14 +467,19 @@ class LNTraceDataset(_TaskDataset):
     def _alignment(self, i: int) -> tuple[list[int], Any]:
         """(full caption ids + EOS, :class:`AlignedTrace` of its M kept tokens) of narrative ``i``; kept in
         :attr:`aligned` when the decoded cache is on (:func:`enable_image_cache`)."""
-        from pixelllm.data.localized_narratives import align_tokens_to_trace, num_aligned_tokens
+        from pixelllm.data.localized_narratives import align_tokens_to_trace, caption_token_offsets, num_aligned_tokens
 
         hit = self.aligned.get(i) if self.decoded is not None else None
         if hit is None:
             n = self.narratives[i]
             ids = self._ids(n.caption, None)                               # full caption + EOS
             m = num_aligned_tokens(len(ids) - 1, self.max_target_len, self.alignment)
-            hit = (ids, align_tokens_to_trace(n, m, self.num_samples, self.point_target, self.alignment))
+            offsets = None
+            if self.alignment == "span":
+                offsets = caption_token_offsets(self.tokenizer, n.caption)
+                if len(offsets) != m:
+                    raise RuntimeError(f"{n.source}: {len(offsets)} token offsets for {m} caption tokens")
+            hit = (ids, align_tokens_to_trace(n, m, self.num_samples, self.point_target, self.alignment, offsets))
             if self.decoded is not None:
                 self.aligned[i] = hit
         return list(hit[0]), hit[1]

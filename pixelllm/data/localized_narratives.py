@@ -23,6 +23,11 @@ Two alignments are offered (PAPER_NOTES.md §2.4, §2.7), chosen by the ``alignm
   and every token takes utterance 0 (the release's arg-min over equal distances).
 - ``"full_caption"``: M counts the whole caption, so truncation cuts the targets of the later utterances
   together with their tokens; a narrative with no valid utterance is dropped and counted.
+- ``"span"`` (not in the paper): each token takes the utterance its characters come from (the tokenizer's
+  offset mapping against the utterances found in order in the caption); a token between utterances or in
+  an invalid one takes the nearest valid utterance. Truncation cuts targets as ``"full_caption"`` does, and
+  a narrative with no valid utterance is dropped. The relative-position rule gives 59 % of the synthetic
+  narratives' tokens another utterance than their own (PAPER_NOTES.md §2.4).
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ from pixelllm.data.errors import DataFormatError, SkipCounter, check_type, read_
 NUM_SAMPLES = 16          # samples per utterance trace (official ``num_samples_per_trace``)
 CENTER_EPS = 1e-5         # an utterance whose time-averaged centre has a coordinate <= this is invalid
 SPAN_EPS = 1e-5           # utterance spans shorter than this use a plain mean instead of the trapezoid rule
-ALIGNMENTS = ("official", "full_caption")   # token ↔ utterance alignment variants (module docstring)
+ALIGNMENTS = ("official", "full_caption", "span")   # token ↔ utterance alignment variants (module docstring)
 
 
 def check_alignment(alignment: str) -> str:
@@ -205,7 +210,7 @@ def unusable_reason(narr: Narrative, alignment: str = "official") -> str | None:
         return "skipped: no trace (<= 1 point)"
     if not narr.timed_caption:
         return "skipped: no utterance"
-    if alignment == "full_caption" and not utterance_traces(narr).valid.any():
+    if alignment != "official" and not utterance_traces(narr).valid.any():
         return "skipped: no valid utterance"
     return None
 
@@ -282,13 +287,13 @@ def num_aligned_tokens(num_caption_tokens: int, max_target_len: int | None, alig
     - ``"official"``: M = min(n, max_target_len − 1), the non-special tokens left after truncation (the
       release counts them on the already truncated ``[BOS] caption [EOS]`` sequence of
       ``max_text_tokens``, which also leaves at most ``max_text_tokens − 1`` caption tokens).
-    - ``"full_caption"``: M = n; the targets of the tokens cut by truncation are simply dropped.
+    - ``"full_caption"`` and ``"span"``: M = n; the targets of the tokens cut by truncation are simply dropped.
     """
     check_alignment(alignment)
     n = int(num_caption_tokens)
     if n < 0:
         raise ValueError(f"num_caption_tokens must be >= 0, got {n}")
-    if alignment == "full_caption" or max_target_len is None:
+    if alignment != "official" or max_target_len is None:
         return n
     if max_target_len < 1:
         raise ValueError(f"max_target_len must be >= 1 (EOS included), got {max_target_len}")
@@ -328,6 +333,58 @@ def token_to_utterance(num_tokens: int, utt_valid: Sequence[bool], alignment: st
     return dist.argmin(axis=1).astype(np.int64)                        # first index on ties
 
 
+def utterance_char_spans(caption: str, utterances: Sequence[str]) -> list[tuple[int, int]] | None:
+    """(start, end) character span of each utterance in ``caption``, found in order (case-insensitive,
+    each search starting where the previous utterance ended); ``None`` when one is not found — the
+    caption is not the utterances' concatenation, so :func:`token_to_utterance_by_span` cannot be used."""
+    low, pos, spans = caption.lower(), 0, []
+    for u in utterances:
+        text = u.strip().lower()
+        k = low.find(text, pos) if text else pos
+        if k < 0:
+            return None
+        spans.append((k, k + len(text)))
+        pos = k + len(text)
+    return spans
+
+
+def token_to_utterance_by_span(token_offsets: Sequence[tuple[int, int]], utt_spans: Sequence[tuple[int, int]],
+                               utt_valid: Sequence[bool]) -> np.ndarray:
+    """The ``"span"`` alignment: each token (character span ``token_offsets[j]`` in the caption, from the
+    tokenizer's offset mapping) takes the valid utterance whose span holds the token's middle character;
+    a token outside every valid utterance takes the nearest one (character distance, ties → earlier).
+    Returns an M int array of utterance indices (−1 for every token when no utterance is valid)."""
+    valid = np.asarray(utt_valid, dtype=bool)
+    m = len(token_offsets)
+    if m == 0 or not valid.any():
+        return np.full(m, -1, dtype=np.int64)
+    spans = np.asarray(utt_spans, dtype=np.float64).reshape(-1, 2)
+    mid = np.array([(a + b - 1) / 2 if b > a else a for a, b in token_offsets], dtype=np.float64)   # M
+    gap = np.maximum(spans[None, :, 0] - mid[:, None], mid[:, None] - (spans[None, :, 1] - 1))      # M×N, ≤ 0 inside
+    gap = np.where(valid[None, :], np.maximum(gap, 0.0), np.inf)
+    return gap.argmin(axis=1).astype(np.int64)
+
+
+def span_token_utterances(narr: Narrative, tokenizer: Any, num_tokens: int | None = None) -> np.ndarray | None:
+    """The ``"span"`` utterance of each caption token of ``narr`` (``tokenizer`` a fast tokenizer, no special
+    tokens; the first ``num_tokens`` kept) — the utterance each token's words were spoken in — or None when
+    the utterances are not found in order in the caption."""
+    spans = utterance_char_spans(narr.caption, [u.utterance for u in narr.timed_caption])
+    if spans is None:
+        return None
+    offsets = caption_token_offsets(tokenizer, narr.caption)[:num_tokens]
+    return token_to_utterance_by_span(offsets, spans, utterance_traces(narr).valid)
+
+
+def caption_token_offsets(tokenizer: Any, caption: str) -> list[tuple[int, int]]:
+    """(start, end) character span of each token of ``caption`` (no special tokens), from a fast
+    tokenizer's offset mapping."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("the 'span' token alignment needs a fast tokenizer (character offsets)")
+    enc = tokenizer(caption, return_offsets_mapping=True, add_special_tokens=False)
+    return [tuple(o) for o in enc["offset_mapping"]]
+
+
 @dataclass
 class AlignedTrace:
     """Per-token targets of one narrative (M tokens = the caption's tokens, EOS excluded).
@@ -352,7 +409,8 @@ class AlignedTrace:
 
 
 def align_tokens_to_trace(record: Narrative | dict, tokens: Sequence[str] | int, num_samples: int = NUM_SAMPLES,
-                          point_target: str = "box", alignment: str = "official") -> AlignedTrace:
+                          point_target: str = "box", alignment: str = "official",
+                          token_offsets: Sequence[tuple[int, int]] | None = None) -> AlignedTrace:
     """The official LN trace → token alignment (PAPER_NOTES.md §2, steps 1–5).
 
     Args:
@@ -363,7 +421,10 @@ def align_tokens_to_trace(record: Narrative | dict, tokens: Sequence[str] | int,
         point_target: ``"box"`` — corners of the utterance's trace box (paper/official default);
             ``"center"`` — its time-averaged centre, repeated as (cx, cy, cx, cy).
         alignment: ``"official"`` or ``"full_caption"`` — what happens when no utterance is valid
-            (:func:`token_to_utterance`).
+            (:func:`token_to_utterance`) — or ``"span"`` (:func:`token_to_utterance_by_span`).
+        token_offsets: for ``"span"``, the (start, end) character span in the caption of each of the M
+            tokens; when the utterances are not found in order in the caption
+            (:func:`utterance_char_spans` → None) the official relative-position rule is used instead.
 
     Returns:
         :class:`AlignedTrace`, all coordinates normalised to the image ([0, 1], (x, y), origin top-left).
@@ -374,7 +435,15 @@ def align_tokens_to_trace(record: Narrative | dict, tokens: Sequence[str] | int,
     narr = record if isinstance(record, Narrative) else parse_narrative(record)
     m = tokens if isinstance(tokens, int) else len(tokens)
     utt = utterance_traces(narr, num_samples)
-    idx = token_to_utterance(m, utt.valid, alignment)                  # step 4
+    spans = None
+    if alignment == "span":
+        if token_offsets is None or len(token_offsets) != m:
+            raise ValueError(f"alignment 'span' needs the character span of each of the {m} tokens (token_offsets)")
+        spans = utterance_char_spans(narr.caption, [u.utterance for u in narr.timed_caption])
+    if spans is not None:
+        idx = token_to_utterance_by_span(token_offsets, spans, utt.valid)
+    else:
+        idx = token_to_utterance(m, utt.valid, "full_caption" if alignment == "span" else alignment)   # step 4
     valid = idx >= 0
     if len(narr.trace_points()) <= 1:                                  # no interpolant: no target at all
         valid[:] = False

@@ -151,6 +151,7 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
     from torch.utils.data import Subset
 
     from pixelllm.data import vocab as V
+    from pixelllm.data.localized_narratives import span_token_utterances
     from pixelllm.data.pointing import load_object_boxes, load_pointing, pointing_path
     from pixelllm.eval.trace import (centre_points, colour_shape_phrases, generated_pointing_hits,
                                      identified_tokens, pointing_accuracy, random_object_points)
@@ -178,6 +179,7 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
     # --- teacher-forced
     tf = teacher_forced_eval(model, dataset, batch_size=batch_size, device=device)
     preds, targets, boxes, on, image_boxes, known = [], [], [], [], [], []
+    sp_preds, sp_targets, sp_boxes = [], [], []          # the same, each token labelled by its own utterance
     id_words = set(V.COLORS) | set(V.SHAPES) | set(V.POSITION_WORDS)
     for pred, target, i in zip(tf["pred"], tf["targets"], indices):
         n = base.narratives[i]
@@ -192,6 +194,11 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
         anns = [table[key][u] if u >= 0 else None for u in utt.tolist()]
         ids = base._ids(n.caption, None)[: len(utt)]          # the target's tokens (no second trace alignment)
         seen = identified_tokens(tokenizer.convert_ids_to_tokens(ids), anns, id_words)
+        own = span_token_utterances(n, tokenizer, len(utt) - 1)
+        for j, u in enumerate([] if own is None else own.tolist()):
+            ann = table[key][u] if u >= 0 else None
+            if ann is not None and ann in objs:
+                sp_preds.append(pred[j]), sp_targets.append(target[j]), sp_boxes.append(objs[ann])
         for j, u in enumerate(utt.tolist()):
             ann = table[key][u] if u >= 0 else None
             if ann is not None and ann not in objs:
@@ -219,6 +226,7 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
            "pointing_accuracy_random_object": pointing_accuracy(random_object_points(image_boxes, seed), B, on_obj)
            if len(on_obj) else float("nan"),
            "n_tokens": int(on_obj.sum()), "n_narratives": len(indices),
+           **_span_pointing(sp_preds, sp_targets, sp_boxes),
            **{k: tf[k] for k in ("point_l1", "centre_l1", "ce") if k in tf}}
     if caption_images == 0:
         return res
@@ -249,6 +257,22 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
                n_phrases=int(len(H)), n_phrases_existing=int(E.sum()), n_images_generated=len(gen),
                generated=details)
     return res
+
+
+def _span_pointing(preds, targets, boxes) -> dict:
+    """Pointing accuracy with each token labelled by the utterance it was spoken in (the ``"span"``
+    alignment), for the model's points and for the training targets."""
+    import numpy as np
+
+    from pixelllm.eval.trace import pointing_accuracy
+
+    if not preds:
+        return {}
+    P, T, B = (np.asarray(x, np.float64).reshape(-1, 4) for x in (preds, targets, boxes))
+    on = np.ones(len(P), bool)
+    return {"pointing_accuracy_own_utterance": pointing_accuracy(P, B, on),
+            "pointing_accuracy_target_own_utterance": pointing_accuracy(T, B, on),
+            "n_tokens_own_utterance": int(len(P))}
 
 
 def make_eval_fn(cfg, paths, tokenizer, image_size: int, device: str = "cpu",

@@ -85,6 +85,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
                          {"ln_trace": {"model_overrides": FROZEN, "lr_multipliers": {"trace_head.": 5.0},
                                        "ln_alignment": "span"},
                           "refcoco": {"model_overrides": FROZEN, "lr_multipliers": {"trace_head.": 5.0}}}),
+    "pointer_lr5_read": ("pointer head (ViT frozen), head lr x5, word i's point read from the decoder state that has read w_i (point_state read) instead of the one that predicts it",
+                         both(model_overrides={**FROZEN, "point_state": "read"}, lr_multipliers={"trace_head.": 5.0})),
     "pointer_trace_only": ("pointer head (ViT frozen), stage 2 on LN only (no short captions mixed in)",
                            {"ln_trace": {"model_overrides": FROZEN, "tasks": {"trace": 1.0}},
                             "refcoco": {"model_overrides": FROZEN}}),

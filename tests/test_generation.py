@@ -121,3 +121,22 @@ def test_generation_restores_training_mode(model, tok):
 def test_lengths_first_eos(model):
     tokens = torch.tensor([[5, 6, 1, 0], [5, 6, 7, 8], [1, 0, 0, 0]])
     assert model._lengths(tokens).tolist() == [2, 4, 0]
+
+
+@pytest.mark.parametrize("head", ["mlp", "pointer"])
+def test_read_point_state_uses_the_state_that_has_read_the_word(tok, head):
+    """``point_state="read"``: word i's point comes from the decoder state whose input is w_i; the logits
+    are the paper's; generation gives the same states and points as teacher forcing."""
+    torch.manual_seed(0)
+    emit = make_test_model(seed=None, tokenizer=tok, head=head)
+    read = make_test_model(seed=None, tokenizer=tok, head=head, point_state="read")
+    read.load_state_dict(emit.state_dict())
+    imgs = images(2, seed=1)
+    tokens, hidden, points = read.generate(imgs, prompt="A long image caption:", tokenizer=tok, max_new_tokens=6)
+    tf_emit, tf_read = _teacher_forced(emit, tok, imgs, tokens), _teacher_forced(read, tok, imgs, tokens)
+    torch.testing.assert_close(tf_read.logits, tf_emit.logits)                       # the words are the paper's
+    # the state read for token i is the paper's state for token i + 1
+    torch.testing.assert_close(tf_read.hidden[:, :-1], tf_emit.hidden[:, 1:], atol=1e-5, rtol=1e-5)
+    valid = _valid(read, tokens)
+    torch.testing.assert_close(hidden[valid], tf_read.hidden[valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(points[valid], tf_read.points[valid], atol=1e-4, rtol=1e-5)

@@ -83,6 +83,8 @@ class PixelLLMConfig:
     head_layers: int = 4
     head_hidden_dim: int | None = None
     spatial_attn_dim: int = 128                # query/key width of the "spatial" and "pointer" heads
+    point_state: str = "emit"                  # which decoder state gives word i's point: "emit" (paper: the state
+                                               # that predicts w_i) | "read" (the next one, which has read w_i)
     caption_prompt: str = "A long image caption:"
 
     @classmethod

@@ -167,14 +167,31 @@ class PixelLLM(nn.Module):
         """
         visual, grid = self.visual_tokens(images, boxes, image_sizes, features)
         embeds, mask = self.encoder_inputs(visual, prompt_ids, prompt_mask)
-        decoder_input_ids = self.language_model.shift_right(target_ids)                # B×T
-        logits, hidden = self.language_model(embeds, mask, decoder_input_ids)
+        logits, hidden = self.decode_targets(embeds, mask, target_ids)
         cell_logits = None
         if isinstance(self.trace_head, PointerHead):
             points, cell_logits = self.trace_head(hidden, self.frame_hw, grid, return_logits=True)
         else:
             points = self.trace_head(hidden, self.frame_hw, grid)                      # B×T×4 pixels
         return PixelLLMOutput(logits=logits, points=points, hidden=hidden, cell_logits=cell_logits)
+
+    @property
+    def reads_before_pointing(self) -> bool:
+        """Whether word i's point comes from the decoder state that has *read* w_i (``point_state="read"``,
+        not in the paper) rather than the state that predicts it (the paper's Eq. 1)."""
+        return getattr(self.config, "point_state", "emit") == "read"
+
+    def decode_targets(self, embeds: torch.Tensor, mask: torch.Tensor, target_ids: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced decoder pass → (logits B×T×V predicting ``target_ids``, the states B×T×D the trace
+        head reads for them). With ``point_state="read"`` the decoder runs one position further, so the
+        state of w_i is the one whose input is w_i (for the last target token: the state that read it)."""
+        decoder_input_ids = self.language_model.shift_right(target_ids)                # B×T
+        if not self.reads_before_pointing:
+            return self.language_model(embeds, mask, decoder_input_ids)
+        decoder_input_ids = torch.cat([decoder_input_ids, target_ids[:, -1:]], dim=1)  # B×(T+1)
+        logits, hidden = self.language_model(embeds, mask, decoder_input_ids)
+        return logits[:, :-1], hidden[:, 1:]
 
     # --- inference -----------------------------------------------------------------------------------------
     def _tokenize_prompts(self, prompts: str | Sequence[str], batch_size: int, tokenizer: Any
@@ -227,14 +244,17 @@ class PixelLLM(nn.Module):
             embeds, mask = self.encoder_inputs(visual, prompt_ids, prompt_mask)
             lm = self.language_model
             gen = lm.generate(embeds, mask, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                              num_return_sequences=1, output_hidden_states=with_trace,
+                              num_return_sequences=1, output_hidden_states=with_trace and not self.reads_before_pointing,
                               return_dict_in_generate=True, pad_token_id=lm.pad_token_id,
                               eos_token_id=lm.eos_token_id, decoder_start_token_id=lm.t5.config.decoder_start_token_id,
                               **generate_kwargs)
             tokens = gen.sequences[:, 1:]
             if not with_trace:
                 return tokens, None, None
-            hidden = self.gather_generated_states(gen, num_beams)
+            if self.reads_before_pointing:      # the states that have read each generated token: one pass
+                hidden = lm.decode(lm.encode(embeds, mask), mask, gen.sequences)[:, 1:]
+            else:
+                hidden = self.gather_generated_states(gen, num_beams)
             points = self.trace_head(hidden, self.frame_hw, grid)
             return tokens, hidden, points
         finally:

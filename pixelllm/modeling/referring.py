@@ -63,8 +63,7 @@ def referring_forward(model, batch: Mapping[str, Any], sam_features: torch.Tenso
     grid = model.image_encoder(images, sizes, sam_features)                          # B×C'×H×W
     visual = model.prompt_tokens(grid, batch.get("boxes"), sizes)                    # B×N×D
     embeds, mask = model.encoder_inputs(visual, batch["prompt_ids"], batch.get("prompt_mask"))
-    decoder_input_ids = model.language_model.shift_right(batch["target_ids"])        # B×T
-    logits, hidden = model.language_model(embeds, mask, decoder_input_ids)           # B×T×V, B×T×D
+    logits, hidden = model.decode_targets(embeds, mask, batch["target_ids"])         # B×T×V, B×T×D
     points = model.trace_head(hidden, model.frame_hw, grid)                          # B×T×4 pixels
     eos = eos_positions(batch["target_ids"], batch["target_mask"], model.language_model.eos_token_id)
     box = points[torch.arange(len(eos), device=points.device), eos]                  # B×4

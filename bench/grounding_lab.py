@@ -87,6 +87,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
                           "refcoco": {"model_overrides": FROZEN, "lr_multipliers": {"trace_head.": 5.0}}}),
     "pointer_lr5_read": ("pointer head (ViT frozen), head lr x5, word i's point read from the decoder state that has read w_i (point_state read) instead of the one that predicts it",
                          both(model_overrides={**FROZEN, "point_state": "read"}, lr_multipliers={"trace_head.": 5.0})),
+    "pointer_lr5_stem": ("pointer head (ViT frozen), head lr x5, reading a 16x16 grid: the 8x8 features upsampled + a stride-8 conv stem on the pixels (64 channels) trained with the head",
+                         both(model_overrides={**FROZEN, "pointer_stem": 64}, lr_multipliers={"trace_head.": 5.0})),
     "pointer_trace_only": ("pointer head (ViT frozen), stage 2 on LN only (no short captions mixed in)",
                            {"ln_trace": {"model_overrides": FROZEN, "tasks": {"trace": 1.0}},
                             "refcoco": {"model_overrides": FROZEN}}),

@@ -123,13 +123,15 @@ def test_lengths_first_eos(model):
     assert model._lengths(tokens).tolist() == [2, 4, 0]
 
 
-@pytest.mark.parametrize("head", ["mlp", "pointer"])
-def test_read_point_state_uses_the_state_that_has_read_the_word(tok, head):
+@pytest.mark.parametrize("head, stem", [("mlp", 0), ("pointer", 0), ("pointer", 8)])
+def test_read_point_state_uses_the_state_that_has_read_the_word(tok, head, stem):
     """``point_state="read"``: word i's point comes from the decoder state whose input is w_i; the logits
-    are the paper's; generation gives the same states and points as teacher forcing."""
+    are the paper's; generation gives the same states and points as teacher forcing (also when a pointer
+    head reads a finer grid through its stem)."""
     torch.manual_seed(0)
-    emit = make_test_model(seed=None, tokenizer=tok, head=head)
-    read = make_test_model(seed=None, tokenizer=tok, head=head, point_state="read")
+    kw = {"pointer_stem": stem} if stem else {}
+    emit = make_test_model(seed=None, tokenizer=tok, head=head, **kw)
+    read = make_test_model(seed=None, tokenizer=tok, head=head, point_state="read", **kw)
     read.load_state_dict(emit.state_dict())
     imgs = images(2, seed=1)
     tokens, hidden, points = read.generate(imgs, prompt="A long image caption:", tokenizer=tok, max_new_tokens=6)
@@ -140,3 +142,17 @@ def test_read_point_state_uses_the_state_that_has_read_the_word(tok, head):
     valid = _valid(read, tokens)
     torch.testing.assert_close(hidden[valid], tf_read.hidden[valid], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(points[valid], tf_read.points[valid], atol=1e-4, rtol=1e-5)
+
+
+def test_pointer_stem_gives_a_grid_of_8px_cells(tok):
+    m = make_test_model(seed=0, tokenizer=tok, head="pointer", pointer_stem=8)
+    imgs = images(2)
+    grid = m.image_features(imgs)
+    fine = m.head_grid(grid, imgs)
+    assert fine.shape == (2, grid.shape[1] + 8, 16, 16) and grid.shape[-2:] == (8, 8)
+    torch.testing.assert_close(fine[:, :grid.shape[1], ::2, ::2], grid)          # the coarse cells, repeated
+    tokens, _, points = m.generate(imgs, prompt="A long image caption:", tokenizer=tok, max_new_tokens=4)
+    tf = _teacher_forced(m, tok, imgs, tokens)
+    valid = _valid(m, tokens)
+    torch.testing.assert_close(points[valid], tf.points[valid], atol=1e-4, rtol=1e-5)
+    assert tf.cell_logits.shape == (*tokens.shape, 16, 16)

@@ -83,6 +83,8 @@ class PixelLLMConfig:
     head_layers: int = 4
     head_hidden_dim: int | None = None
     spatial_attn_dim: int = 128                # query/key width of the "spatial" and "pointer" heads
+    pointer_stem: int = 0                      # channels of a stride-8 conv stem giving the pointer head a grid
+                                               # of 8-px cells (0 = none; not in the paper)
     point_state: str = "emit"                  # which decoder state gives word i's point: "emit" (paper: the state
                                                # that predicts w_i) | "read" (the next one, which has read w_i)
     caption_prompt: str = "A long image caption:"
@@ -265,7 +267,8 @@ def build_pixelllm(name: str | PixelLLMConfig = "tiny", sam_checkpoint: str | Pa
         elif cfg.head == "spatial":
             head = SpatialTraceHead(d_model, image_encoder.out_channels, cfg.spatial_attn_dim)
         elif cfg.head == "pointer":
-            head = PointerHead(d_model, image_encoder.out_channels, cfg.spatial_attn_dim)
+            head = PointerHead(d_model, image_encoder.out_channels, cfg.spatial_attn_dim,
+                               stem_channels=cfg.pointer_stem)
         else:
             raise ValueError(f"build_pixelllm: head must be 'mlp', 'pointer' or 'spatial', got {cfg.head!r}")
         model = PixelLLM(image_encoder, prompt_encoder, extractor, language_model, head, config=cfg)

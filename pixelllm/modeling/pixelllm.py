@@ -170,10 +170,16 @@ class PixelLLM(nn.Module):
         logits, hidden = self.decode_targets(embeds, mask, target_ids)
         cell_logits = None
         if isinstance(self.trace_head, PointerHead):
-            points, cell_logits = self.trace_head(hidden, self.frame_hw, grid, return_logits=True)
+            points, cell_logits = self.trace_head(hidden, self.frame_hw, self.head_grid(grid, images),
+                                                  return_logits=True)
         else:
             points = self.trace_head(hidden, self.frame_hw, grid)                      # B×T×4 pixels
         return PixelLLMOutput(logits=logits, points=points, hidden=hidden, cell_logits=cell_logits)
+
+    def head_grid(self, grid: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The grid the trace head reads: V(I), or a pointer head's finer grid with its stem (``pointer_stem``)."""
+        fn = getattr(self.trace_head, "head_grid", None)
+        return grid if fn is None else fn(grid, images)
 
     @property
     def reads_before_pointing(self) -> bool:
@@ -255,7 +261,7 @@ class PixelLLM(nn.Module):
                 hidden = lm.decode(lm.encode(embeds, mask), mask, gen.sequences)[:, 1:]
             else:
                 hidden = self.gather_generated_states(gen, num_beams)
-            points = self.trace_head(hidden, self.frame_hw, grid)
+            points = self.trace_head(hidden, self.frame_hw, self.head_grid(grid, images))
             return tokens, hidden, points
         finally:
             self.train(was_training)

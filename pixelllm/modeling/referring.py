@@ -64,7 +64,7 @@ def referring_forward(model, batch: Mapping[str, Any], sam_features: torch.Tenso
     visual = model.prompt_tokens(grid, batch.get("boxes"), sizes)                    # B×N×D
     embeds, mask = model.encoder_inputs(visual, batch["prompt_ids"], batch.get("prompt_mask"))
     logits, hidden = model.decode_targets(embeds, mask, batch["target_ids"])         # B×T×V, B×T×D
-    points = model.trace_head(hidden, model.frame_hw, grid)                          # B×T×4 pixels
+    points = model.trace_head(hidden, model.frame_hw, model.head_grid(grid, images))  # B×T×4 pixels
     eos = eos_positions(batch["target_ids"], batch["target_mask"], model.language_model.eos_token_id)
     box = points[torch.arange(len(eos), device=points.device), eos]                  # B×4
     return ReferringOutput(logits, points, hidden, visual, sam_features, eos, box)

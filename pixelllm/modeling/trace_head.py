@@ -148,18 +148,38 @@ class PointerHead(nn.Module):
     """
 
     def __init__(self, dim: int, feature_dim: int, attn_dim: int = 128, hidden_dim: int = 128,
-                 num_freqs: int = 8) -> None:
+                 num_freqs: int = 8, stem_channels: int = 0) -> None:
         super().__init__()
         self.attn_dim = attn_dim
         self.num_freqs = num_freqs
         self.norm = nn.LayerNorm(dim)
         self.query = nn.Linear(dim, attn_dim)
+        #: optional convolutional stem on the pixels (stride 8): the head then reads a grid of 8-px cells, the
+        #: image features upsampled to it and concatenated with the stem's channels (not in the paper)
+        self.stem = None
+        if stem_channels:
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.GELU(),
+                nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
+                nn.Conv2d(64, stem_channels, 3, stride=2, padding=1))
+        feature_dim = feature_dim + stem_channels
         self.feature_norm = nn.LayerNorm(feature_dim)
         self.key = nn.Linear(feature_dim, attn_dim)
         self.value = nn.Linear(feature_dim, attn_dim)
         self.pos = nn.Linear(4 * num_freqs, attn_dim)
         self.log_temperature = nn.Parameter(torch.zeros(()))      # τ = √A · exp(−log_temperature)
         self.refine = nn.Sequential(nn.Linear(dim + attn_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 4))
+
+    def head_grid(self, image_features: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+        """The grid this head reads: ``image_features`` B×C×H×W as they are, or — with a stem — upsampled to the
+        stem's finer grid and concatenated with the stem's features of ``images`` B×3×S×S ([0, 1])."""
+        if self.stem is None:
+            return image_features
+        if images is None:
+            raise ValueError("PointerHead with a stem needs the images")
+        fine = self.stem(images.to(image_features.dtype) - 0.5)
+        coarse = nn.functional.interpolate(image_features, size=fine.shape[-2:], mode="nearest")
+        return torch.cat([coarse, fine], dim=1)
 
     def position_code(self, grid_hw: tuple[int, int], ref: torch.Tensor) -> torch.Tensor:
         """Fourier features of the cell centres in [0, 1]² → N×4F (sin/cos of 2^k·π·x and ·y)."""

@@ -89,6 +89,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
                          both(model_overrides={**FROZEN, "point_state": "read"}, lr_multipliers={"trace_head.": 5.0})),
     "pointer_lr5_stem": ("pointer head (ViT frozen), head lr x5, reading a 16x16 grid: the 8x8 features upsampled + a stride-8 conv stem on the pixels (64 channels) trained with the head",
                          both(model_overrides={**FROZEN, "pointer_stem": 64}, lr_multipliers={"trace_head.": 5.0})),
+    "pointer_lr5_lora_release": ("pointer head (ViT frozen), head lr x5, LoRA also on the decoder's cross-attention and the encoder (the release's targets) so decoder states can read the image differently",
+                                 both(model_overrides={**FROZEN, "lora_targets": "release"}, lr_multipliers={"trace_head.": 5.0})),
     "pointer_trace_only": ("pointer head (ViT frozen), stage 2 on LN only (no short captions mixed in)",
                            {"ln_trace": {"model_overrides": FROZEN, "tasks": {"trace": 1.0}},
                             "refcoco": {"model_overrides": FROZEN}}),

@@ -91,6 +91,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
                          both(model_overrides={**FROZEN, "pointer_stem": 64}, lr_multipliers={"trace_head.": 5.0})),
     "pointer_lr5_lora_release": ("pointer head (ViT frozen), head lr x5, LoRA also on the decoder's cross-attention and the encoder (the release's targets) so decoder states can read the image differently",
                                  both(model_overrides={**FROZEN, "lora_targets": "release"}, lr_multipliers={"trace_head.": 5.0})),
+    "pointer_lr5_context": ("pointer head (ViT frozen), head lr x5, one causal self-attention layer over the decoder states inside the head before its query",
+                            both(model_overrides={**FROZEN, "pointer_context": 1}, lr_multipliers={"trace_head.": 5.0})),
     "pointer_trace_only": ("pointer head (ViT frozen), stage 2 on LN only (no short captions mixed in)",
                            {"ln_trace": {"model_overrides": FROZEN, "tasks": {"trace": 1.0}},
                             "refcoco": {"model_overrides": FROZEN}}),

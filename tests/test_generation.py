@@ -123,13 +123,13 @@ def test_lengths_first_eos(model):
     assert model._lengths(tokens).tolist() == [2, 4, 0]
 
 
-@pytest.mark.parametrize("head, stem", [("mlp", 0), ("pointer", 0), ("pointer", 8)])
-def test_read_point_state_uses_the_state_that_has_read_the_word(tok, head, stem):
+@pytest.mark.parametrize("head, stem, context", [("mlp", 0, 0), ("pointer", 0, 0), ("pointer", 8, 0), ("pointer", 0, 1)])
+def test_read_point_state_uses_the_state_that_has_read_the_word(tok, head, stem, context):
     """``point_state="read"``: word i's point comes from the decoder state whose input is w_i; the logits
     are the paper's; generation gives the same states and points as teacher forcing (also when a pointer
-    head reads a finer grid through its stem)."""
+    head reads a finer grid through its stem, or the states before its own through a causal layer)."""
     torch.manual_seed(0)
-    kw = {"pointer_stem": stem} if stem else {}
+    kw = {"pointer_stem": stem, "pointer_context": context}
     emit = make_test_model(seed=None, tokenizer=tok, head=head, **kw)
     read = make_test_model(seed=None, tokenizer=tok, head=head, point_state="read", **kw)
     read.load_state_dict(emit.state_dict())

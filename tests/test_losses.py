@@ -165,3 +165,20 @@ def test_pointer_head_returns_its_attention_logits():
     torch.testing.assert_close(pts, head(hidden, (64, 80), grid))
     attn, _ = head.attention(hidden, grid)
     torch.testing.assert_close(attn, logits.flatten(-2).softmax(-1))
+
+
+def test_pointer_head_context_is_causal():
+    from pixelllm.modeling.trace_head import PointerHead
+
+    torch.manual_seed(0)
+    head = PointerHead(dim=8, feature_dim=6, attn_dim=4, hidden_dim=4, context_layers=1).eval()
+    hidden, grid = torch.randn(1, 5, 8), torch.randn(1, 6, 4, 4)
+    later = hidden.clone()
+    later[:, 3:] = torch.randn(1, 2, 8)                     # change the last two states only
+    a, b = head(hidden, (64, 64), grid), head(later, (64, 64), grid)
+    torch.testing.assert_close(a[:, :3], b[:, :3])           # the first three points do not see them
+    assert not torch.allclose(a[:, 3:], b[:, 3:])
+    # without the context layer a state's point depends on that state alone; with it, on the ones before too
+    earlier = hidden.clone()
+    earlier[:, 0] = torch.randn(8)
+    assert not torch.allclose(head(earlier, (64, 64), grid)[:, 2], a[:, 2])

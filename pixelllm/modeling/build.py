@@ -85,6 +85,8 @@ class PixelLLMConfig:
     spatial_attn_dim: int = 128                # query/key width of the "spatial" and "pointer" heads
     pointer_stem: int = 0                      # channels of a stride-8 conv stem giving the pointer head a grid
                                                # of 8-px cells (0 = none; not in the paper)
+    pointer_context: int = 0                   # causal self-attention layers over the decoder states in the
+                                               # pointer head before its query (0 = none; not in the paper)
     point_state: str = "emit"                  # which decoder state gives word i's point: "emit" (paper: the state
                                                # that predicts w_i) | "read" (the next one, which has read w_i)
     caption_prompt: str = "A long image caption:"
@@ -268,7 +270,7 @@ def build_pixelllm(name: str | PixelLLMConfig = "tiny", sam_checkpoint: str | Pa
             head = SpatialTraceHead(d_model, image_encoder.out_channels, cfg.spatial_attn_dim)
         elif cfg.head == "pointer":
             head = PointerHead(d_model, image_encoder.out_channels, cfg.spatial_attn_dim,
-                               stem_channels=cfg.pointer_stem)
+                               stem_channels=cfg.pointer_stem, context_layers=cfg.pointer_context)
         else:
             raise ValueError(f"build_pixelllm: head must be 'mlp', 'pointer' or 'spatial', got {cfg.head!r}")
         model = PixelLLM(image_encoder, prompt_encoder, extractor, language_model, head, config=cfg)

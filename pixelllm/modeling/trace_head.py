@@ -148,10 +148,17 @@ class PointerHead(nn.Module):
     """
 
     def __init__(self, dim: int, feature_dim: int, attn_dim: int = 128, hidden_dim: int = 128,
-                 num_freqs: int = 8, stem_channels: int = 0) -> None:
+                 num_freqs: int = 8, stem_channels: int = 0, context_layers: int = 0) -> None:
         super().__init__()
         self.attn_dim = attn_dim
         self.num_freqs = num_freqs
+        #: optional causal self-attention over the decoder states before the query (not in the paper): the
+        #: state of "in" in "a red star in the corner" can take the object from the states of "red star"
+        self.context = None
+        if context_layers:
+            layer = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=2 * dim, dropout=0.0,
+                                               activation="gelu", batch_first=True, norm_first=True)
+            self.context = nn.TransformerEncoder(layer, context_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.query = nn.Linear(dim, attn_dim)
         #: optional convolutional stem on the pixels (stride 8): the head then reads a grid of 8-px cells, the
@@ -188,8 +195,21 @@ class PointerHead(nn.Module):
         ang = c[:, :, None] * freqs                                                     # N×2×F
         return torch.cat([ang.sin(), ang.cos()], dim=-1).reshape(c.shape[0], -1)
 
+    def contextual(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden B×T×D → the states the query reads: with ``context_layers``, each state after causal
+        self-attention over itself and the states before it (so a generated prefix gives the same result)."""
+        if self.context is None:
+            return hidden
+        t = hidden.shape[1]
+        causal = torch.triu(torch.full((t, t), float("-inf"), device=hidden.device, dtype=hidden.dtype), 1)
+        return self.context(hidden, mask=causal)
+
     def attention_logits(self, hidden: torch.Tensor, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden B×T×D, grid B×C×H×W → (logits B×T×N over the cells, values B×N×A of the cells)."""
+        return self._logits(self.contextual(hidden), image_features)
+
+    def _logits(self, hidden: torch.Tensor, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`attention_logits` of states already through :meth:`contextual`."""
         gh, gw = image_features.shape[-2:]
         f = self.feature_norm(image_features.flatten(2).transpose(1, 2))               # B×N×C
         keys = self.key(f) + self.pos(self.position_code((gh, gw), f))                 # B×N×A
@@ -213,7 +233,8 @@ class PointerHead(nn.Module):
             raise ValueError("PointerHead needs image_features (B×C×H×W)")
         gh, gw = image_features.shape[-2:]
         h, w = frame_hw
-        logits, value = self.attention_logits(hidden, image_features.to(hidden.dtype))
+        hidden = self.contextual(hidden)
+        logits, value = self._logits(hidden, image_features.to(hidden.dtype))
         attn = logits.softmax(dim=-1)
         value = attn @ value
         centre = attn @ grid_centres((gh, gw), frame_hw, hidden)                       # B×T×2 soft-argmax

@@ -123,8 +123,8 @@ def score_trace(model, cfg, paths, tok, n: int) -> dict:
     res = evaluate_pointing(model, Subset(val, range(min(n, len(val)))), tok, caption_images=0, progress=False)
     keep = ("point_l1", "centre_l1", "ce", "pointing_accuracy", "pointing_accuracy_centre",
             "pointing_accuracy_random_object", "pointing_accuracy_target", "pointing_accuracy_identified",
-            "pointing_accuracy_unidentified", "identified_fraction", "pointing_accuracy_own_utterance",
-            "pointing_accuracy_target_own_utterance")
+            "pointing_accuracy_unidentified", "identified_fraction", "pointing_accuracy_relative_position",
+            "pointing_accuracy_target_relative_position")
     return {k: res[k] for k in keep if k in res}
 
 
@@ -190,9 +190,9 @@ def render_table(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["recipe"], r["trace_steps"], r["refer_steps"]), []).append(r)
-    keys = ("point_l1", "pointing_accuracy", "refer_p05")
-    lines = ["| # | recipe | what | steps (trace / refer) | seeds | point_l1 (centre) | pointing acc. | refer P@0.5 | minutes / seed |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| # | recipe | what | steps (trace / refer) | seeds | point_l1 (centre) | pointing acc. (own utterance) "
+             "| pointing acc. (relative position) | refer P@0.5 | minutes / seed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for i, ((name, ts, rs), g) in enumerate(groups.items(), 1):
         def cell(k):
             vals = [r.get(k) for r in g if r.get(k) is not None]
@@ -204,7 +204,8 @@ def render_table(rows: list[dict]) -> str:
         l1 = cell("point_l1") + (f" [{fmt(sum(centre) / len(centre))}]" if centre else "")
         mins = sum(r["minutes"] for r in g) / len(g)
         lines.append(f"| {i} | `{name}` | {g[0]['what']} | {ts} / {rs} | {len(g)} | {l1} | "
-                     f"{cell(keys[1])} | {cell(keys[2])} | {mins:.1f} |")
+                     f"{cell('pointing_accuracy')} | {cell('pointing_accuracy_relative_position')} | "
+                     f"{cell('refer_p05')} | {mins:.1f} |")
     return "\n".join(lines)
 
 

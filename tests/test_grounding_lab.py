@@ -22,7 +22,8 @@ def test_table_means_over_seeds_and_separates_step_counts(lab):
     lines = lab.render_table(rows).splitlines()
     assert len(lines) == 2 + 3                              # header, rule, (a,300), (b,300), (a,600)
     a = lines[2].split(" | ")
-    assert "0.110 (0.100 / 0.120) [0.165]" in a[5] and "0.350 (0.300 / 0.400)" in a[6] and "0.250" in a[7]
+    assert "0.110 (0.100 / 0.120) [0.165]" in a[5] and "0.350 (0.300 / 0.400)" in a[6] and "0.250" in a[8]
+    assert a[7] == "—"                                       # no relative-position pointing recorded
     assert a[4] == "2" and "300 / 200" in a[3]
     b = lines[3].split(" | ")
     assert b[6] == "—" and b[4] == "1"                       # no pointing accuracy recorded

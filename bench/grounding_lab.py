@@ -111,20 +111,34 @@ def merged(cfg_name: str, recipe: dict, extra: dict, smoke: bool):
     return get_config(cfg_name, smoke=smoke, overrides={**over, **extra})
 
 
+#: free-running part of a lab row: the first CAPTION_IMAGES val images, the release's beam search (4 beams)
+CAPTION_IMAGES, NUM_BEAMS, MAX_NEW_TOKENS = 64, 4, 48
+
+
 def score_trace(model, cfg, paths, tok, n: int) -> dict:
-    """Teacher-forced per-word metrics on the first ``n`` LN val narratives: ``point_l1`` and its
-    image-centre baseline, ``pointing_accuracy`` and its baselines (PAPER_NOTES.md §2.6, §2.8)."""
+    """Per-word metrics on the first ``n`` LN val narratives: teacher-forced ``point_l1`` and its image-centre
+    baseline, ``pointing_accuracy`` and its baselines; free-running on the first :data:`CAPTION_IMAGES` of
+    their images, ``pointing_accuracy_generated`` (and ``_existing``: phrases that name an object of the image)
+    and the captions' CIDEr-D against every val narrative of the image (PAPER_NOTES.md §2.6, §2.8)."""
     from torch.utils.data import Subset
 
     from pixelllm.engine.datasets import task_dataset
     from pixelllm.engine.evaluate import evaluate_pointing
+    from pixelllm.eval import caption_metrics
 
     val = task_dataset("trace", "val", cfg, paths, tok, model.image_size, return_trace_samples=True)
-    res = evaluate_pointing(model, Subset(val, range(min(n, len(val)))), tok, caption_images=0, progress=False)
+    res = evaluate_pointing(model, Subset(val, range(min(n, len(val)))), tok, caption_images=CAPTION_IMAGES,
+                            num_beams=NUM_BEAMS, max_new_tokens=MAX_NEW_TOKENS, progress=False)
+    refs: dict = {}
+    for narr in val.narratives:
+        refs.setdefault(str(narr.image_id), []).append(narr.caption)
+    res["CIDEr-D"] = caption_metrics({g["image_id"]: g["text"] for g in res["generated"]}, refs,
+                                     metrics=("CIDEr-D",))["CIDEr-D"]
     keep = ("point_l1", "centre_l1", "ce", "pointing_accuracy", "pointing_accuracy_centre",
             "pointing_accuracy_random_object", "pointing_accuracy_target", "pointing_accuracy_identified",
             "pointing_accuracy_unidentified", "identified_fraction", "pointing_accuracy_relative_position",
-            "pointing_accuracy_target_relative_position")
+            "pointing_accuracy_target_relative_position", "pointing_accuracy_generated",
+            "pointing_accuracy_generated_existing", "n_phrases", "n_phrases_existing", "CIDEr-D")
     return {k: res[k] for k in keep if k in res}
 
 
@@ -191,8 +205,9 @@ def render_table(rows: list[dict]) -> str:
     for r in rows:
         groups.setdefault((r["recipe"], r["trace_steps"], r["refer_steps"]), []).append(r)
     lines = ["| # | recipe | what | steps (trace / refer) | seeds | point_l1 (centre) | pointing acc. (own utterance) "
-             "| pointing acc. (relative position) | refer P@0.5 | minutes / seed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| pointing acc. (relative position) | generated pointing (named objects that exist) | CIDEr-D "
+             "| refer P@0.5 | minutes / seed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, ((name, ts, rs), g) in enumerate(groups.items(), 1):
         def cell(k):
             vals = [r.get(k) for r in g if r.get(k) is not None]
@@ -203,9 +218,12 @@ def render_table(rows: list[dict]) -> str:
         centre = [r["centre_l1"] for r in g if r.get("centre_l1") is not None]
         l1 = cell("point_l1") + (f" [{fmt(sum(centre) / len(centre))}]" if centre else "")
         mins = sum(r["minutes"] for r in g) / len(g)
+        gen = cell("pointing_accuracy_generated")
+        if gen != "—":
+            gen += f" ({cell('pointing_accuracy_generated_existing').split(' ')[0]})"
         lines.append(f"| {i} | `{name}` | {g[0]['what']} | {ts} / {rs} | {len(g)} | {l1} | "
                      f"{cell('pointing_accuracy')} | {cell('pointing_accuracy_relative_position')} | "
-                     f"{cell('refer_p05')} | {mins:.1f} |")
+                     f"{gen} | {cell('CIDEr-D')} | {cell('refer_p05')} | {mins:.1f} |")
     return "\n".join(lines)
 
 

@@ -22,8 +22,8 @@ def test_table_means_over_seeds_and_separates_step_counts(lab):
     lines = lab.render_table(rows).splitlines()
     assert len(lines) == 2 + 3                              # header, rule, (a,300), (b,300), (a,600)
     a = lines[2].split(" | ")
-    assert "0.110 (0.100 / 0.120) [0.165]" in a[5] and "0.350 (0.300 / 0.400)" in a[6] and "0.250" in a[8]
-    assert a[7] == "—"                                       # no relative-position pointing recorded
+    assert "0.110 (0.100 / 0.120) [0.165]" in a[5] and "0.350 (0.300 / 0.400)" in a[6] and "0.250" in a[10]
+    assert a[7] == a[8] == a[9] == "—"                       # no relative-position / free-running metrics recorded
     assert a[4] == "2" and "300 / 200" in a[3]
     b = lines[3].split(" | ")
     assert b[6] == "—" and b[4] == "1"                       # no pointing accuracy recorded
@@ -45,7 +45,7 @@ def test_smoke_run_reports_every_metric(lab):
     r = lab.run_one("pointer_frozen_sem", 0, trace_steps=2, refer_steps=2, n_eval=4, smoke=True, keep=False,
                     label="my_label", what="labelled run")
     assert r["recipe"] == "my_label" and r["overrides_of"] == "pointer_frozen_sem" and r["what"] == "labelled run"
-    for k in ("point_l1", "centre_l1", "refer_p05", "minutes"):
+    for k in ("point_l1", "centre_l1", "refer_p05", "minutes", "CIDEr-D"):
         assert isinstance(r[k], float) and r[k] >= 0, k
     assert 0.0 <= r["refer_p05"] <= 1.0
     assert not (run_dir(True) / "lab" / "my_label" / "seed0").exists()     # deleted after scoring

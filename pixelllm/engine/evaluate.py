@@ -111,7 +111,7 @@ def _image_id_of(dataset, i: int) -> str:
 
 def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: str = "cpu",
                       caption_images: int | None = None, max_new_tokens: int = 48, prompt: str | None = None,
-                      seed: int = 0, progress: bool = True) -> dict:
+                      seed: int = 0, progress: bool = True, num_beams: int = 1) -> dict:
     """``pointing_accuracy`` of a trace model on a synthetic LN split, teacher-forced and free-running
     (PAPER_NOTES.md §2.8), with its baselines. One line in a notebook::
 
@@ -133,8 +133,8 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
       / ``pointing_accuracy_target_relative_position`` label tokens by the paper's relative-position rule
       instead (how this metric was defined before; a narrative whose utterances are not found in its caption
       is labelled that way in both, counted in ``n_narratives_relative_position_labels``).
-    * free-running (:func:`generate_captions` on the first ``caption_images`` images, ``prompt`` default the
-      dataset's): phrases "colour shape" of the generated caption; a hit when the shape noun's point lies
+    * free-running (:func:`generate_captions` on the first ``caption_images`` images with ``num_beams``,
+      ``prompt`` default the dataset's): phrases "colour shape" of the generated caption; a hit when the shape noun's point lies
       in the box of an object of that colour and shape; the image centre as baseline.
 
     * the teacher-forced tokens split by :func:`~pixelllm.eval.trace.identified_tokens`:
@@ -222,8 +222,8 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
     # --- free-running
     shape_words = {**{s: s for s in V.SHAPES}, **{s + ("es" if s.endswith("s") else "s"): s for s in V.SHAPES}}
     gen = generate_captions(model, dataset, tokenizer, prompt=prompt if prompt is not None else base.prompt,
-                            batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
-                            limit=caption_images, progress=progress)
+                            batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                            device=device, limit=caption_images, progress=progress)
     hits, centre_hits, exists, details = [], [], [], []
     for g in gen:
         h, w = g["image_size"]

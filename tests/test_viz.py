@@ -316,8 +316,10 @@ def test_plot_pointing_bars_values_and_missing():
     tf, fr = fig.axes
     heights = {p.get_gid(): p.get_height() for p in tf.patches}
     assert heights == {"bar:pointing_accuracy": 0.6, "bar:pointing_accuracy_target": 0.8,
+                       "bar:pointing_accuracy_relative_position": 0.0,            # missing: an empty slot
                        "bar:pointing_accuracy_random_object": 0.3, "bar:pointing_accuracy_centre": 0.1}
-    assert [t.get_text() for t in fr.texts] == ["n/a", "n/a"]  # NaN and missing: empty slots
+    assert [t.get_text() for t in tf.texts] == ["0.60", "0.80", "n/a", "0.30", "0.10"]
+    assert [t.get_text() for t in fr.texts] == ["n/a", "n/a", "n/a"]  # NaN and missing: empty slots
 
 
 def test_plot_curves_dict_of_runs():

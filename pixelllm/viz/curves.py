@@ -178,9 +178,12 @@ def plot_metric_table(
 POINTING_BARS = {
     "teacher-forced (on-object tokens)": [
         ("pointing_accuracy", "model"), ("pointing_accuracy_target", "its training target\n(ceiling)"),
+        ("pointing_accuracy_relative_position", "model, words labelled\nby relative position"),
         ("pointing_accuracy_random_object", "random object\nof the image"), ("pointing_accuracy_centre", "image centre")],
     "free-running (generated \"colour shape\" phrases)": [
-        ("pointing_accuracy_generated", "model"), ("pointing_accuracy_generated_centre", "image centre")],
+        ("pointing_accuracy_generated", "model"),
+        ("pointing_accuracy_generated_existing", "model, phrases naming\nan object of the image"),
+        ("pointing_accuracy_generated_centre", "image centre")],
 }
 
 

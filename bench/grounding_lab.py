@@ -218,7 +218,7 @@ def render_table(rows: list[dict]) -> str:
     for r in rows:
         groups.setdefault((r["recipe"], r["trace_steps"], r["refer_steps"]), []).append(r)
     lines = ["| # | recipe | what | steps (trace / refer) | seeds | point_l1 (centre) | pointing acc. (own utterance) "
-             "| pointing acc. (relative position) | generated pointing (named objects that exist) | CIDEr-D "
+             "| pointing acc. (relative position) | generated pointing | CIDEr-D "
              "| refer P@0.5 | minutes / seed |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, ((name, ts, rs), g) in enumerate(groups.items(), 1):
@@ -233,7 +233,7 @@ def render_table(rows: list[dict]) -> str:
         mins = sum(r["minutes"] for r in g) / len(g)
         gen = cell("pointing_accuracy_generated")
         if gen != "—":
-            gen += f" ({cell('pointing_accuracy_generated_existing').split(' ')[0]})"
+            gen += f"; {cell('pointing_accuracy_generated_existing').split(' ')[0]} on existing objects"
         lines.append(f"| {i} | `{name}` | {g[0]['what']} | {ts} / {rs} | {len(g)} | {l1} | "
                      f"{cell('pointing_accuracy')} | {cell('pointing_accuracy_relative_position')} | "
                      f"{gen} | {cell('CIDEr-D')} | {cell('refer_p05')} | {mins:.1f} |")

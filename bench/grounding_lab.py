@@ -222,18 +222,23 @@ def render_table(rows: list[dict]) -> str:
              "| refer P@0.5 | minutes / seed |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, ((name, ts, rs), g) in enumerate(groups.items(), 1):
+        def values(k):
+            return [r.get(k) for r in g if r.get(k) is not None]
+
+        def mean(k):
+            vals = values(k)
+            return sum(vals) / len(vals) if vals else None
+
         def cell(k):
-            vals = [r.get(k) for r in g if r.get(k) is not None]
+            vals = values(k)
             if not vals:
                 return "—"
-            mean = sum(vals) / len(vals)
-            return fmt(mean) + (" (" + " / ".join(fmt(v) for v in vals) + ")" if len(vals) > 1 else "")
-        centre = [r["centre_l1"] for r in g if r.get("centre_l1") is not None]
-        l1 = cell("point_l1") + (f" [{fmt(sum(centre) / len(centre))}]" if centre else "")
+            return fmt(mean(k)) + (" (" + " / ".join(fmt(v) for v in vals) + ")" if len(vals) > 1 else "")
+        l1 = cell("point_l1") + (f" [{fmt(mean('centre_l1'))}]" if values("centre_l1") else "")
         mins = sum(r["minutes"] for r in g) / len(g)
         gen = cell("pointing_accuracy_generated")
         if gen != "—":
-            gen += f"; {cell('pointing_accuracy_generated_existing').split(' ')[0]} on existing objects"
+            gen += f"; {fmt(mean('pointing_accuracy_generated_existing'))} on existing objects"
         lines.append(f"| {i} | `{name}` | {g[0]['what']} | {ts} / {rs} | {len(g)} | {l1} | "
                      f"{cell('pointing_accuracy')} | {cell('pointing_accuracy_relative_position')} | "
                      f"{gen} | {cell('CIDEr-D')} | {cell('refer_p05')} | {mins:.1f} |")

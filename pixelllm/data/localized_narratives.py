@@ -365,15 +365,13 @@ def token_to_utterance_by_span(token_offsets: Sequence[tuple[int, int]], utt_spa
     return gap.argmin(axis=1).astype(np.int64)
 
 
-def span_token_utterances(narr: Narrative, tokenizer: Any, num_tokens: int | None = None) -> np.ndarray | None:
-    """The ``"span"`` utterance of each caption token of ``narr`` (``tokenizer`` a fast tokenizer, no special
-    tokens; the first ``num_tokens`` kept) — the utterance each token's words were spoken in — or None when
-    the utterances are not found in order in the caption."""
+def span_token_utterances(narr: Narrative, token_offsets: Sequence[tuple[int, int]],
+                          utt_valid: Sequence[bool]) -> np.ndarray | None:
+    """The ``"span"`` utterance of each caption token of ``narr`` (character spans ``token_offsets``, e.g. from
+    :func:`caption_token_offsets`; ``utt_valid`` from :func:`utterance_traces`) — the utterance each token's
+    words were spoken in — or None when the utterances are not found in order in the caption."""
     spans = utterance_char_spans(narr.caption, [u.utterance for u in narr.timed_caption])
-    if spans is None:
-        return None
-    offsets = caption_token_offsets(tokenizer, narr.caption)[:num_tokens]
-    return token_to_utterance_by_span(offsets, spans, utterance_traces(narr).valid)
+    return None if spans is None else token_to_utterance_by_span(token_offsets, spans, utt_valid)
 
 
 def caption_token_offsets(tokenizer: Any, caption: str) -> list[tuple[int, int]]:
@@ -435,14 +433,12 @@ def align_tokens_to_trace(record: Narrative | dict, tokens: Sequence[str] | int,
     narr = record if isinstance(record, Narrative) else parse_narrative(record)
     m = tokens if isinstance(tokens, int) else len(tokens)
     utt = utterance_traces(narr, num_samples)
-    spans = None
+    idx = None
     if alignment == "span":
         if token_offsets is None or len(token_offsets) != m:
             raise ValueError(f"alignment 'span' needs the character span of each of the {m} tokens (token_offsets)")
-        spans = utterance_char_spans(narr.caption, [u.utterance for u in narr.timed_caption])
-    if spans is not None:
-        idx = token_to_utterance_by_span(token_offsets, spans, utt.valid)
-    else:
+        idx = span_token_utterances(narr, token_offsets, utt.valid)
+    if idx is None:
         idx = token_to_utterance(m, utt.valid, "full_caption" if alignment == "span" else alignment)   # step 4
     valid = idx >= 0
     if len(narr.trace_points()) <= 1:                                  # no interpolant: no target at all

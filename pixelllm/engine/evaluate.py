@@ -155,8 +155,8 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
     from torch.utils.data import Subset
 
     from pixelllm.data import vocab as V
-    from pixelllm.data.localized_narratives import (num_aligned_tokens, span_token_utterances, token_to_utterance,
-                                                    utterance_traces)
+    from pixelllm.data.localized_narratives import (caption_token_offsets, num_aligned_tokens, span_token_utterances,
+                                                    token_to_utterance, utterance_traces)
     from pixelllm.data.pointing import load_object_boxes, load_pointing, pointing_path
     from pixelllm.eval.trace import colour_shape_phrases, generated_pointing_hits, identified_tokens
 
@@ -188,17 +188,18 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
     for pred, target, i in zip(tf["pred"], tf["targets"], indices):
         n = base.narratives[i]
         t = len(pred)
-        if len(base.token_utterances(i)) != t:
-            raise RuntimeError(f"{n.source}: {t} predicted tokens but {len(base.token_utterances(i))} target tokens")
+        if base.target_length(i) != t:
+            raise RuntimeError(f"{n.source}: {t} predicted tokens but {base.target_length(i)} target tokens")
         key = (str(n.image_id), n.annotator_id)
         if key not in table:
             raise KeyError(f"{n.source}: narrative {key} has no line in {pointing_path(ln_path)}")
         objs = {o.ann_id: o.box for o in objects.get(str(n.image_id), [])}
         all_boxes = np.array(list(objs.values()), dtype=np.float64).reshape(-1, 4)
         ids = base._ids(n.caption, None)
+        utt_valid = utterance_traces(n).valid
         rel = token_to_utterance(num_aligned_tokens(len(ids) - 1, base.max_target_len, "official"),
-                                 utterance_traces(n).valid, "official")[: t - 1]
-        own = span_token_utterances(n, tokenizer, t - 1)
+                                 utt_valid, "official")[: t - 1]
+        own = span_token_utterances(n, caption_token_offsets(tokenizer, n.caption)[: t - 1], utt_valid)
         if own is None:                       # utterances not found in the caption: relative position
             own, fallback = rel, fallback + 1
         tokens = tokenizer.convert_ids_to_tokens(ids[:t])

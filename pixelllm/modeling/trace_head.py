@@ -200,9 +200,8 @@ class PointerHead(nn.Module):
         self-attention over itself and the states before it (so a generated prefix gives the same result)."""
         if self.context is None:
             return hidden
-        t = hidden.shape[1]
-        causal = torch.triu(torch.full((t, t), float("-inf"), device=hidden.device, dtype=hidden.dtype), 1)
-        return self.context(hidden, mask=causal)
+        causal = nn.Transformer.generate_square_subsequent_mask(hidden.shape[1], hidden.device, hidden.dtype)
+        return self.context(hidden, mask=causal, is_causal=True)
 
     def attention_logits(self, hidden: torch.Tensor, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden B×T×D, grid B×C×H×W → (logits B×T×N over the cells, values B×N×A of the cells)."""

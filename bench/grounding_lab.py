@@ -34,7 +34,11 @@ BEGIN, END = "<!-- lab-table:begin -->", "<!-- lab-table:end -->"
 PAPER_MLP = {"head": "mlp", "semantic_trainable": True}                       # the paper's head and encoder
 PAPER_MLP_BOX = {**PAPER_MLP, "head_parametrization": "center_size"}           # + boxes as centre + size
 POINTER = {"head": "pointer", "semantic_trainable": True}
-FROZEN = {"head": "pointer", "semantic_trainable": False}                      # the configs of record
+FROZEN = {"head": "pointer", "semantic_trainable": False}                      # the pointer recipe of record
+#: what every row starts from, whatever the configs of record adopt later: no head-lr multiplier, the paper's
+#: alignment, the paper's point state, no context layer / stem / cell loss (a recipe names what it changes)
+LAB_BASE = {"lr_multipliers": {}, "ln_alignment": "official", "cell_weight": 0.0}
+LAB_BASE_MODEL = {"point_state": "emit", "pointer_context": 0, "pointer_stem": 0}
 
 
 def both(**over) -> dict:
@@ -116,11 +120,10 @@ def merged(cfg_name: str, recipe: dict, extra: dict, smoke: bool):
     from pixelllm.configs import get_config
 
     base = get_config(cfg_name, smoke=smoke)
-    # the lab's base is the config of record without its head-lr multiplier: a recipe names its own, so a
-    # row means the same whatever the configs of record adopt later
-    over = {"lr_multipliers": {}, **recipe.get(cfg_name, {})}
-    if "model_overrides" in over:
-        over["model_overrides"] = {**base.model_overrides, **over["model_overrides"]}
+    # the lab's base is the config of record reset to LAB_BASE: a recipe names its own levers, so a row means
+    # the same whatever the configs of record adopt later
+    over = {**LAB_BASE, **recipe.get(cfg_name, {})}
+    over["model_overrides"] = {**base.model_overrides, **LAB_BASE_MODEL, **over.get("model_overrides", {})}
     return get_config(cfg_name, smoke=smoke, overrides={**over, **extra})
 
 

@@ -62,3 +62,25 @@ def test_lab_rows_keep_their_meaning_when_the_configs_of_record_change(lab):
     grouped = lab.merged("ln_trace", lab.RECIPES["pointer_lr5_grouped"][1], {"steps": 7}, True)
     assert grouped.group_by_length and grouped.steps == 7
     assert not lab.merged("refcoco", lab.RECIPES["pointer_lr5_grouped"][1], {}, True).group_by_length
+
+
+def test_lab_rows_keep_their_meaning_with_the_adopted_pointing_levers(lab):
+    """The configs of record read points from the read state through a context layer on span targets; a lab
+    recipe that names none of these runs without them, and one that names them gets exactly them."""
+    from pixelllm.configs import get_config
+
+    rec = get_config("ln_trace")
+    assert rec.ln_alignment == "span"
+    assert rec.model_overrides["pointer_context"] == 1 and rec.model_overrides["point_state"] == "read"
+    assert get_config("refcoco").model_overrides["point_state"] == "read"
+    plain = lab.merged("ln_trace", lab.RECIPES["pointer_head_lr5"][1], {}, True)
+    assert plain.ln_alignment == "official" and plain.cell_weight == 0.0
+    assert plain.model_overrides == {"head": "pointer", "semantic_trainable": False, "point_state": "emit",
+                                     "pointer_context": 0, "pointer_stem": 0}
+    combined = lab.RECIPES["pointer_lr5_context_span_read"][1]
+    t = lab.merged("ln_trace", combined, {}, True)
+    assert t.ln_alignment == "span"
+    assert (t.model_overrides["pointer_context"], t.model_overrides["point_state"]) == (1, "read")
+    r = lab.merged("refcoco", combined, {}, True)
+    assert (r.model_overrides["pointer_context"], r.model_overrides["point_state"]) == (0, "read")
+    assert lab.merged("ln_trace", lab.RECIPES["pointer_lr5_stem"][1], {}, True).model_overrides["pointer_stem"] == 64

@@ -7,7 +7,10 @@ target = the expression + EOS; the decoder state that emits EOS regresses the bo
 the corners). The tiny preset reads that state with the pointer head of stage 2 (box centre = soft-argmax
 over the patch grid + a sub-cell offset, size = a small MLP; the semantic ViT frozen and the grid cached,
 as in stage 2) and the box gets L1 (λ = 0.1, pixels) + GIoU: two raw corners collapsed to zero-area boxes
-at CPU scale while centre + size with L1 + GIoU trained well (PAPER_NOTES.md §8, §9). The paper's MLP
+at CPU scale while centre + size with L1 + GIoU trained well (PAPER_NOTES.md §8, §9). As in stage 2 the box
+is read from the state that has read EOS (``point_state="read"``); stage 2's context layer is left out (its
+weights are not loaded): with it the referring box collapsed in the lab (row ``sem_long_lr5_context``,
+P@0.5 0.20 against 0.53 without it). The paper's MLP
 head, read as centre + size or as the paper's raw ``corners``, is one override away::
 
     get_config(overrides=["model_overrides={'head': 'mlp', 'head_parametrization': 'center_size'}"])
@@ -57,7 +60,8 @@ def get_config(smoke: bool = False) -> ReferringConfig:
         preset="tiny",
         smoke=smoke,
         init_from="ln_trace",                                   # falls back to the pretrained parts
-        model_overrides={"head": "pointer", "semantic_trainable": False},   # tiny-preset recipe (docstring)
+        model_overrides={"head": "pointer", "semantic_trainable": False,   # tiny-preset recipe (docstring)
+                         "point_state": "read"},                # no context layer: stage 2's is left out
         tasks={"refer": 1.0},
         prompts={"refer": REFER_PROMPT},
         image_size=0,

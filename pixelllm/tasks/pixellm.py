@@ -137,9 +137,10 @@ def muse_training_set(cfg, data_dir, tokenizer, image_size: int):
 
 def ensure_comparison_stages(smoke: bool, progress: bool = False) -> dict:
     """The stages notebook 09 builds on, each found (made by its config of record) or made with the same
-    ``found_or_compute(out / "final.json", …, config=cfg)`` as notebooks 03–05: ``pretrain`` → ``ln_trace``
+    ``found_or_compute(out / "final.json", …, config=stage_config(cfg))`` as notebooks 04–05: ``pretrain`` → ``ln_trace``
     (PixelLM's starting point) → ``refcoco`` → ``refseg`` (the SAM path). Returns ``{stage: out_dir}``."""
     from pixelllm.configs import get_config
+    from pixelllm.engine.builder import stage_config
     from pixelllm.engine.paths import resolve_paths
     from pixelllm.pretrain.prerequisites import ensure_prerequisites
     from pixelllm.tasks.captioning import run_training
@@ -156,7 +157,7 @@ def ensure_comparison_stages(smoke: bool, progress: bool = False) -> dict:
         if name == "pretrain":
             ensure_prerequisites(c, progress=progress)
         d = resolve_paths(c).out
-        found_or_compute(d / "final.json", lambda c=c, make=make: make(c), config=c)
+        found_or_compute(d / "final.json", lambda c=c, make=make: make(c), config=stage_config(c))
         out[name] = d
     return out
 
@@ -436,7 +437,8 @@ def evaluate_stage(checkpoint_dir: str | os.PathLike, tokenizer, refer_sets, mus
                 "train_minutes": training_minutes(d / "metrics.jsonl")}
 
     return cached_evaluation(Path(folder) / f"{cfg.stage}_eval.json",
-                             {"stage": cfg.to_dict(), "per_split": per_split, "muse_limit": muse_limit}, compute)
+                             {"stage": cfg.to_dict(), "checkpoint": _checkpoint_identity(d), "per_split": per_split,
+                              "muse_limit": muse_limit}, compute)
 
 
 def evaluate_sam_path(refseg_dir: str | os.PathLike, tokenizer, refer_sets, muse, per_split: int, muse_limit: int,
@@ -459,7 +461,19 @@ def evaluate_sam_path(refseg_dir: str | os.PathLike, tokenizer, refer_sets, muse
                                                                      progress=False))}
 
     return cached_evaluation(Path(folder) / "sam_path_eval.json",
-                             {"refseg": cfg.to_dict(), "per_split": per_split, "muse_limit": muse_limit}, compute)
+                             {"refseg": cfg.to_dict(), "checkpoint": _checkpoint_identity(d), "per_split": per_split,
+                              "muse_limit": muse_limit}, compute)
+
+
+def _checkpoint_identity(checkpoint_dir: str | os.PathLike) -> dict[str, str]:
+    """``{"<folder>/<file>": sha256}`` of the newest checkpoint in ``checkpoint_dir``: a cached evaluation of a
+    stage retrained since (same config, other weights) is recomputed, not read back."""
+    from pixelllm.engine.checkpoint import checkpoint_checksum, latest_checkpoint
+
+    p = latest_checkpoint(checkpoint_dir)
+    if p is None:
+        raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint to evaluate")
+    return {f"{p.parent.name}/{p.name}": checkpoint_checksum(p)}
 
 
 def parameters_added(model, segmenter) -> dict[str, dict[str, int]]:

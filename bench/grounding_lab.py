@@ -110,6 +110,12 @@ RECIPES: dict[str, tuple[str, dict]] = {
                                                     "lr_multipliers": {"trace_head.": 5.0}, "ln_alignment": "span"},
                                        "refcoco": {"model_overrides": {**FROZEN, "point_state": "read"},
                                                    "lr_multipliers": {"trace_head.": 5.0}}}),
+    "pointer_lr5_context_span_read_lambda1": ("the three pointing levers (the configs of record since) with point weight lambda 1.0 instead of the paper's 0.1 in stage 2; referring as the record",
+                                              {"ln_trace": {"model_overrides": {**FROZEN, "pointer_context": 1, "point_state": "read"},
+                                                            "lr_multipliers": {"trace_head.": 5.0}, "ln_alignment": "span",
+                                                            "lambda_point": 1.0},
+                                               "refcoco": {"model_overrides": {**FROZEN, "point_state": "read"},
+                                                           "lr_multipliers": {"trace_head.": 5.0}}}),
     "pointer_trace_only": ("pointer head (ViT frozen), stage 2 on LN only (no short captions mixed in)",
                            {"ln_trace": {"model_overrides": FROZEN, "tasks": {"trace": 1.0}},
                             "refcoco": {"model_overrides": FROZEN}}),
@@ -154,7 +160,7 @@ def score_trace(model, cfg, paths, tok, n: int) -> dict:
             "pointing_accuracy_random_object", "pointing_accuracy_target", "pointing_accuracy_identified",
             "pointing_accuracy_unidentified", "identified_fraction", "pointing_accuracy_relative_position",
             "pointing_accuracy_target_relative_position", "pointing_accuracy_generated",
-            "pointing_accuracy_generated_existing", "n_phrases", "n_phrases_existing", "CIDEr-D")
+            "pointing_accuracy_generated_existing", "pointing_accuracy_generated_colour", "n_phrases", "n_phrases_existing", "CIDEr-D")
     return {k: res[k] for k in keep if k in res}
 
 

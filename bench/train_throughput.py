@@ -30,14 +30,16 @@ import statistics
 import time
 from typing import Any, Callable
 
-#: The stage-2 recipe as it was before the grounding recipe: the paper's MLP head, the semantic ViT trained,
-#: targets cut at 64 tokens with the whole-caption alignment, every image decoded at every step.
+#: The stage-2 recipe as it was before the grounding recipe: the paper's MLP head read from the state that
+#: predicts each word, the semantic ViT trained, targets cut at 64 tokens with the whole-caption alignment,
+#: every image decoded at every step.
 CURRENT_RECIPE: dict[str, Any] = {"overrides": {
     "cache_decoded": False, "max_target_len": 64, "ln_alignment": "full_caption", "warmup_steps": 60,
-    "model_overrides": {"head": "mlp", "semantic_trainable": True}}}
+    "model_overrides": {"head": "mlp", "semantic_trainable": True, "point_state": "emit", "pointer_context": 0}}}
 
-#: THE new stage-2 recipe, in one place: the ln_trace config of record (pointer head, semantic ViT frozen so
-#: the whole grid is cached, 128 target tokens, decoded images cached). ``overrides``: ln_trace config fields
+#: THE new stage-2 recipe, in one place: the ln_trace config of record (pointer head with its context layer
+#: and the read state, semantic ViT frozen so the whole grid is cached, 128 target tokens with span targets,
+#: decoded images cached). ``overrides``: ln_trace config fields
 #: on top of it; ``freeze_image_encoder``: freeze the whole image encoder in the bench; ``compile``:
 #: ``torch.compile`` of the model.
 NEW_RECIPE: dict[str, Any] = {"overrides": {}}
@@ -52,8 +54,9 @@ LEVERS: dict[str, dict[str, Any]] = {
     "batch_64_lr_1.4e-3": {"overrides": {"batch_size": 64, "lr": 1.4e-3}},
     "num_queries_16": {"overrides": {"model_overrides": {"num_queries": 16}}},
     "new_recipe_num_queries_16": {"overrides": {"cache_decoded": True, "max_target_len": 128,
-                                                "ln_alignment": "official",
+                                                "ln_alignment": "span",
                                                 "model_overrides": {"head": "pointer", "semantic_trainable": False,
+                                                                    "pointer_context": 1, "point_state": "read",
                                                                     "num_queries": 16}}},
     "group_by_length": {"overrides": {"group_by_length": True}},
     "torch_compile": {"compile": True},

@@ -92,9 +92,10 @@ def collect(d: Path) -> dict[str, Any]:
             "stage2_steps", "point_l1", "centre_baseline", "random_other_narrative_baseline", "ratio_to_centre",
             "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "pointing_accuracy", "pointing_accuracy_centre",
             "pointing_accuracy_random_object", "pointing_accuracy_target", "pointing_accuracy_generated",
-            "pointing_accuracy_generated_centre", "pointing_accuracy_generated_existing", "pointing_accuracy_identified",
+            "pointing_accuracy_generated_centre", "pointing_accuracy_generated_existing", "pointing_accuracy_generated_colour",
+            "pointing_accuracy_identified",
             "pointing_accuracy_unidentified", "identified_fraction", "pointing_accuracy_relative_position",
-            "pointing_accuracy_target_relative_position")}
+            "pointing_accuracy_target_relative_position", "point_l1_own_utterance")}
     rf = _load(d, "referring.json")
     if rf:
         loc, seg = rf.get("referring_localization", {}), rf.get("referring_segmentation", {})

@@ -50,3 +50,26 @@ def test_quick_bench_json(result):
     levers = r["stage2_levers"]
     assert set(levers) == {k for k, v in bench.LEVERS.items() if not v.get("compile")}
     assert all(v["speedup"] > 0 and v["recipe"] == bench.LEVERS[k] for k, v in levers.items())
+
+
+def test_recipes_name_what_they_are(monkeypatch):
+    """The "current" recipe is the landed one (paper head, the predicting state, no context layer) whatever the
+    configs of record adopt; the lever "new_recipe_num_queries_16" is the config of record plus 16 queries."""
+    from pixelllm.configs import get_config
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import train_throughput as bench
+
+    try:
+        rec = get_config("ln_trace")
+        cur = get_config("ln_trace", overrides=bench._recipe_overrides(bench.CURRENT_RECIPE, {}))
+        assert cur.model_overrides == {"head": "mlp", "semantic_trainable": True, "point_state": "emit",
+                                       "pointer_context": 0}
+        assert (cur.ln_alignment, cur.max_target_len, cur.cache_decoded) == ("full_caption", 64, False)
+        lever = bench.LEVERS["new_recipe_num_queries_16"]
+        q16 = get_config("ln_trace", overrides=bench._recipe_overrides(lever, bench.CURRENT_RECIPE["overrides"]))
+        assert q16.model_overrides == {**rec.model_overrides, "num_queries": 16}
+        assert (q16.ln_alignment, q16.max_target_len, q16.cache_decoded) == (rec.ln_alignment, rec.max_target_len,
+                                                                             rec.cache_decoded)
+    finally:
+        sys.modules.pop("train_throughput", None)

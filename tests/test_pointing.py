@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 
 import numpy as np
+
 import pytest
 
 from pixelllm.data import synthetic as S
@@ -90,6 +92,13 @@ def test_phrases_of_generated_tokens_and_their_hits():
                ("blue", "star", (0.0, 0.0, 0.3, 0.3)),                 # wrong place
                ("red", "star", (0.5, 0.0, 0.7, 0.2))]                  # right place, wrong colour
     assert generated_pointing_hits(phrases, pts, objects).tolist() == [True, False]
+    # colour only: the "blue star" point lies in no blue object; a blue circle there would count
+    assert generated_pointing_hits(phrases, pts, objects, match="colour").tolist() == [True, False]
+    with_circle = objects + [("blue", "circle", (0.55, 0.05, 0.65, 0.15))]
+    assert generated_pointing_hits(phrases, pts, with_circle, match="colour").tolist() == [True, True]
+    assert generated_pointing_hits(phrases, pts, with_circle).tolist() == [True, False]
+    with pytest.raises(ValueError, match="match"):
+        generated_pointing_hits(phrases, pts, objects, match="shape")
     objects.append(("blue", "star", (0.55, 0.05, 0.65, 0.15)))        # a second blue star, there
     assert generated_pointing_hits(phrases, pts, objects).tolist() == [True, True]
     assert generated_pointing_hits(phrases, pts, []).tolist() == [False, False]
@@ -243,6 +252,11 @@ def test_evaluate_pointing_end_to_end(world):
     assert res["n_images_generated"] == 2 and len(res["generated"]) == 2
     assert res["n_phrases"] == sum(len(g["phrases"]) for g in res["generated"])
     assert res["n_phrases_existing"] == sum(p["exists"] for g in res["generated"] for p in g["phrases"])
+    # a colour + shape hit is also a colour hit
+    if res["n_phrases"]:
+        assert res["pointing_accuracy_generated_colour"] >= res["pointing_accuracy_generated"]
+    else:
+        assert math.isnan(res["pointing_accuracy_generated_colour"])
     assert not any(p["hit"] and not p["exists"] for g in res["generated"] for p in g["phrases"])
     with pytest.raises(ValueError, match="return_trace_samples"):
         evaluate_pointing(model, LNTraceDataset(_ln(world, "test"), world / "images", tok, image_size=128), tok)

@@ -225,7 +225,7 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
     gen = generate_captions(model, dataset, tokenizer, prompt=prompt if prompt is not None else base.prompt,
                             batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
                             device=device, limit=caption_images, progress=progress)
-    hits, centre_hits, exists, details = [], [], [], []
+    hits, colour_hits, centre_hits, exists, details = [], [], [], [], []
     for g in gen:
         h, w = g["image_size"]
         pts = np.asarray(g["points"], np.float64).reshape(-1, 4) / [w, h, w, h]      # normalised [0, 1]
@@ -233,14 +233,16 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
         objs = [(o.color, o.shape, o.box) for o in objects.get(str(g["image_id"]), [])]
         hit = generated_pointing_hits(phrases, pts, objs)
         hits.append(hit)
+        colour_hits.append(generated_pointing_hits(phrases, pts, objs, match="colour"))
         centre_hits.append(generated_pointing_hits(phrases, np.full_like(pts, 0.5), objs))
         named = {(c, s) for c, s, _ in objs}
         exists.append(np.array([(p["colour"], p["shape"]) in named for p in phrases], dtype=bool))
         details.append({"image_id": g["image_id"], "text": g["text"],
                         "phrases": [{"colour": p["colour"], "shape": p["shape"], "exists": bool(e), "hit": bool(k)}
                                     for p, e, k in zip(phrases, exists[-1], hit)]})
-    H, C, E = (np.concatenate(x or [np.zeros(0, bool)]) for x in (hits, centre_hits, exists))
+    H, HC, C, E = (np.concatenate(x or [np.zeros(0, bool)]) for x in (hits, colour_hits, centre_hits, exists))
     res.update(pointing_accuracy_generated=float(H.mean()) if len(H) else float("nan"),
+               pointing_accuracy_generated_colour=float(HC.mean()) if len(HC) else float("nan"),
                pointing_accuracy_generated_centre=float(C.mean()) if len(C) else float("nan"),
                pointing_accuracy_generated_existing=float(H[E].mean()) if E.any() else float("nan"),
                n_phrases=int(len(H)), n_phrases_existing=int(E.sum()), n_images_generated=len(gen),

@@ -358,9 +358,11 @@ def identified_tokens(tokens: Sequence[str], objects: Sequence, id_words, marker
     return out
 
 
-def generated_pointing_hits(phrases: Sequence[dict], pred_points, objects: Sequence) -> np.ndarray:
+def generated_pointing_hits(phrases: Sequence[dict], pred_points, objects: Sequence,
+                            match: str = "colour_shape") -> np.ndarray:
     """Free-running pointing (PAPER_NOTES.md §2.8): a phrase naming colour + shape is a hit when its point
-    lies inside the box of an object of that colour and shape in the image.
+    lies inside the box of an object of that colour and shape in the image (``match="colour"``: of that
+    colour, whatever its shape — pointing with the shape word's naming error taken out).
 
     The phrase's point is taken on its shape noun: the mean over the noun's tokens of each token's
     :func:`mean_point` (the centre of its predicted box).
@@ -369,14 +371,17 @@ def generated_pointing_hits(phrases: Sequence[dict], pred_points, objects: Seque
       phrases: from :func:`colour_shape_phrases`.
       pred_points: T×4 (or T×2) the caption's per-token points, in the frame of the boxes.
       objects: the image's objects as ``(colour, shape, (x0, y0, x1, y1))``.
+      match: ``"colour_shape"`` (the metric) or ``"colour"``.
     Returns:
-      bool array, one entry per phrase (False when the image has no object of that colour and shape).
+      bool array, one entry per phrase (False when the image has no object that matches).
     """
+    if match not in ("colour_shape", "colour"):
+        raise ValueError(f"generated_pointing_hits: match must be 'colour_shape' or 'colour', got {match!r}")
     pts = mean_point(pred_points)
     hits = np.zeros(len(phrases), dtype=bool)
     for k, ph in enumerate(phrases):
         p = pts[list(ph["tokens"])].mean(0)
-        boxes = [b for c, s, b in objects if c == ph["colour"] and s == ph["shape"]]
+        boxes = [b for c, s, b in objects if c == ph["colour"] and (match == "colour" or s == ph["shape"])]
         hits[k] = bool(len(boxes)) and bool(points_in_boxes(np.broadcast_to(p, (len(boxes), 2)),
                                                             np.asarray(boxes, np.float64)).any())
     return hits

@@ -183,6 +183,7 @@ POINTING_BARS = {
     "free-running (generated \"colour shape\" phrases)": [
         ("pointing_accuracy_generated", "model"),
         ("pointing_accuracy_generated_existing", "model, phrases naming\nan object of the image"),
+        ("pointing_accuracy_generated_colour", "model, any object\nof the named colour"),
         ("pointing_accuracy_generated_centre", "image centre")],
 }
 

@@ -314,3 +314,18 @@ def test_every_table_has_metrics_to_plot_and_print():
 
     assert set(TABLE_METRICS) == set(C.TABLES)
     assert all(TABLE_METRICS[t] for t in C.TABLES)
+
+
+def test_downstream_referring_keeps_the_arms_point_state():
+    """An arm's referring fine-tune reads the box from the state its own stage 2 reads points from (the
+    paper's emitting state), with notebook 05's head and frozen encoder; an arm's head wins."""
+    from pixelllm.configs import get_config
+    from pixelllm.tasks.ablations.evaluation import downstream_referring_config
+
+    assert get_config("refcoco").model_overrides["point_state"] == "read"      # the record reads the next state
+    base = downstream_referring_config(C.get_arm_config("baseline", smoke=True))
+    assert base.model_overrides == {"head": "pointer", "semantic_trainable": False, "point_state": "emit"}
+    assert base.stage == "refcoco" and base.eval_samples == 0
+    mlp = downstream_referring_config(C.get_arm_config("head_mlp", smoke=True))
+    assert mlp.model_overrides == {"head": "mlp", "head_parametrization": "corners", "semantic_trainable": False,
+                                   "point_state": "emit"}

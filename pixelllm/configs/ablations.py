@@ -62,7 +62,9 @@ class AblationConfig(TrainConfig):
 def get_config(smoke: bool = False) -> AblationConfig:
     """The baseline arm = the tiny preset's recipe: the paper's dense per-word trace supervision, both
     encoders, tiny T5 + LoRA, utterance-box corners, read by the tiny preset's pointer head (PAPER_NOTES.md
-    §9; the arm ``head_mlp`` has the paper's MLP head). The numbers notebook 08 runs: a fixed step count per
+    §9; the arm ``head_mlp`` has the paper's MLP head) from the state that predicts each word, on the paper's
+    relative-position targets: the three pointing levers of stage 2 of record (context layer, span targets,
+    read state) are not part of the arms, so each arm changes one of the paper's choices and nothing else. The numbers notebook 08 runs: a fixed step count per
     arm and per downstream fine-tune, sized for its 20-minute budget on a 2-core CPU (no wall-clock cap;
     ``time_limit_s`` stays the safety net, 0 = off). The larger T5 of the Table 5 arms is pretrained with the
     ``t5_tiny`` config's fixed steps (``pixelllm.pretrain.prerequisites.ensure_t5``)."""

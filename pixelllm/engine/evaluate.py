@@ -127,9 +127,9 @@ def evaluate_pointing(model, dataset, tokenizer, batch_size: int = 32, device: s
       in (:func:`~pixelllm.data.localized_narratives.span_token_utterances`) — is on one object; a hit when
       the centre of the token's predicted box lies in that object's box. Baselines on the same tokens: the
       image centre, and the box centre of a random object of the same image (seeded by ``seed``); and the
-      training target itself (``pointing_accuracy_target``: centre of the token's target box — the ceiling
-      of a model that fits its targets: about 0.86 for the paper's relative-position targets, which give 18 %
-      of on-object words another object's trace, PAPER_NOTES.md §2.4). ``pointing_accuracy_relative_position``
+      dataset's target itself (``pointing_accuracy_target``: centre of the token's target box — the ceiling
+      of a model that fits those targets: about 0.86 for the paper's relative-position targets, which give
+      18 % of on-object words another object's trace, PAPER_NOTES.md §2.4; 1.00 for ``span`` targets). ``pointing_accuracy_relative_position``
       / ``pointing_accuracy_target_relative_position`` label tokens by the paper's relative-position rule
       instead (how this metric was defined before; a narrative whose utterances are not found in its caption
       is labelled that way in both, counted in ``n_narratives_relative_position_labels``).

@@ -177,7 +177,7 @@ def plot_metric_table(
 #: (result key, bar label) per group of :func:`plot_pointing`; the first bar of a group is the model.
 POINTING_BARS = {
     "teacher-forced (on-object tokens)": [
-        ("pointing_accuracy", "model"), ("pointing_accuracy_target", "its training target\n(ceiling)"),
+        ("pointing_accuracy", "model"), ("pointing_accuracy_target", "the dataset's targets\n(their ceiling)"),
         ("pointing_accuracy_relative_position", "model, words labelled\nby relative position"),
         ("pointing_accuracy_random_object", "random object\nof the image"), ("pointing_accuracy_centre", "image centre")],
     "free-running (generated \"colour shape\" phrases)": [

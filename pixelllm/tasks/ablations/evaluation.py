@@ -69,16 +69,25 @@ def stage2_model(dcfg, state: Mapping[str, torch.Tensor], paths, tokenizer) -> n
     return model
 
 
+def downstream_referring_config(cfg: AblationConfig):
+    """The referring config of an arm: notebook 05's (head, frozen encoder, loss) with the arm's
+    ``model_overrides`` on top, shortened by :func:`downstream_config`. The box is read from the decoder state
+    the arm's own stage 2 reads points from — the paper's emitting state unless the arm names another — not
+    the record's, whose stage 2 reads the next state (PAPER_NOTES.md §9)."""
+    from pixelllm.configs.refcoco import get_config as refcoco_config
+
+    overrides = {**refcoco_config(cfg.smoke).model_overrides, "point_state": "emit", **cfg.model_overrides}
+    return downstream_config("refcoco", cfg, cfg.refer_steps, model_overrides=overrides, eval_samples=0)
+
+
 def downstream_referring(state: Mapping[str, torch.Tensor], cfg: AblationConfig, paths, tokenizer,
                          store: dict | None = None, progress: bool = False) -> dict:
     """Referring localization from the stage-2 weights ``state``: notebook 05's config (centre-size box at
     EOS, L1 + GIoU) fine-tuned ``cfg.refer_steps`` steps by ``referring_trainer`` (image encoder frozen, as
     in stage 2), then P@0.5 on the first ``cfg.refer_eval`` val expressions."""
-    from pixelllm.configs.refcoco import get_config as refcoco_config
     from pixelllm.tasks.referring import evaluate_referring, referring_trainer, refexp_datasets
 
-    overrides = {**cfg.model_overrides, **refcoco_config(cfg.smoke).model_overrides}
-    rcfg = downstream_config("refcoco", cfg, cfg.refer_steps, model_overrides=overrides, eval_samples=0)
+    rcfg = downstream_referring_config(cfg)
     model = stage2_model(rcfg, state, paths, tokenizer)
     model.image_encoder.requires_grad_(False)
     use_feature_store(referring_trainer(rcfg, model, tokenizer, progress=progress, write=False), store).fit()

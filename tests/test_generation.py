@@ -142,6 +142,13 @@ def test_read_point_state_uses_the_state_that_has_read_the_word(tok, head, stem,
     valid = _valid(read, tokens)
     torch.testing.assert_close(hidden[valid], tf_read.hidden[valid], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(points[valid], tf_read.points[valid], atol=1e-4, rtol=1e-5)
+    # with the trace, generation runs on the encoder states it encoded once; the words do not change
+    for beams in (1, 3):
+        with_trace = read.generate(imgs, prompt="A long image caption:", tokenizer=tok, max_new_tokens=6,
+                                   num_beams=beams)[0]
+        plain = read.generate(imgs, prompt="A long image caption:", tokenizer=tok, max_new_tokens=6,
+                              num_beams=beams, with_trace=False)[0]
+        assert torch.equal(with_trace, plain), beams
 
 
 def test_pointer_stem_gives_a_grid_of_8px_cells(tok):

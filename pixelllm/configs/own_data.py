@@ -5,7 +5,8 @@
     python -m pixelllm.train --config own_data data_dir=runs/full/own_data/data
 
 Initialised from the run's stage-2 checkpoint (``checkpoints/ln_trace``, made first when missing), same
-model recipe (pointer head, frozen semantic ViT), same loss (label-smoothed CE + λ·L1 on the per-token
+model recipe (pointer head with its context layer and the read state, frozen semantic ViT, span targets),
+same loss (label-smoothed CE + λ·L1 on the per-token
 points, PAPER_NOTES.md §2); trained on the converted Localized Narratives only (``tasks={'trace': 1.0}``,
 prompt "A long image caption:") with half stage 2's peak learning rate (5e-4), a smaller batch (16) and
 320 steps. On notebook 11's 112 training images, 240 steps at 3e-4 left a new word half-learnt (a crescent

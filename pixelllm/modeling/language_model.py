@@ -124,8 +124,15 @@ class LanguageModel(nn.Module):
         hidden = self.decode(self.encode(inputs_embeds, attention_mask), attention_mask, decoder_input_ids)
         return self.logits(hidden), hidden
 
-    def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any):
-        """HF ``generate`` (KV cache) on the T5 with adapters; kwargs go to ``generate``."""
+    def generate(self, inputs_embeds: torch.Tensor | None, attention_mask: torch.Tensor,
+                 encoder_states: torch.Tensor | None = None, **kwargs: Any):
+        """HF ``generate`` (KV cache) on the T5 with adapters; kwargs go to ``generate``. ``encoder_states``
+        (B×L×D, :meth:`encode` of the inputs) skips the encoder, for a caller that needs them again."""
+        if encoder_states is not None:
+            from transformers.modeling_outputs import BaseModelOutput
+
+            return self.t5.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states),
+                                    attention_mask=attention_mask, **kwargs)
         return self.t5.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
     def base_state_dict(self) -> dict[str, torch.Tensor]:

@@ -249,7 +249,10 @@ class PixelLLM(nn.Module):
             visual, grid = self.visual_tokens(images, boxes, image_sizes, features)
             embeds, mask = self.encoder_inputs(visual, prompt_ids, prompt_mask)
             lm = self.language_model
-            gen = lm.generate(embeds, mask, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+            # the read state needs one teacher-forced decoder pass after generation: encode once for both
+            encoded = lm.encode(embeds, mask) if with_trace and self.reads_before_pointing else None
+            gen = lm.generate(embeds, mask, encoder_states=encoded, max_new_tokens=max_new_tokens,
+                              num_beams=num_beams, do_sample=False,
                               num_return_sequences=1, output_hidden_states=with_trace and not self.reads_before_pointing,
                               return_dict_in_generate=True, pad_token_id=lm.pad_token_id,
                               eos_token_id=lm.eos_token_id, decoder_start_token_id=lm.t5.config.decoder_start_token_id,
@@ -258,7 +261,7 @@ class PixelLLM(nn.Module):
             if not with_trace:
                 return tokens, None, None
             if self.reads_before_pointing:      # the states that have read each generated token: one pass
-                hidden = lm.decode(lm.encode(embeds, mask), mask, gen.sequences)[:, 1:]
+                hidden = lm.decode(encoded, mask, gen.sequences)[:, 1:]
             else:
                 hidden = self.gather_generated_states(gen, num_beams)
             points = self.trace_head(hidden, self.frame_hw, self.head_grid(grid, images))

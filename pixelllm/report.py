@@ -274,6 +274,23 @@ def report_markdown(s: dict[str, Any]) -> str:
                 f"| PixelLLM (teacher-forced, test) | {_f(tr['point_l1'], nd=4)} |",
                 f"| image-centre baseline | {_f(tr['centre_baseline'], nd=4)} |",
                 f"| random other narrative | {_f(tr['random_other_narrative_baseline'], nd=4)} |",
+                f"| PixelLLM, against each word's own utterance | {_f(tr.get('point_l1_own_utterance'), nd=4)} |",
+                "", "Pointing accuracy (`docs/PAPER_NOTES.md` §2.8): does a word's point land in its object's box?", "",
+                "| | teacher-forced (on-object tokens) |", "|---|---|",
+                f"| PixelLLM, words labelled by the utterance they were spoken in | {_f(tr.get('pointing_accuracy'), nd=3)} |",
+                f"| — tokens whose object is already named / not yet | {_f(tr.get('pointing_accuracy_identified'), nd=3)} / "
+                f"{_f(tr.get('pointing_accuracy_unidentified'), nd=3)} |",
+                f"| PixelLLM, words labelled by relative position (the paper's rule) | "
+                f"{_f(tr.get('pointing_accuracy_relative_position'), nd=3)} |",
+                f"| the paper's targets themselves (ceiling) | {_f(tr.get('pointing_accuracy_target'), nd=3)} |",
+                f"| a random object of the image | {_f(tr.get('pointing_accuracy_random_object'), nd=3)} |",
+                f"| the image centre | {_f(tr.get('pointing_accuracy_centre'), nd=3)} |",
+                "", "| | free-running (generated \"colour shape\" phrases) |", "|---|---|",
+                f"| PixelLLM: an object of that colour and shape under the point | {_f(tr.get('pointing_accuracy_generated'), nd=3)} |",
+                f"| — on the phrases naming an object the image has | {_f(tr.get('pointing_accuracy_generated_existing'), nd=3)} |",
+                f"| — an object of the named colour under the point (shape-naming errors taken out) | "
+                f"{_f(tr.get('pointing_accuracy_generated_colour'), nd=3)} |",
+                f"| the image centre | {_f(tr.get('pointing_accuracy_generated_centre'), nd=3)} |",
                 "", f"Free-running LN captions: BLEU-4 {_f(tr['BLEU-4'], 100)}, METEOR {_f(tr['METEOR'], 100)}, "
                 f"ROUGE-L {_f(tr['ROUGE-L'], 100)}, CIDEr-D {_f(tr['CIDEr-D'], 100)}.",
                 "", f"Note: {WHY['trace']}.", ""]

@@ -5,7 +5,7 @@ Also times one training step (forward + backward, batch 16) with and without the
 Writes ``results/trace_overhead.json`` {with_s, without_s, overhead_ratio, ...}: medians of this
 process's CPU seconds (stable on a shared machine; 1 torch thread by default), wall-clock medians beside.
 
-    python bench/trace_overhead.py [--repeats 15] [--tokens 20] [--batch 8]
+    python bench/trace_overhead.py [--repeats 40] [--tokens 20] [--batch 8]
 
 Goal: overhead_ratio = with_s / without_s − 1 ≤ 0.05, for the trace head of the stage-2 config of record
 (``configs/ln_trace.py``: the pointer head with its context layer, points from the state that has read each
@@ -16,6 +16,7 @@ weights (speed does not depend on them).
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pixelllm.utils import results_dir, write_json
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--train-batch", type=int, default=16)
@@ -69,12 +70,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     for m in (model, paper):
         run(m, True), run(m, False)                                        # warm-up
-    times: dict[str, list] = {"with": [], "without": [], "paper_with": [], "paper_without": []}
+    calls = {"with": (model, True), "without": (model, False), "paper_with": (paper, True),
+             "paper_without": (paper, False)}
+    times: dict[str, list] = {k: [] for k in calls}
+    order = random.Random(0)
     for _ in tqdm(range(args.repeats), desc="generate with / without trace"):
-        times["with"].append(_time(lambda: run(model, True)))            # interleaved: load drift cancels
-        times["without"].append(_time(lambda: run(model, False)))
-        times["paper_with"].append(_time(lambda: run(paper, True)))
-        times["paper_without"].append(_time(lambda: run(paper, False)))
+        keys = list(calls)
+        order.shuffle(keys)                     # interleaved in a new order each round: drift and order cancel
+        for k in keys:
+            times[k].append(_time(lambda: run(*calls[k])))
     wall = {k: statistics.median(t[0] for t in ts) for k, ts in times.items()}
     cpu = {k: statistics.median(t[1] for t in ts) for k, ts in times.items()}
     with_wall, without_wall, with_s, without_s = wall["with"], wall["without"], cpu["with"], cpu["without"]

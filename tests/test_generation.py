@@ -140,8 +140,15 @@ def test_read_point_state_uses_the_state_that_has_read_the_word(tok, head, stem,
     # the state read for token i is the paper's state for token i + 1
     torch.testing.assert_close(tf_read.hidden[:, :-1], tf_emit.hidden[:, 1:], atol=1e-5, rtol=1e-5)
     valid = _valid(read, tokens)
+    assert valid[:, -1].any()      # the last token's state (one decoder step after generation) is checked too
     torch.testing.assert_close(hidden[valid], tf_read.hidden[valid], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(points[valid], tf_read.points[valid], atol=1e-4, rtol=1e-5)
+    # beam search takes the states from one teacher-forced pass over the returned sequences
+    tokens3, hidden3, _ = read.generate(imgs, prompt="A long image caption:", tokenizer=tok, max_new_tokens=6,
+                                        num_beams=3)
+    valid3 = _valid(read, tokens3)
+    torch.testing.assert_close(hidden3[valid3], _teacher_forced(read, tok, imgs, tokens3).hidden[valid3],
+                               atol=1e-5, rtol=1e-5)
     # with the trace, generation runs on the encoder states it encoded once; the words do not change
     for beams in (1, 3):
         with_trace = read.generate(imgs, prompt="A long image caption:", tokenizer=tok, max_new_tokens=6,

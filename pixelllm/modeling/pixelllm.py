@@ -238,7 +238,10 @@ class PixelLLM(nn.Module):
         HF ``generate`` (e.g. ``min_new_tokens``, ``length_penalty``).
 
         → (tokens B×T without the start token, hidden B×T×D or None, points B×T×4 pixels or None).
-        The trace head runs on the gathered states after decoding; its output is never fed back.
+        The trace head runs on the gathered states after decoding; its output is never fed back. With
+        ``point_state="read"`` the states are those that have read each token: greedy, the emitting states
+        shifted by one plus one decoder step on the generation's cache for the last token; with beams, one
+        teacher-forced decoder pass over the returned sequences.
         """
         was_training = self.training
         self.eval()
@@ -249,18 +252,27 @@ class PixelLLM(nn.Module):
             visual, grid = self.visual_tokens(images, boxes, image_sizes, features)
             embeds, mask = self.encoder_inputs(visual, prompt_ids, prompt_mask)
             lm = self.language_model
-            # the read state needs one teacher-forced decoder pass after generation: encode once for both
-            encoded = lm.encode(embeds, mask) if with_trace and self.reads_before_pointing else None
+            read = with_trace and self.reads_before_pointing
+            # the read state needs the decoder once more after generation: encode once for both
+            encoded = lm.encode(embeds, mask) if read else None
             gen = lm.generate(embeds, mask, encoder_states=encoded, max_new_tokens=max_new_tokens,
                               num_beams=num_beams, do_sample=False,
-                              num_return_sequences=1, output_hidden_states=with_trace and not self.reads_before_pointing,
+                              num_return_sequences=1, output_hidden_states=with_trace and (not read or num_beams == 1),
                               return_dict_in_generate=True, pad_token_id=lm.pad_token_id,
                               eos_token_id=lm.eos_token_id, decoder_start_token_id=lm.t5.config.decoder_start_token_id,
                               **generate_kwargs)
             tokens = gen.sequences[:, 1:]
             if not with_trace:
                 return tokens, None, None
-            if self.reads_before_pointing:      # the states that have read each generated token: one pass
+            if read and num_beams == 1:
+                # the state that has read token t is the one that emitted token t + 1; the last token's is one
+                # more decoder step on the generation's cache
+                emitted = self.gather_generated_states(gen, 1)                          # B×T×D
+                last = lm.t5.decoder(input_ids=gen.sequences[:, -1:], encoder_hidden_states=encoded,
+                                     encoder_attention_mask=mask, cache=gen.past_key_values,
+                                     use_cache=True).last_hidden_state                   # B×1×D
+                hidden = torch.cat([emitted[:, 1:], last], dim=1)
+            elif read:                          # beams: the states that have read each token, one pass
                 hidden = lm.decode(encoded, mask, gen.sequences)[:, 1:]
             else:
                 hidden = self.gather_generated_states(gen, num_beams)

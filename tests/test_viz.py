@@ -312,14 +312,17 @@ def test_plot_curves_jsonl_skips_bad_lines_and_smooths(tmp_path):
 
 def test_plot_pointing_bars_values_and_missing():
     fig = P.plot_pointing({"pointing_accuracy": 0.6, "pointing_accuracy_target": 0.8, "pointing_accuracy_centre": 0.1,
-                           "pointing_accuracy_random_object": 0.3, "pointing_accuracy_generated": float("nan")})
+                           "pointing_accuracy_random_object": 0.3, "pointing_accuracy_generated": float("nan"),
+                           "pointing_accuracy_generated_colour": 0.9})
     tf, fr = fig.axes
     heights = {p.get_gid(): p.get_height() for p in tf.patches}
     assert heights == {"bar:pointing_accuracy": 0.6, "bar:pointing_accuracy_target": 0.8,
                        "bar:pointing_accuracy_relative_position": 0.0,            # missing: an empty slot
                        "bar:pointing_accuracy_random_object": 0.3, "bar:pointing_accuracy_centre": 0.1}
     assert [t.get_text() for t in tf.texts] == ["0.60", "0.80", "n/a", "0.30", "0.10"]
-    assert [t.get_text() for t in fr.texts] == ["n/a", "n/a", "n/a"]  # NaN and missing: empty slots
+    # NaN and missing: empty slots; the colour-only diagnostic beside the metric
+    assert [t.get_text() for t in fr.texts] == ["n/a", "n/a", "0.90", "n/a"]
+    assert {p.get_gid(): p.get_height() for p in fr.patches}["bar:pointing_accuracy_generated_colour"] == 0.9
 
 
 def test_plot_curves_dict_of_runs():

@@ -46,17 +46,24 @@ def resolve_inits(cfg, paths: Paths, required: bool = False) -> list[Path]:
     return found
 
 
+def checkpoint_checksums(checkpoints: Sequence[Path]) -> dict[str, str]:
+    """``{"<stage folder>/<checkpoint file>": sha256}`` of checkpoint files (the sidecar's value,
+    :func:`~pixelllm.engine.checkpoint.checkpoint_checksum`): what identifies the weights a stage started from
+    or an evaluation scored."""
+    from pixelllm.engine.checkpoint import checkpoint_checksum
+
+    return {f"{p.parent.name}/{p.name}": checkpoint_checksum(p) for p in checkpoints}
+
+
 def init_checksums(cfg, paths: Paths | None = None) -> dict[str, str]:
     """``{"<stage folder>/<checkpoint file>": sha256}`` of every checkpoint :func:`resolve_inits` finds for
     ``cfg`` (the sidecar's value, :func:`~pixelllm.engine.checkpoint.checkpoint_checksum`); {} without
     ``init_from``. The Trainer stores it in each checkpoint and compares it on resume: an ``init_from``
     stage retrained since (another file, or the same step with other weights) makes the stage a run of
     another configuration."""
-    from pixelllm.engine.checkpoint import checkpoint_checksum
-
     if not (getattr(cfg, "init_from", "") or "").strip():
         return {}
-    return {f"{p.parent.name}/{p.name}": checkpoint_checksum(p) for p in resolve_inits(cfg, paths or resolve_paths(cfg))}
+    return checkpoint_checksums(resolve_inits(cfg, paths or resolve_paths(cfg)))
 
 
 def stage_config(cfg) -> dict:
@@ -157,5 +164,5 @@ def load_trained_model(cfg, tokenizer=None, device: str = "cpu"):
     return model
 
 
-__all__ = ["build_model", "checkpoint_config", "init_checksums", "load_matching", "stage_config", "load_stage_model", "load_trained_model",
+__all__ = ["build_model", "checkpoint_checksums", "checkpoint_config", "init_checksums", "load_matching", "stage_config", "load_stage_model", "load_trained_model",
            "resolve_inits"]

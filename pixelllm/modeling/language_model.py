@@ -111,12 +111,14 @@ class LanguageModel(nn.Module):
         return self.t5.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
 
     def decode(self, encoder_states: torch.Tensor, attention_mask: torch.Tensor,
-               decoder_input_ids: torch.Tensor) -> torch.Tensor:
+               decoder_input_ids: torch.Tensor, cache: Any = None) -> torch.Tensor:
         """Teacher-forced T5 decoder → last hidden state B×T×D (after the final norm, before lm_head).
         No decoder attention mask: the causal mask suffices for right-padded targets, and it matches what
-        ``generate`` computes."""
+        ``generate`` computes. ``cache``: the KV cache of the positions before ``decoder_input_ids`` (e.g. a
+        ``generate`` output's ``past_key_values``), so only the new positions are computed."""
+        kw = {"cache": cache, "use_cache": True} if cache is not None else {}
         return self.t5.decoder(input_ids=decoder_input_ids, encoder_hidden_states=encoder_states,
-                               encoder_attention_mask=attention_mask).last_hidden_state
+                               encoder_attention_mask=attention_mask, **kw).last_hidden_state
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                 decoder_input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -268,9 +268,7 @@ class PixelLLM(nn.Module):
                 # the state that has read token t is the one that emitted token t + 1; the last token's is one
                 # more decoder step on the generation's cache
                 emitted = self.gather_generated_states(gen, 1)                          # B×T×D
-                last = lm.t5.decoder(input_ids=gen.sequences[:, -1:], encoder_hidden_states=encoded,
-                                     encoder_attention_mask=mask, cache=gen.past_key_values,
-                                     use_cache=True).last_hidden_state                   # B×1×D
+                last = lm.decode(encoded, mask, gen.sequences[:, -1:], cache=gen.past_key_values)   # B×1×D
                 hidden = torch.cat([emitted[:, 1:], last], dim=1)
             elif read:                          # beams: the states that have read each token, one pass
                 hidden = lm.decode(encoded, mask, gen.sequences)[:, 1:]

@@ -465,15 +465,17 @@ def evaluate_sam_path(refseg_dir: str | os.PathLike, tokenizer, refer_sets, muse
                               "muse_limit": muse_limit}, compute)
 
 
+
 def _checkpoint_identity(checkpoint_dir: str | os.PathLike) -> dict[str, str]:
-    """``{"<folder>/<file>": sha256}`` of the newest checkpoint in ``checkpoint_dir``: a cached evaluation of a
-    stage retrained since (same config, other weights) is recomputed, not read back."""
-    from pixelllm.engine.checkpoint import checkpoint_checksum, latest_checkpoint
+    """:func:`~pixelllm.engine.builder.checkpoint_checksums` of the newest checkpoint in ``checkpoint_dir``: a
+    cached evaluation of a stage retrained since (same config, other weights) is recomputed, not read back."""
+    from pixelllm.engine.builder import checkpoint_checksums
+    from pixelllm.engine.checkpoint import latest_checkpoint
 
     p = latest_checkpoint(checkpoint_dir)
     if p is None:
         raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint to evaluate")
-    return {f"{p.parent.name}/{p.name}": checkpoint_checksum(p)}
+    return checkpoint_checksums([p])
 
 
 def parameters_added(model, segmenter) -> dict[str, dict[str, int]]:

@@ -37,8 +37,13 @@ POINTER = {"head": "pointer", "semantic_trainable": True}
 FROZEN = {"head": "pointer", "semantic_trainable": False}                      # the pointer recipe of record
 #: what every row starts from, whatever the configs of record adopt later: no head-lr multiplier, the paper's
 #: alignment, the paper's point state, no context layer / stem / cell loss (a recipe names what it changes)
-LAB_BASE = {"lr_multipliers": {}, "ln_alignment": "official", "cell_weight": 0.0}
+LAB_BASE = {"lr_multipliers": {}, "ln_alignment": "official", "cell_weight": 0.0, "word_weights": {}}
 LAB_BASE_MODEL = {"point_state": "emit", "pointer_context": 0, "pointer_stem": 0}
+
+
+#: the synthetic world's shape nouns, singular and plural (pixelllm.data.vocab.SHAPES)
+SHAPE_NOUNS = ("circle", "circles", "square", "squares", "triangle", "triangles", "star", "stars", "diamond",
+               "diamonds", "cross", "crosses")
 
 
 def both(**over) -> dict:
@@ -122,6 +127,12 @@ RECIPES: dict[str, tuple[str, dict]] = {
                                                          "lr_multipliers": {"trace_head.": 5.0}, "ln_alignment": "span"},
                                             "refcoco": {"model_overrides": {**FROZEN, "point_state": "read", "roi_tokens": 8},
                                                         "lr_multipliers": {"trace_head.": 5.0}}}),
+    "pointer_lr5_context_span_read_shape5": ("the configs of record with the caption CE of the shape nouns (singular and plural) x5 in stage 2: one LN target token in 13 is a shape noun, and free-running captions name the wrong shape",
+                                             {"ln_trace": {"model_overrides": {**FROZEN, "pointer_context": 1, "point_state": "read"},
+                                                           "lr_multipliers": {"trace_head.": 5.0}, "ln_alignment": "span",
+                                                           "word_weights": {w: 5.0 for w in SHAPE_NOUNS}},
+                                              "refcoco": {"model_overrides": {**FROZEN, "point_state": "read"},
+                                                          "lr_multipliers": {"trace_head.": 5.0}}}),
     "pointer_trace_only": ("pointer head (ViT frozen), stage 2 on LN only (no short captions mixed in)",
                            {"ln_trace": {"model_overrides": FROZEN, "tasks": {"trace": 1.0}},
                             "refcoco": {"model_overrides": FROZEN}}),

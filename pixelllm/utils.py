@@ -108,7 +108,7 @@ TASK_CONFIG_KEYS = {"ln_alignment": "trace", "ln_file": "trace"}
 
 #: config fields added after artifacts were made, with the value that reproduces what was done before they
 #: existed: an artifact whose stored config lacks the field matches a config holding that value.
-NEUTRAL_NEW_KEYS = {"lr_multipliers": {}, "group_by_length": False, "cell_weight": 0.0}
+NEUTRAL_NEW_KEYS = {"lr_multipliers": {}, "group_by_length": False, "cell_weight": 0.0, "word_weights": {}}
 
 
 #: recorded facts (not config fields) compared only when the stored side has them: an artifact made before

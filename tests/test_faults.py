@@ -301,6 +301,7 @@ def test_missing_training_images_are_found_before_the_first_step(tmp_path):
     ("max_samples=-3", "max_samples=-3: must be an integer >= 0 (0 = all)"),
     ("tasks={'trace': -1.0}", "tasks={'trace': -1.0}: must map task names to finite weights >= 0"),
     ("lr=inf", "lr=inf: must be a finite number > 0"),
+    ("word_weights={'star': -2.0}", "word_weights={'star': -2.0}: must map words to finite weights >= 0"),
     ("lr=abc", "override lr='abc': not a Python literal of type float"),
     ("steps=1.5", "override steps='1.5': expected int, got float"),
     ("nokey=1", "unknown config key 'nokey'; known: accum_steps"),

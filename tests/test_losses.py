@@ -182,3 +182,31 @@ def test_pointer_head_context_is_causal():
     earlier = hidden.clone()
     earlier[:, 0] = torch.randn(8)
     assert not torch.allclose(head(earlier, (64, 64), grid)[:, 2], a[:, 2])
+
+
+def test_token_weights_scale_chosen_targets_only():
+    b = _batch()                                        # valid targets: [5, 6, EOS] and [7, EOS]
+    V = 9
+    logits = torch.zeros(2, 4, V)                       # uniform: every valid token's CE = log V
+    out = pixelllm_loss(logits, None, b, token_weights={6: 5.0, 7: 0.0})
+    # (1 + 5 + 1 + 0 + 1) · log V over the 5 tokens: the normaliser stays the token count
+    assert out["ce"].item() == pytest.approx(8 / 5 * math.log(V), abs=1e-6)
+    assert out["n_tokens"].item() == 5
+    same = pixelllm_loss(logits, None, b, token_weights={})
+    assert same["ce"].item() == pytest.approx(math.log(V), abs=1e-6)
+
+
+def test_word_token_weights_maps_words_to_their_tokens():
+    from pixelllm.modeling.losses import word_token_weights
+
+    class Tok:                                          # the two calls word_token_weights makes of a HF tokenizer
+        all_special_ids = [0, 1]
+        pieces = {" circle": [57], " circles": [205], " big star": [12, 75], " star": [75]}
+
+        def __call__(self, text, add_special_tokens=True):
+            return type("Enc", (), {"input_ids": self.pieces.get(text, []) + ([1] if add_special_tokens else [])})
+
+    got = word_token_weights(Tok(), {"circle": 5.0, "circles": 5, "big star": 2.0, "star": 3.0})
+    assert got == {57: 5.0, 205: 5.0, 12: 2.0, 75: 3.0}   # a shared token takes the larger weight
+    with pytest.raises(ValueError, match="no token of 'hexagon'"):
+        word_token_weights(Tok(), {"hexagon": 2.0})

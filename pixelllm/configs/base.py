@@ -62,6 +62,7 @@ class TrainConfig:
     label_smoothing: float = field(default=0.1, metadata={"help": "ε, spread as ε/(V−1) on wrong tokens (official)"})
     giou_weight: float = field(default=0.0, metadata={"help": "GIoU weight on boxes of box tasks (refer); 0 = L1 only"})
     cell_weight: float = field(default=0.0, metadata={"help": "weight of a cross entropy on a pointer head's attention over the grid, target = the cell holding the target box centre (0 = the paper's L1 only; PAPER_NOTES.md §9)"})
+    word_weights: dict = field(default_factory=dict, metadata={"help": "caption CE weight per word {word: w} (every token the tokenizer makes of ' word'; {} = the paper's unweighted CE), e.g. the shape nouns x5"})
     # --- loop ----------------------------------------------------------------------------------------
     seed: int = field(default=0, metadata={"help": "seeds model init, dropout and the data order"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
@@ -133,6 +134,9 @@ class TrainConfig:
         weights = self.tasks if isinstance(self.tasks, dict) else {}
         need("tasks", isinstance(self.tasks, dict) and all(finite(w) and w >= 0 for w in weights.values())
              and (not weights or sum(weights.values()) > 0), "must map task names to finite weights >= 0, not all 0")
+        ww = self.word_weights if isinstance(self.word_weights, dict) else {None: None}
+        need("word_weights", all(isinstance(k, str) and k.strip() and finite(w) and w >= 0 for k, w in ww.items()),
+             "must map words to finite weights >= 0")
         mults = self.lr_multipliers if isinstance(self.lr_multipliers, dict) else {None: None}
         need("lr_multipliers", all(finite(f) and f > 0 for f in mults.values()), "factors must be finite numbers > 0")
         return out

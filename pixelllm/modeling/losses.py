@@ -17,6 +17,9 @@ Both averages can be taken over a *global* count (all micro-batches of one optim
 ranks) instead of this batch's count: pass ``num_tokens`` / ``num_points``. The trainer does this so that
 gradient accumulation and data parallelism give exactly the gradient of one large batch.
 
+``token_weights`` (a tiny-preset option, off by default) multiplies the CE of chosen target token ids, e.g.
+the shape nouns of the synthetic world; the normaliser stays the token count (:func:`word_token_weights`).
+
 Box tasks (referring localization, PAPER_NOTES.md §8): the two points at the EOS token are the box corners;
 ``giou_weight > 0`` adds a GIoU loss (torchvision) on them, next to the L1.
 """
@@ -53,6 +56,20 @@ def label_smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, sm
     if V == 1:
         return -logp_true
     return -(1.0 - smoothing) * logp_true - smoothing / (V - 1) * (logp_sum - logp_true)
+
+
+def word_token_weights(tokenizer, word_weights: dict) -> dict[int, float]:
+    """{word: w} → {token id: w} for every token the tokenizer makes of ``" " + word`` (specials left out);
+    a token shared by two words takes the larger weight."""
+    out: dict[int, float] = {}
+    specials = set(getattr(tokenizer, "all_special_ids", []))
+    for word, w in word_weights.items():
+        ids = [i for i in tokenizer(" " + word, add_special_tokens=False).input_ids if i not in specials]
+        if not ids:
+            raise ValueError(f"word_weights: the tokenizer makes no token of {word!r}")
+        for i in ids:
+            out[i] = max(out.get(i, 0.0), float(w))
+    return out
 
 
 def text_valid_mask(target_ids: torch.Tensor, target_mask: torch.Tensor, eos_id: int = 1) -> torch.Tensor:
@@ -120,6 +137,7 @@ def pixelllm_loss(
     eos_id: int = 1,
     cell_logits: Optional[torch.Tensor] = None,
     cell_weight: float = 0.0,
+    token_weights: Optional[dict] = None,
 ) -> dict:
     """The PixelLLM loss on one (micro-)batch.
 
@@ -136,6 +154,8 @@ def pixelllm_loss(
         cell_logits / cell_weight: a pointer head's attention logits B×T×H×W over the image grid and the
             weight of :func:`cell_cross_entropy` on them (0 = the paper's loss), on the same tokens and
             with the same normaliser as the point term.
+        token_weights: {token id: w} multiplying those targets' CE (None = the paper's unweighted CE;
+            :func:`word_token_weights`); the normaliser stays the token count.
     Returns:
         dict of scalar tensors: ``loss`` (to backpropagate), ``ce``, ``point_l1`` (already normalised,
         unweighted), ``giou`` when enabled, and the counts ``n_tokens`` / ``n_points`` of this batch.
@@ -143,6 +163,10 @@ def pixelllm_loss(
     target_ids = batch["target_ids"]
     tok_valid = text_valid_mask(target_ids, batch["target_mask"], eos_id)
     ce_tok = label_smoothed_cross_entropy(logits, target_ids, label_smoothing)      # B×T
+    if token_weights:
+        table = torch.ones(max(max(token_weights) + 1, int(target_ids.max()) + 1), device=ce_tok.device)
+        table[list(token_weights)] = torch.tensor(list(token_weights.values()), device=ce_tok.device)
+        ce_tok = ce_tok * table[target_ids]
     n_tok = tok_valid.sum()
     denom_tok = torch.as_tensor(num_tokens if num_tokens is not None else n_tok, dtype=torch.float32).clamp(min=1)
     ce = (ce_tok * tok_valid).sum() / denom_tok

@@ -146,6 +146,35 @@ def test_total_loss_weights():
     assert float(off["refine"]) == 0.0
 
 
+def test_attention_target_loss_by_hand():
+    from pixelllm.modeling.pixellm.losses import attention_target_loss
+
+    attn = torch.tensor([[[0.25, 0.25], [0.25, 0.25]], [[0.7, 0.1], [0.1, 0.1]], [[0.5, 0.5], [0.0, 0.0]]])
+    gt = torch.zeros(3, 4, 4)
+    gt[0, :2, :2] = 1                                   # top-left cell only → q = (1, 0, 0, 0)
+    gt[1, :2, :] = 1                                    # top row, half each → q = (.5, .5, 0, 0)
+    # row 2: empty mask, left out
+    want = (-math.log(0.25) + -(0.5 * math.log(0.7) + 0.5 * math.log(0.1))) / 2
+    assert float(attention_target_loss(attn, gt)) == pytest.approx(want, rel=1e-6)
+    assert float(attention_target_loss(attn[2:], gt[2:])) == 0.0
+
+
+def test_attention_weight_adds_its_term(small_pixellm):
+    m = small_pixellm.train()
+    b = _batch()
+    plain = m(b)
+    assert "attn" not in plain
+    m.config.attn_weight = 0.5
+    try:
+        out = m(b)
+    finally:
+        m.config.attn_weight = 0.0
+    assert float(out["attn"]) > 0
+    assert float(out["loss"]) == pytest.approx(float(plain["loss"]) + float(out["attn"]), rel=1e-5)
+    with pytest.raises(ValueError, match="attn_weight"):
+        PixelLMConfig(attn_weight=-1.0)
+
+
 # ------------------------------------------------------------------------------------------ model
 @pytest.fixture(scope="module")
 def small_pixellm():

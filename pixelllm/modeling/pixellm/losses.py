@@ -9,6 +9,9 @@
   (logit > 0) get an extra BCE term: per mask, BCE on those pixels (weight 1, 0 elsewhere), mean over all
   pixels, averaged over the masks (release ``overlap_loss``). Added with the BCE weight it makes the BCE
   weight 2× on contested pixels: the paper's weighted BCE that pushes the targets apart.
+* Attention target (a tiny-preset lever, off by default, not in PixelLM): the coarsest scale's token → image
+  attention is asked to fall on the target, cross entropy against the target mask pooled to the grid
+  (:func:`attention_target_loss`).
 * Release weights: w_txt 1.0, w_bce 2.0, w_dice 0.5; the release adds L_ref with w_bce (that line is
   commented out in the published forward). Padding pixels (outside the resized image) are excluded here.
 """
@@ -54,6 +57,18 @@ def refinement_loss(logits: torch.Tensor, gt: torch.Tensor, target_valid: torch.
     return (per_mask * tv).sum() / tv.sum().clamp(min=1.0)
 
 
+def attention_target_loss(attn: torch.Tensor, gt: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """attn R×g×g (each row a distribution over the grid), gt R×H×W target masks (0/1) → scalar:
+    mean over rows of −Σ q log a, with q the mask's area per grid cell (adaptive average pooling) normalised
+    to sum 1. Rows with an empty mask are left out (0 when all are)."""
+    q = F.adaptive_avg_pool2d(gt.unsqueeze(1).to(attn.dtype), attn.shape[-2:])[:, 0].flatten(1)   # R×g²
+    keep = q.sum(1) > 0
+    if not keep.any():
+        return attn.sum() * 0
+    q = q[keep] / q[keep].sum(1, keepdim=True)
+    return -(q * attn[keep].flatten(1).clamp(min=eps).log()).sum(1).mean()
+
+
 def pixellm_loss(text_logits: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,
                  mask_logits: torch.Tensor, gt_masks: torch.Tensor, target_valid: torch.Tensor,
                  valid: torch.Tensor | None = None, ce_weight: float = 1.0, bce_weight: float = 2.0,
@@ -81,4 +96,4 @@ def pixellm_loss(text_logits: torch.Tensor, target_ids: torch.Tensor, target_mas
     return out
 
 
-__all__ = ["mask_bce", "mask_dice", "pixellm_loss", "refinement_loss"]
+__all__ = ["attention_target_loss", "mask_bce", "mask_dice", "pixellm_loss", "refinement_loss"]

@@ -31,7 +31,7 @@ from torch import nn
 from ..image_encoder import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 from .codebook import SegCodebook, insert_groups
 from .fusion import TokenFusion
-from .losses import pixellm_loss
+from .losses import attention_target_loss, pixellm_loss
 from .pixel_decoder import PixelDecoder, PixelDecoderOutput, ScaleProjection
 from .sam_decoder import SamPixelDecoder
 
@@ -56,6 +56,9 @@ class PixelLMConfig:
                                           # loaded from the SAM checkpoint; d = SAM's prompt width)
     box_prompt: bool = False              # decoder "sam" only: the first codebook state of a group also goes
                                           # through the frozen trace head → box → SAM's box prompt tokens
+    attn_weight: float = 0.0              # tiny-preset lever (0 = PixelLM's loss): cross entropy of the coarsest
+                                          # scale's token→image attention against the target mask pooled to
+                                          # its grid (:func:`.losses.attention_target_loss`)
 
     def __post_init__(self) -> None:
         self.scale_layers = tuple(int(x) for x in self.scale_layers)
@@ -64,6 +67,8 @@ class PixelLMConfig:
                              f"{self.num_scales - 1} SAM blocks (the coarsest scale is the encoder grid)")
         if self.decoder not in ("light", "sam"):
             raise ValueError(f"PixelLMConfig: decoder must be 'light' or 'sam', got {self.decoder!r}")
+        if not (self.attn_weight >= 0 and self.attn_weight < float("inf")):
+            raise ValueError(f"PixelLMConfig: attn_weight must be a finite number >= 0, got {self.attn_weight}")
         if self.box_prompt and self.decoder != "sam":
             raise ValueError("PixelLMConfig: box_prompt needs decoder='sam' (the box enters as SAM prompt tokens)")
 
@@ -288,6 +293,9 @@ class PixelLM(nn.Module):
         cfg = self.config
         terms = pixellm_loss(out.text_logits, out.target_ids, out.target_mask, out.masks, gt.float(), out.rows,
                              valid, cfg.ce_weight, cfg.bce_weight, cfg.dice_weight, cfg.refine_weight)
+        if cfg.attn_weight > 0:
+            terms["attn"] = cfg.attn_weight * attention_target_loss(out.decoder.attention[0], gt[out.rows].float())
+            terms["loss"] = terms["loss"] + terms["attn"]
         return {k_: (v if k_ == "loss" else v.detach()) for k_, v in terms.items()}
 
     @torch.no_grad()

@@ -3,6 +3,15 @@
 Caption loss only (no point targets). What trains follows the paper's recipe at tiny scale: the prompt
 feature extractor, the trace head, the LoRA adapters of T5 (and the trainable semantic encoder when the
 preset has one); SAM stays frozen, so its features are cached per image.
+
+Tiny-preset deviation: the semantic ViT stays frozen here too (``semantic_trainable=False``; the paper trains
+EVA02 in every stage). Fine-tuned on short captions at this stage's learning rate, the tiny ViT pretrained on
+per-patch colour and shape (``pixelllm/pretrain/semantic.py``) forgets the shapes: a linear probe of an
+object's shape from its centre cell of the feature grid falls from 0.86 to 0.27 (chance 0.17;
+``bench/feature_probe.py``, ``results/feature_probe.json``), and every later stage, which keeps it frozen,
+inherited a captioner that names colours but guesses shapes (teacher-forced shape-word accuracy 0.19). Frozen
+here, its features are cached per image, and stage 1 takes a quarter of the time. The paper's trainable ViT is
+``model_overrides={}``. Grounding lab row ``s1_frozen_sem_context_span_read`` (``docs/GROUNDING_LAB.md``).
 """
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ def get_config(smoke: bool = False) -> TrainConfig:
         stage="pretrain",
         preset="tiny",
         smoke=smoke,
+        model_overrides={"semantic_trainable": False},   # the pretrained semantic ViT keeps its shapes (docstring)
         tasks={"caption": 1.0},
         prompts={"caption": "A short image caption:"},
         image_size=0,           # 0 = the preset's input size

@@ -265,6 +265,9 @@ def render_table(rows: list[dict]) -> str:
         gen = cell("pointing_accuracy_generated")
         if gen != "—":
             gen += f"; {fmt(mean('pointing_accuracy_generated_existing'))} on existing objects"
+            named = [r["n_phrases_existing"] / r["n_phrases"] for r in g if r.get("n_phrases")]
+            if named:   # naming: the share of generated "colour shape" phrases that name an object of the image
+                gen += f"; {100 * sum(named) / len(named):.0f} % of phrases name one"
         lines.append(f"| {i} | `{name}` | {g[0]['what']} | {ts} / {rs} | {len(g)} | {l1} | "
                      f"{cell('pointing_accuracy')} | {cell('pointing_accuracy_relative_position')} | "
                      f"{gen} | {cell('CIDEr-D')} | {cell('refer_p05')} | {mins:.1f} |")

@@ -196,17 +196,31 @@ def test_token_weights_scale_chosen_targets_only():
     assert same["ce"].item() == pytest.approx(math.log(V), abs=1e-6)
 
 
+class _Tok:                                             # the two calls word_token_weights makes of a HF tokenizer
+    all_special_ids = [0, 1]
+    pieces = {" circle": [57], " circles": [205], " big star": [12, 75], " star": [75]}
+
+    def __call__(self, text, add_special_tokens=True):
+        return type("Enc", (), {"input_ids": self.pieces.get(text, []) + ([1] if add_special_tokens else [])})
+
+
 def test_word_token_weights_maps_words_to_their_tokens():
     from pixelllm.modeling.losses import word_token_weights
 
-    class Tok:                                          # the two calls word_token_weights makes of a HF tokenizer
-        all_special_ids = [0, 1]
-        pieces = {" circle": [57], " circles": [205], " big star": [12, 75], " star": [75]}
-
-        def __call__(self, text, add_special_tokens=True):
-            return type("Enc", (), {"input_ids": self.pieces.get(text, []) + ([1] if add_special_tokens else [])})
-
-    got = word_token_weights(Tok(), {"circle": 5.0, "circles": 5, "big star": 2.0, "star": 3.0})
+    got = word_token_weights(_Tok(), {"circle": 5.0, "circles": 5, "big star": 2.0, "star": 3.0})
     assert got == {57: 5.0, 205: 5.0, 12: 2.0, 75: 3.0}   # a shared token takes the larger weight
     with pytest.raises(ValueError, match="no token of 'hexagon'"):
-        word_token_weights(Tok(), {"hexagon": 2.0})
+        word_token_weights(_Tok(), {"hexagon": 2.0})
+
+
+def test_loss_for_config_applies_the_word_weights():
+    from pixelllm.configs.base import TrainConfig
+    from pixelllm.modeling.losses import loss_for_config
+
+    assert loss_for_config(TrainConfig(), _Tok()) is pixelllm_loss          # no weights: the paper's loss
+    fn = loss_for_config(TrainConfig(word_weights={"circle": 5.0}), _Tok())
+    assert fn.keywords == {"token_weights": {57: 5.0}}
+    b = _batch()
+    b["target_ids"] = torch.tensor([[57, 6, 1, 0], [7, 1, 0, 0]])
+    logits = torch.zeros(2, 4, 60)                       # uniform: every valid token's CE = log 60
+    assert fn(logits, None, b)["ce"].item() == pytest.approx((5 + 1 + 1 + 1 + 1) / 5 * math.log(60), abs=1e-5)

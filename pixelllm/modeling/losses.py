@@ -25,7 +25,8 @@ Box tasks (referring localization, PAPER_NOTES.md §8): the two points at the EO
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from functools import partial
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,16 @@ def word_token_weights(tokenizer, word_weights: dict) -> dict[int, float]:
         for i in ids:
             out[i] = max(out.get(i, 0.0), float(w))
     return out
+
+
+def loss_for_config(cfg, tokenizer) -> Callable:
+    """The loss a PixelLLM ``Trainer`` of ``cfg`` uses: :func:`pixelllm_loss`, with ``cfg.word_weights`` turned
+    into ``token_weights`` by ``tokenizer`` when the config has any (every stage that trains on this loss calls
+    this, so the field is never silently ignored)."""
+    word_weights = getattr(cfg, "word_weights", None)
+    if not word_weights:
+        return pixelllm_loss
+    return partial(pixelllm_loss, token_weights=word_token_weights(tokenizer, word_weights))
 
 
 def text_valid_mask(target_ids: torch.Tensor, target_mask: torch.Tensor, eos_id: int = 1) -> torch.Tensor:

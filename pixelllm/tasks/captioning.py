@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable
 
 
@@ -20,7 +19,7 @@ def run_training(cfg, eval_fn: Callable | str | None = "default", resume: bool =
     from pixelllm.engine.evaluate import make_eval_fn
     from pixelllm.engine.paths import resolve_paths
     from pixelllm.engine.trainer import Trainer
-    from pixelllm.modeling.losses import pixelllm_loss, word_token_weights
+    from pixelllm.modeling.losses import loss_for_config
     from pixelllm.pretrain.prerequisites import ensure_prerequisites
 
     info = dist_info or distributed.init_distributed(cfg.device)
@@ -34,9 +33,6 @@ def run_training(cfg, eval_fn: Callable | str | None = "default", resume: bool =
     train = build_train_dataset(cfg, paths, tok, size)
     if eval_fn == "default":
         eval_fn = make_eval_fn(cfg, paths, tok, size, device=info.device)
-    loss_fn = pixelllm_loss
-    if getattr(cfg, "word_weights", None):
-        loss_fn = partial(pixelllm_loss, token_weights=word_token_weights(tok, cfg.word_weights))
-    trainer = Trainer(model, cfg, train, collate, out_dir=paths.out, eval_fn=eval_fn, loss_fn=loss_fn,
-                      dist_info=info, progress=progress)
+    trainer = Trainer(model, cfg, train, collate, out_dir=paths.out, eval_fn=eval_fn,
+                      loss_fn=loss_for_config(cfg, tok), dist_info=info, progress=progress)
     return trainer.resume_and_fit(resume)

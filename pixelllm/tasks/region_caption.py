@@ -304,11 +304,13 @@ def loc_caption_trainer(cfg, model, tokenizer, paths=None, progress: bool = True
     from pixelllm.data.datasets import collate
     from pixelllm.engine.paths import resolve_paths
     from pixelllm.engine.trainer import Trainer
+    from pixelllm.modeling.losses import loss_for_config
 
     paths = paths or resolve_paths(cfg)
     model = freeze_for_loc_caption(model, cfg.train_image_encoder)
     train = loc_caption_train_dataset(cfg, paths, tokenizer, model.image_size)
-    return Trainer(model, cfg, train, collate, out_dir=paths.out if write else None, progress=progress)
+    return Trainer(model, cfg, train, collate, out_dir=paths.out if write else None, progress=progress,
+                   loss_fn=loss_for_config(cfg, tokenizer))
 
 
 def train_loc_caption(cfg, progress: bool = True, resume: bool = True):

@@ -115,10 +115,11 @@ def arm_trainer(cfg: AblationConfig, model: nn.Module, paths, tokenizer, store: 
     from pixelllm.data.datasets import collate
     from pixelllm.engine.datasets import task_dataset
     from pixelllm.engine.trainer import Trainer
+    from pixelllm.modeling.losses import loss_for_config
 
     train = task_dataset("trace", "train", cfg, paths, tokenizer, model.image_size, point_target=cfg.point_target)
     if cfg.max_samples:
         train = Subset(train, range(min(cfg.max_samples, len(train))))
     trainer = Trainer(model, cfg, SupervisionView(train, cfg.loc_supervision), collate, out_dir=None,
-                      progress=progress)
+                      progress=progress, loss_fn=loss_for_config(cfg, tokenizer))
     return use_feature_store(trainer, store)

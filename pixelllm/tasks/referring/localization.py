@@ -179,11 +179,13 @@ def referring_trainer(cfg, model, tokenizer, progress: bool = True, write: bool 
     from pixelllm.data.datasets import collate
     from pixelllm.engine.paths import resolve_paths
     from pixelllm.engine.trainer import Trainer
+    from pixelllm.modeling.losses import loss_for_config
 
     paths = resolve_paths(cfg)
     sets = training_datasets(cfg, paths.data, tokenizer, model.image_size)
     return Trainer(model, cfg, sets["train"], collate, out_dir=paths.out if write else None, progress=progress,
-                   eval_fn=val_metric_hook(sets.get("val"), evaluate_referring, "P@0.5"))
+                   eval_fn=val_metric_hook(sets.get("val"), evaluate_referring, "P@0.5"),
+                   loss_fn=loss_for_config(cfg, tokenizer))
 
 
 def finetune_referring(cfg, progress: bool = True, resume: bool = True):

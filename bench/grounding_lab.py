@@ -51,6 +51,17 @@ def both(**over) -> dict:
     return {"ln_trace": dict(over), "refcoco": dict(over)}
 
 
+def context_span_read(model: dict | None = None, trace: dict | None = None) -> dict:
+    """The three pointing levers (``pointer_lr5_context_span_read``: head lr ×5; stage 2 with the context layer,
+    span targets and the read state; referring with the read state, no context layer) plus a row's own
+    change: ``model`` overrides for both stages, ``trace`` config overrides for stage 2 only."""
+    model, trace = model or {}, trace or {}
+    lr = {"trace_head.": 5.0}
+    return {"ln_trace": {"model_overrides": {**FROZEN, "pointer_context": 1, "point_state": "read", **model},
+                         "lr_multipliers": lr, "ln_alignment": "span", **trace},
+            "refcoco": {"model_overrides": {**FROZEN, "point_state": "read", **model}, "lr_multipliers": dict(lr)}}
+
+
 #: recipe name → (what it tests, {"ln_trace": overrides, "refcoco": overrides}); overrides are
 #: ``get_config`` overrides (``model_overrides`` are merged over the config's own), so every recipe names
 #: its head and whether the semantic ViT trains.
@@ -111,28 +122,13 @@ RECIPES: dict[str, tuple[str, dict]] = {
                                                        "lr_multipliers": {"trace_head.": 5.0}},
                                           "refcoco": {"model_overrides": FROZEN, "lr_multipliers": {"trace_head.": 5.0}}}),
     "pointer_lr5_context_span_read": ("stage 2 with the three pointing levers together: the context layer, span targets and the read state; referring without the context layer",
-                                      {"ln_trace": {"model_overrides": {**FROZEN, "pointer_context": 1, "point_state": "read"},
-                                                    "lr_multipliers": {"trace_head.": 5.0}, "ln_alignment": "span"},
-                                       "refcoco": {"model_overrides": {**FROZEN, "point_state": "read"},
-                                                   "lr_multipliers": {"trace_head.": 5.0}}}),
+                                      context_span_read()),
     "pointer_lr5_context_span_read_lambda1": ("the three pointing levers (the configs of record since) with point weight lambda 1.0 instead of the paper's 0.1 in stage 2; referring as the record",
-                                              {"ln_trace": {"model_overrides": {**FROZEN, "pointer_context": 1, "point_state": "read"},
-                                                            "lr_multipliers": {"trace_head.": 5.0}, "ln_alignment": "span",
-                                                            "lambda_point": 1.0},
-                                               "refcoco": {"model_overrides": {**FROZEN, "point_state": "read"},
-                                                           "lr_multipliers": {"trace_head.": 5.0}}}),
+                                              context_span_read(trace={"lambda_point": 1.0})),
     "pointer_lr5_context_span_read_grid": ("the configs of record plus the whole 8x8 grid as 64 extra LM tokens (8x8 ROIAlign of the whole-image box, roi_tokens 8): the 32 queries lose which shape is where",
-                                           {"ln_trace": {"model_overrides": {**FROZEN, "pointer_context": 1, "point_state": "read",
-                                                                             "roi_tokens": 8},
-                                                         "lr_multipliers": {"trace_head.": 5.0}, "ln_alignment": "span"},
-                                            "refcoco": {"model_overrides": {**FROZEN, "point_state": "read", "roi_tokens": 8},
-                                                        "lr_multipliers": {"trace_head.": 5.0}}}),
+                                           context_span_read(model={"roi_tokens": 8})),
     "pointer_lr5_context_span_read_shape5": ("the configs of record with the caption CE of the shape nouns (singular and plural) x5 in stage 2: one LN target token in 13 is a shape noun, and free-running captions name the wrong shape",
-                                             {"ln_trace": {"model_overrides": {**FROZEN, "pointer_context": 1, "point_state": "read"},
-                                                           "lr_multipliers": {"trace_head.": 5.0}, "ln_alignment": "span",
-                                                           "word_weights": {w: 5.0 for w in SHAPE_NOUNS}},
-                                              "refcoco": {"model_overrides": {**FROZEN, "point_state": "read"},
-                                                          "lr_multipliers": {"trace_head.": 5.0}}}),
+                                             context_span_read(trace={"word_weights": {w: 5.0 for w in SHAPE_NOUNS}})),
     "pointer_trace_only": ("pointer head (ViT frozen), stage 2 on LN only (no short captions mixed in)",
                            {"ln_trace": {"model_overrides": FROZEN, "tasks": {"trace": 1.0}},
                             "refcoco": {"model_overrides": FROZEN}}),

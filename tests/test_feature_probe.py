@@ -21,7 +21,7 @@ def test_linear_probe_reads_separable_labels_and_not_noise(probe):
     assert acc < 0.3                                        # chance 1/6
 
 
-def test_centre_cell_features_take_the_cell_of_the_box_centre(probe):
+def test_centre_cell_features_take_the_cell_of_the_box_centre(probe, monkeypatch):
     from types import SimpleNamespace
 
     class Grid:                                             # feature c at cell (i, j) = 100 i + j
@@ -40,12 +40,8 @@ def test_centre_cell_features_take_the_cell_of_the_box_centre(probe):
 
     obj = [SimpleNamespace(box=(0.0, 0.0, 0.25, 0.25), shape="star", color="red"),      # centre (16, 12) px
            SimpleNamespace(box=(0.5, 0.5, 1.0, 1.0), shape="cross", color="blue")]      # centre (96, 72) px
-    import pixelllm.data.datasets as D
-    collate = D.collate
-    try:
-        D.collate = lambda items: {k: torch.stack([it[k] for it in items]) for k in items[0]}
-        X, shapes, colours = probe.centre_cell_features(Grid(), DS(), {"7": obj}, n_images=5)
-    finally:
-        D.collate = collate
+    monkeypatch.setattr("pixelllm.data.datasets.collate",
+                        lambda items: {k: torch.stack([it[k] for it in items]) for k in items[0]})
+    X, shapes, colours = probe.centre_cell_features(Grid(), DS(), {"7": obj}, n_images=5)
     assert X[:, 0].tolist() == [0 * 100 + 1, 4 * 100 + 6]  # rows 12/16 → 0, 72/16 → 4; columns 16/16 → 1, 96/16 → 6
     assert shapes.tolist() == [3, 5] and colours.tolist() == [0, 2]

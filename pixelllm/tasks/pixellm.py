@@ -465,7 +465,6 @@ def evaluate_sam_path(refseg_dir: str | os.PathLike, tokenizer, refer_sets, muse
                               "muse_limit": muse_limit}, compute)
 
 
-
 def _checkpoint_identity(checkpoint_dir: str | os.PathLike) -> dict[str, str]:
     """:func:`~pixelllm.engine.builder.checkpoint_checksums` of the newest checkpoint in ``checkpoint_dir``: a
     cached evaluation of a stage retrained since (same config, other weights) is recomputed, not read back."""

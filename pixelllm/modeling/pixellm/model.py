@@ -21,6 +21,7 @@ Masks are read at the reference answer (teacher forcing), exactly as the SAM pat
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -67,7 +68,7 @@ class PixelLMConfig:
                              f"{self.num_scales - 1} SAM blocks (the coarsest scale is the encoder grid)")
         if self.decoder not in ("light", "sam"):
             raise ValueError(f"PixelLMConfig: decoder must be 'light' or 'sam', got {self.decoder!r}")
-        if not (self.attn_weight >= 0 and self.attn_weight < float("inf")):
+        if not (math.isfinite(self.attn_weight) and self.attn_weight >= 0):
             raise ValueError(f"PixelLMConfig: attn_weight must be a finite number >= 0, got {self.attn_weight}")
         if self.box_prompt and self.decoder != "sam":
             raise ValueError("PixelLMConfig: box_prompt needs decoder='sam' (the box enters as SAM prompt tokens)")

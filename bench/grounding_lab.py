@@ -62,6 +62,14 @@ def context_span_read(model: dict | None = None, trace: dict | None = None) -> d
             "refcoco": {"model_overrides": {**FROZEN, "point_state": "read", **model}, "lr_multipliers": dict(lr)}}
 
 
+def refer_only(model: dict | None = None, refseg: dict | None = None, **over) -> dict:
+    """A referring-only row: the referring recipe of record (head lr ×5, the read state, no context layer)
+    from the stage 2 of record (run with ``--trace-steps 0``), plus the row's own change: ``model``
+    overrides, referring config overrides ``over``, mask-adapter (``refseg``) overrides ``refseg``."""
+    refcoco = context_span_read(model=model)["refcoco"]
+    return {"refcoco": {**refcoco, **over}, "refseg": dict(refseg or {})}
+
+
 #: recipe name → (what it tests, {"ln_trace": overrides, "refcoco": overrides}); overrides are
 #: ``get_config`` overrides (``model_overrides`` are merged over the config's own), so every recipe names
 #: its head and whether the semantic ViT trains.
@@ -129,6 +137,21 @@ RECIPES: dict[str, tuple[str, dict]] = {
                                            context_span_read(model={"roi_tokens": 8})),
     "pointer_lr5_context_span_read_shape5": ("the configs of record with the caption CE of the shape nouns (singular and plural) x5 in stage 2: one LN target token in 13 is a shape noun, and free-running captions name the wrong shape",
                                              context_span_read(trace={"word_weights": {w: 5.0 for w in SHAPE_NOUNS}})),
+    # referring-only rows (--trace-steps 0 --refseg-steps 200): the box and the mask it prompts
+    "refer_record": ("the referring recipe of record (head lr x5, read state) from the stage 2 of record; mask adapter as the record",
+                     refer_only()),
+    "refer_head_lr10": ("the box head is still starved: 10x the lr for it instead of 5x", refer_only(lr_multipliers={"trace_head.": 10.0})),
+    "refer_lr2x": ("LoRA and the projections adapt too slowly for referring: base lr 2e-3 instead of 1e-3 (head still x5)",
+                   refer_only(lr=2e-3)),
+    "refer_giou2": ("the box terms are weak next to the expression's CE: GIoU weight 2 instead of 1", refer_only(giou_weight=2.0)),
+    "refer_lambda1": ("the L1 box term is too weak: lambda 1.0 instead of 0.1 (L1 in pixels)", refer_only(lambda_point=1.0)),
+    "refer_lora_release": ("decoder states cannot read the image differently enough: LoRA also on the decoder's cross-attention and the encoder (the release's targets)",
+                           refer_only(model={"lora_targets": "release"})),
+    "refer_batch64": ("noisy gradients: batch 64 instead of 32 (twice the samples per step)", refer_only(batch_size=64)),
+    "refseg_adapter600": ("the mask adapter is undertrained: 600 adapter steps instead of 200 (the box unchanged)",
+                          refer_only(refseg={"steps": 600})),
+    "refseg_singlemask": ("SAM's best-of-3 choice by predicted IoU picks wrong masks: the single-mask token instead",
+                          refer_only(refseg={"multimask_output": False})),
     "pointer_trace_only": ("pointer head (ViT frozen), stage 2 on LN only (no short captions mixed in)",
                            {"ln_trace": {"model_overrides": FROZEN, "tasks": {"trace": 1.0}},
                             "refcoco": {"model_overrides": FROZEN}}),
@@ -177,8 +200,29 @@ def score_trace(model, cfg, paths, tok, n: int) -> dict:
     return {k: res[k] for k in keep if k in res}
 
 
+def score_refseg(recipe: dict, seed: int, steps: int, out: Path, val: dict, tok, smoke: bool) -> dict:
+    """Referring segmentation of the row's referring model (``out/refcoco``): the mask adapter trained for
+    ``steps`` steps (the ``refseg`` config of record, the recipe's ``"refseg"`` overrides on top, which may
+    change the steps), then cIoU
+    and gIoU of the masks its predicted boxes prompt on ``val`` (the row's P@0.5 expressions, built with
+    their masks) (PAPER_NOTES.md §3)."""
+    from pixelllm.configs import get_config
+    from pixelllm.tasks.referring.segmentation import build_refseg_model, evaluate_refseg, refseg_trainer
+
+    t0 = time.perf_counter()
+    cfg = get_config("refseg", smoke=smoke, overrides={
+        "steps": steps, "seed": seed, "init_from": str(out / "refcoco"), "eval_samples": 0,
+        "warmup_steps": max(1, steps // 10), "ckpt_interval": 10 ** 9, "keep_last": 1,   # the last step is saved
+        "out_dir": str(out / "refseg"), **recipe.get("refseg", {})})
+    trainer = refseg_trainer(cfg, build_refseg_model(cfg, tok), tok, progress=False)
+    trainer.fit()
+    m = evaluate_refseg(trainer.model, val, progress=False)["all"]
+    return {"refseg_steps": cfg.steps, "refseg_ciou": m["cIoU"], "refseg_giou": m["gIoU"],
+            "refseg_minutes": (time.perf_counter() - t0) / 60}
+
+
 def run_one(recipe_name: str, seed: int, trace_steps: int, refer_steps: int, n_eval: int, smoke: bool,
-            keep: bool, label: str = "", what: str = "") -> dict:
+            keep: bool, label: str = "", what: str = "", refseg_steps: int = 0) -> dict:
     import torch
 
     from pixelllm.data.tokenizer import load_tokenizer
@@ -217,13 +261,16 @@ def run_one(recipe_name: str, seed: int, trace_steps: int, refer_steps: int, n_e
         paths = resolve_paths(cfg)
         tok = load_tokenizer(paths.tokenizer)
         trainer = referring_trainer(cfg, build_model(cfg, paths, tok, verbose=False), tok, progress=False,
-                                    write=False)
+                                    write=bool(refseg_steps))      # the mask adapter loads the checkpoint
         trainer.fit()
         row["refer_minutes"] = (time.perf_counter() - t1) / 60
         val = refexp_datasets(paths.data, tok, trainer.model.image_size, ("val",), prompt=cfg.prompts["refer"],
-                              max_target_len=cfg.max_target_len, max_samples=n_eval)
+                              max_target_len=cfg.max_target_len, max_samples=n_eval,
+                              return_masks=bool(refseg_steps))
         m = evaluate_referring(trainer.model, val, progress=False)
         row["refer_p05"] = m["val"]["P@0.5"]
+        if refseg_steps:
+            row.update(score_refseg(recipe, seed, refseg_steps, out, val, tok, smoke))
     row["minutes"] = (time.perf_counter() - t0) / 60
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
@@ -238,12 +285,12 @@ def render_table(rows: list[dict]) -> str:
     """Markdown: one line per (recipe, steps) with the mean over seeds and the per-seed values."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["recipe"], r["trace_steps"], r["refer_steps"]), []).append(r)
-    lines = ["| # | recipe | what | steps (trace / refer) | seeds | point_l1 (centre) | pointing acc. (own utterance) "
+        groups.setdefault((r["recipe"], r["trace_steps"], r["refer_steps"], r.get("refseg_steps", 0)), []).append(r)
+    lines = ["| # | recipe | what | steps (trace / refer / adapter) | seeds | point_l1 (centre) | pointing acc. (own utterance) "
              "| pointing acc. (relative position) | generated pointing | CIDEr-D "
-             "| refer P@0.5 | minutes / seed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for i, ((name, ts, rs), g) in enumerate(groups.items(), 1):
+             "| refer P@0.5 | refer cIoU (gIoU) | minutes / seed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, ((name, ts, rs, ss), g) in enumerate(groups.items(), 1):
         def values(k):
             return [r.get(k) for r in g if r.get(k) is not None]
 
@@ -264,9 +311,11 @@ def render_table(rows: list[dict]) -> str:
             named = [r["n_phrases_existing"] / r["n_phrases"] for r in g if r.get("n_phrases")]
             if named:   # naming: the share of generated "colour shape" phrases that name an object of the image
                 gen += f"; {100 * sum(named) / len(named):.0f} % of phrases name one"
-        lines.append(f"| {i} | `{name}` | {g[0]['what']} | {ts} / {rs} | {len(g)} | {l1} | "
+        seg = cell("refseg_ciou") + (f" ({fmt(mean('refseg_giou'))})" if values("refseg_giou") else "")
+        steps = f"{ts or 'record'} / {rs}" + (f" / {ss}" if ss else "")
+        lines.append(f"| {i} | `{name}` | {g[0]['what']} | {steps} | {len(g)} | {l1} | "
                      f"{cell('pointing_accuracy')} | {cell('pointing_accuracy_relative_position')} | "
-                     f"{gen} | {cell('CIDEr-D')} | {cell('refer_p05')} | {mins:.1f} |")
+                     f"{gen} | {cell('CIDEr-D')} | {cell('refer_p05')} | {seg} | {mins:.1f} |")
     return "\n".join(lines)
 
 
@@ -287,6 +336,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--trace-steps", type=int, default=300)
     ap.add_argument("--refer-steps", type=int, default=200)
+    ap.add_argument("--refseg-steps", type=int, default=0,
+                    help="also train the mask adapter this many steps and score referring segmentation cIoU / gIoU")
     ap.add_argument("--n-eval", type=int, default=128, help="val narratives / expressions scored")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--smoke", action="store_true", help="SMOKE world and a few steps (a test of the lab)")
@@ -308,7 +359,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     for seed in args.seeds:
         row = run_one(args.recipe, seed, args.trace_steps, args.refer_steps, args.n_eval, args.smoke, args.keep,
-                      label=args.label, what=args.what)
+                      label=args.label, what=args.what, refseg_steps=args.refseg_steps)
         print(json.dumps(row))
         if not args.no_log and not args.smoke:
             LOG.parent.mkdir(parents=True, exist_ok=True)

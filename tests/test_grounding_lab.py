@@ -32,8 +32,10 @@ def test_table_means_over_seeds_and_separates_step_counts(lab):
 
 def test_every_recipe_names_its_head_and_encoder(lab):
     for name, (what, rec) in lab.RECIPES.items():
-        assert what and set(rec) <= {"ln_trace", "refcoco"}, name
+        assert what and set(rec) <= {"ln_trace", "refcoco", "refseg"}, name
         for stage, over in rec.items():
+            if stage == "refseg":                            # mask-adapter overrides: no model of its own
+                continue
             mo = over.get("model_overrides", {})
             assert "head" in mo and "semantic_trainable" in mo, (name, stage)
 
@@ -43,11 +45,11 @@ def test_smoke_run_reports_every_metric(lab):
 
     # the shared SMOKE run folder: its prerequisites are reused when other tests made them
     r = lab.run_one("pointer_frozen_sem", 0, trace_steps=2, refer_steps=2, n_eval=4, smoke=True, keep=False,
-                    label="my_label", what="labelled run")
+                    label="my_label", what="labelled run", refseg_steps=2)
     assert r["recipe"] == "my_label" and r["overrides_of"] == "pointer_frozen_sem" and r["what"] == "labelled run"
-    for k in ("point_l1", "centre_l1", "refer_p05", "minutes", "CIDEr-D"):
+    for k in ("point_l1", "centre_l1", "refer_p05", "minutes", "CIDEr-D", "refseg_ciou", "refseg_giou"):
         assert isinstance(r[k], float) and r[k] >= 0, k
-    assert 0.0 <= r["refer_p05"] <= 1.0
+    assert 0.0 <= r["refer_p05"] <= 1.0 and 0.0 <= r["refseg_ciou"] <= 1.0 and r["refseg_steps"] == 2
     assert not (run_dir(True) / "lab" / "my_label" / "seed0").exists()     # deleted after scoring
     json.dumps(r)
 
@@ -84,3 +86,25 @@ def test_lab_rows_keep_their_meaning_with_the_adopted_pointing_levers(lab):
     r = lab.merged("refcoco", combined, {}, True)
     assert (r.model_overrides["pointer_context"], r.model_overrides["point_state"]) == (0, "read")
     assert lab.merged("ln_trace", lab.RECIPES["pointer_lr5_stem"][1], {}, True).model_overrides["pointer_stem"] == 64
+
+
+def test_table_shows_segmentation_and_referring_only_rows(lab):
+    rows = [{**row("r", s, None, None, p), "trace_steps": 0, "refer_steps": 400, "refseg_steps": 200,
+             "refseg_ciou": c, "refseg_giou": g} for s, p, c, g in ((0, 0.5, 0.40, 0.45), (1, 0.7, 0.60, 0.65))]
+    cells = lab.render_table(rows).splitlines()[2].split(" | ")
+    assert "record / 400 / 200" in cells[3]
+    assert cells[10] == "0.600 (0.500 / 0.700)" and cells[11] == "0.500 (0.400 / 0.600) (0.550)"
+
+
+def test_referring_only_recipes_change_one_thing_from_the_referring_recipe_of_record(lab):
+    """A referring-only row starts from the referring recipe of record (head x5, read state, no context layer)
+    and changes only what it names; mask-adapter overrides reach the refseg config alone."""
+    base = lab.merged("refcoco", lab.RECIPES["refer_record"][1], {}, True)
+    assert base.lr_multipliers == {"trace_head.": 5.0} and base.model_overrides["point_state"] == "read"
+    assert base.model_overrides["pointer_context"] == 0 and base.giou_weight == 1.0
+    giou = lab.merged("refcoco", lab.RECIPES["refer_giou2"][1], {}, True)
+    assert giou.giou_weight == 2.0 and giou.lr_multipliers == base.lr_multipliers
+    assert lab.merged("refcoco", lab.RECIPES["refer_head_lr10"][1], {}, True).lr_multipliers == {"trace_head.": 10.0}
+    assert lab.merged("refcoco", lab.RECIPES["refer_lora_release"][1], {}, True).model_overrides["lora_targets"] == "release"
+    assert lab.RECIPES["refseg_singlemask"][1]["refseg"] == {"multimask_output": False}
+    assert lab.RECIPES["refer_record"][1]["refseg"] == {}

@@ -146,6 +146,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "refer_lr_half": ("the referring learning rate of record is too high (2x the base lr and 10x the head's both hurt): base lr 5e-4 instead of 1e-3 (head still x5)",
                       refer_only(lr=5e-4)),
     "refer_head_lr2": ("the head's 5x is too high for referring: 2x instead", refer_only(lr_multipliers={"trace_head.": 2.0})),
+    "refer_head_lr2_batch64": ("the two levers that lifted referring add up: head lr x2 and batch 64",
+                               refer_only(lr_multipliers={"trace_head.": 2.0}, batch_size=64)),
     "refer_giou2": ("the box terms are weak next to the expression's CE: GIoU weight 2 instead of 1", refer_only(giou_weight=2.0)),
     "refer_lambda1": ("the L1 box term is too weak: lambda 1.0 instead of 0.1 (L1 in pixels)", refer_only(lambda_point=1.0)),
     "refer_lora_release": ("decoder states cannot read the image differently enough: LoRA also on the decoder's cross-attention and the encoder (the release's targets)",

@@ -207,10 +207,9 @@ def score_trace(model, cfg, paths, tok, n: int) -> dict:
 
 def score_refseg(recipe: dict, seed: int, steps: int, out: Path, val: dict, tok, smoke: bool) -> dict:
     """Referring segmentation of the row's referring model (``out/refcoco``): the mask adapter trained for
-    ``steps`` steps (the ``refseg`` config of record, the recipe's ``"refseg"`` overrides on top, which may
-    change the steps), then cIoU
-    and gIoU of the masks its predicted boxes prompt on ``val`` (the row's P@0.5 expressions, built with
-    their masks) (PAPER_NOTES.md §3)."""
+    ``steps`` steps (the ``refseg`` config of record with a warm-up of ``steps // 10``; the recipe's ``"refseg"``
+    overrides go on top and may change the steps, not that warm-up), then cIoU and gIoU of the masks its
+    predicted boxes prompt on ``val`` (the row's P@0.5 expressions, built with their masks; PAPER_NOTES.md §3)."""
     from pixelllm.configs import get_config
     from pixelllm.tasks.referring.segmentation import build_refseg_model, evaluate_refseg, refseg_trainer
 

@@ -4,8 +4,9 @@
         --pixellm "{'decoder': 'sam', 'dim': 128, 'out_size': 64, 'box_prompt': True}" init_from=refcoco
     OMP_NUM_THREADS=1 python bench/pixellm_lab.py sam_path --n 100
 
-``run`` trains ``get_config("pixellm")`` with stage NAME, the ``--pixellm`` PixelLMConfig overrides and any
-``key=value`` TrainConfig overrides (found again when made by the same config), then scores it with
+``run`` trains ``get_config("pixellm")`` (the recipe of record: 9,600 steps) with stage NAME, the ``--pixellm``
+PixelLMConfig overrides merged over the recipe's own (``{'attn_weight': 0.0}`` turns its attention loss off)
+and any ``key=value`` TrainConfig overrides (e.g. ``steps=1200``) (found again when made by the same config), then scores it with
 ``pixelllm.tasks.pixellm.evaluate_stage`` on the first N testA + N testB expressions and the first 2N
 multi-target test questions. ``sam_path`` scores the run's ``refseg`` stage on the same subset. Each prints
 one JSON line (appended to ``--log`` when given).
@@ -49,7 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
     ov = ast.literal_eval(args.pixellm)
     if not isinstance(ov, dict):
         raise SystemExit(f"--pixellm must be a dict literal, got {args.pixellm!r}")
-    cfg = get_config("pixellm", overrides=[f"stage={args.name}", f"pixellm_overrides={ov!r}", *args.overrides])
+    base = get_config("pixellm").pixellm_overrides         # the recipe's own (attn_weight); --pixellm adds to them
+    cfg = get_config("pixellm", overrides=[f"stage={args.name}", f"pixellm_overrides={ {**base, **ov}!r}",
+                                           *args.overrides])
     paths = resolve_paths(cfg)
     out = {"name": args.name if args.command == "run" else "sam_path", "pixellm_overrides": ov,
            "overrides": args.overrides, "n": args.n}

@@ -134,10 +134,15 @@ def collect(d: Path) -> dict[str, Any]:
         s["pixellm"]["ciou_gap"] = None if a is None or b is None else a - b
         s["pixellm"]["by_targets"] = {m: {t: _num(v.get("giou")) for t, v in pl.get("multi", {}).get(m, {})
                                           .get("by_targets", {}).items()} for m in ("pixellm", "sam_path")}
-        s["pixellm"]["ablations"] = {k: {"label": v.get("label"), **{m: _num(v.get(m, {}).get("mean"))
-                                                                     for m in ("ciou_single", "giou_multi")},
+        s["pixellm"]["ablations"] = {k: {"label": v.get("label"),
+                                         **{m: _num(v.get(m, {}).get("mean")) for m in ("ciou_single", "giou_multi")},
+                                         **{f"{m}_range": [_num(v.get(m, {}).get(e)) for e in ("min", "max")]
+                                            for m in ("ciou_single", "giou_multi") if "min" in v.get(m, {})},
+                                         "separates": v.get("separates"),
                                          "seeds": len(v.get("ciou_single", {}).get("values", []))}
                                      for k, v in pl.get("ablations", {}).items()}
+        s["pixellm"]["steps"] = _num(pl.get("protocol", {}).get("steps"))
+        s["pixellm"]["ablation_steps"] = _num(pl.get("protocol", {}).get("ablation_steps"))
     bench = {}
     to = _load(d, "trace_overhead.json")
     if to:
@@ -347,14 +352,22 @@ def pixellm_markdown(p: dict[str, Any]) -> list[str]:
                 "targets (PAPER_NOTES.md §7.1).", ""]
     ab = p.get("ablations") or {}
     if ab:
-        out += ["| PixelLM arm (mean over seeds) | cIoU single | gIoU 2–4 targets | seeds |", "|---|---|---|---|"]
+        steps = p.get("ablation_steps")
+        out += [f"PixelLM's ablations" + (f", each arm and the recipe at {steps:,.0f} steps" if steps else "")
+                + ": mean over seeds [min, max]; an arm separates from the recipe when the seed ranges do not overlap.",
+                "", "| PixelLM arm | cIoU single | gIoU 2–4 targets | seeds | separates (cIoU / gIoU) |",
+                "|---|---|---|---|---|"]
+
+        def cell(v: dict, m: str) -> str:
+            lo, hi = v.get(f"{m}_range") or (None, None)
+            return _f(v.get(m), 100) + (f" [{_f(lo, 100)}, {_f(hi, 100)}]" if lo is not None and hi is not None else "")
+
         for v in ab.values():
-            out.append(f"| {v.get('label')} | {_f(v.get('ciou_single'), 100)} | {_f(v.get('giou_multi'), 100)} "
-                       f"| {v.get('seeds')} |")
+            sep = v.get("separates") or {}
+            verdict = " / ".join("yes" if sep.get(m) else "no" for m in ("ciou_single", "giou_multi")) if sep else "—"
+            out.append(f"| {v.get('label')} | {cell(v, 'ciou_single')} | {cell(v, 'giou_multi')} | {v.get('seeds')} "
+                       f"| {verdict} |")
         out.append("")
-        if "hybrid" in ab:
-            out += ["The hybrid arm is a diagnosis, not PixelLM: SAM's decoder gets the trace-head box of the "
-                    "first codebook state as a box prompt (docs/lab/pixellm.md).", ""]
     return out
 
 

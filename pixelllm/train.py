@@ -2,11 +2,14 @@
 
 NAME is one of :data:`pixelllm.configs.CONFIGS`: the prerequisites (``data``, ``tokenizer``, ``sam_tiny``,
 ``t5_tiny``, ``semantic_tiny``) and the stages (``pretrain``, ``ln_trace``, ``refcoco``, ``refseg``,
-``loc_caption``, ``densecap``, and ``own_data``: stage 2 continued on a folder converted by
+``loc_caption``, ``densecap``, ``pixellm``, and ``own_data``: stage 2 continued on a folder converted by
 ``python -m data_prep.convert``, notebook 11). Each goes to the same place, from the same numbers, as the notebook that
-makes it (notebooks 01–07); what it needs first — the prerequisites and the stages named in its
+makes it (notebooks 01–07, 09); what it needs first — the prerequisites and the stages named in its
 ``init_from`` — is found, or made from their own configs of record. A finished artifact whose stored
 config matches is reused; a stage's checkpoint folder is resumed.
+
+``--config pixellm --ablations [--jobs 2]`` makes notebook 09's whole plan: the PixelLM recipe of record and
+its ablation arms at two seeds (``make reproduce`` runs it before notebook 09, which then only evaluates).
 
 Data parallel on N processes (gloo on CPU, nccl on GPU; rank 0 logs and checkpoints) for the
 captioning stages::
@@ -115,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="refuse (exit 2) a checkpoint folder or artifact made by another config instead of "
                          "setting it aside and retraining (same as PIXELLLM_STRICT=1)")
     ap.add_argument("--no-eval", action="store_true", help="skip the eval hook (captioning stages)")
+    ap.add_argument("--ablations", action="store_true",
+                    help="--config pixellm only: notebook 09's whole plan, the recipe of record and its ablation "
+                         "arms (pixelllm.tasks.pixellm.pixellm_plan), each found or trained; overrides not allowed")
+    ap.add_argument("--jobs", type=int, default=1, help="--ablations: stages trained at a time, one process each")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     ap.add_argument("overrides", nargs="*", help="config overrides key=value (Python literals)")
     args = ap.parse_args(argv)
@@ -123,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{ap.prog}: error: {msg}", file=sys.stderr)
         return 2
 
+    if args.ablations and (args.config != "pixellm" or args.overrides or args.preset):
+        return error("--ablations goes with --config pixellm alone (each stage of the plan has its config of record)")
+    if args.jobs < 1:
+        return error(f"--jobs must be >= 1, got {args.jobs}")
     try:
         cfg = get_config(args.config, smoke=args.smoke, preset=args.preset, overrides=args.overrides)
         check_up_front(args.config, cfg)
@@ -147,6 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pixelllm.engine import distributed
 
+    if args.ablations:
+        from pixelllm.tasks.pixellm import ensure_pixellm_stages
+
+        try:
+            stages = ensure_pixellm_stages(args.smoke, jobs=args.jobs)
+        except user_faults as e:
+            return error(str(e))
+        print(f"done: {', '.join(stages)} in {next(iter(stages.values())).parent}")
+        return 0
     info = distributed.init_distributed(cfg.device)
     try:
         out = make(args.config, cfg, resume=not args.no_resume, eval_hook=not args.no_eval)

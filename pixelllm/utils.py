@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -185,6 +186,21 @@ def preset_config(preset: Any, presets: dict[str, T], overrides: dict, who: str)
             raise KeyError(f"{who}: unknown preset {preset!r}; known: {sorted(presets)}")
         preset = presets[preset]
     return dataclasses.replace(preset, **overrides)
+
+
+@contextlib.contextmanager
+def eval_mode(module: Any):
+    """Run a block with ``module`` in eval mode, then give it back the mode it had. A module already in eval
+    mode is left alone: ``Module.train()`` walks every submodule, and for a PixelLLM on a CPU that walk takes
+    about as long as a batch-1 forward pass."""
+    was = module.training
+    if was:
+        module.eval()
+    try:
+        yield module
+    finally:
+        if was:
+            module.train(True)
 
 
 def seed_everything(seed: int) -> None:

@@ -257,7 +257,12 @@ def test_report_reads_the_pixellm_section(tmp_path):
            "multi": {"pixellm": {"by_targets": {"1": {"giou": 0.7}, "2": {"giou": 0.66}, "3+": {"giou": 0.6}}},
                      "sam_path": {"by_targets": {"1": {"giou": 0.8}, "2": {"giou": 0.7}, "3+": {"giou": 0.65}}}},
            "ablations": {"n1": {"label": "N = 1", "ciou_single": {"mean": 0.4, "values": [0.4]},
-                                "giou_multi": {"mean": 0.5, "values": [0.5]}}}}
+                                "giou_multi": {"mean": 0.5, "values": [0.5]}},
+                         "1scale": {"label": "one scale", "ciou_single": {"mean": 0.3, "min": 0.28, "max": 0.32,
+                                                                          "values": [0.28, 0.32]},
+                                    "giou_multi": {"mean": 0.5, "min": 0.45, "max": 0.55, "values": [0.45, 0.55]},
+                                    "separates": {"ciou_single": True, "giou_multi": False}}},
+           "protocol": {"steps": 9600, "ablation_steps": 1200}}
     (tmp_path / "pixellm.json").write_text(json.dumps(res))
     s = collect(tmp_path)
     assert s["pixellm"]["ciou_gap"] == pytest.approx(-0.08)
@@ -267,4 +272,45 @@ def test_report_reads_the_pixellm_section(tmp_path):
     md = "\n".join(report_markdown(s).splitlines())
     assert "| single-target cIoU | 50.0 | 58.0 |" in md
     assert "| latency per image (ms, batch 1, 1 thread) | 20.0 | 35.0 |" in md
-    assert "| PixelLM | 70.0 | 66.0 | 60.0 |" in md and "| N = 1 | 40.0 | 50.0 | 1 |" in md
+    assert "| PixelLM | 70.0 | 66.0 | 60.0 |" in md and "| N = 1 | 40.0 | 50.0 | 1 | — |" in md
+    assert "| one scale | 30.0 [28.0, 32.0] | 50.0 [45.0, 55.0] | 2 | yes / no |" in md
+    assert "each arm and the recipe at 1,200 steps" in md
+
+
+# ------------------------------------------------------------------------------------------ configs
+def test_ablation_arms_change_one_thing_each_and_keep_the_recipe():
+    from pixelllm.configs import get_config
+    from pixelllm.configs.pixellm import ABLATION_ARMS, ABLATION_SEEDS, ABLATION_STEPS, ablation_config
+
+    rec = get_config("pixellm").to_dict()
+    assert rec["steps"] == 9600 and rec["lr_multipliers"] == {"llm.": 0.1} and rec["pixellm_overrides"] == {"attn_weight": 1.0}
+    for arm, (_, change) in ABLATION_ARMS.items():
+        for seed in ABLATION_SEEDS:
+            c = ablation_config(arm, seed).to_dict()
+            diff = {k for k in rec if rec[k] != c[k]}
+            assert diff <= {"stage", "seed", "steps", "ckpt_interval", "pixellm_overrides"}
+            assert c["steps"] == ABLATION_STEPS and c["seed"] == seed
+            assert c["pixellm_overrides"] == {"attn_weight": 1.0, **change}     # the recipe's own lever kept
+            assert c["stage"] == f"pixellm_abl_{arm}" + (f"_s{seed}" if seed else "")
+    assert ablation_config("n1", smoke=True).steps == get_config("pixellm", smoke=True).steps   # SMOKE: seconds
+    with pytest.raises(KeyError, match="unknown PixelLM ablation arm 'n2'"):
+        ablation_config("n2")
+
+
+def test_pixellm_plan_is_the_recipe_then_every_arm_at_every_seed():
+    from pixelllm.configs.pixellm import ABLATION_ARMS, ABLATION_SEEDS
+    from pixelllm.tasks.pixellm import pixellm_plan
+
+    plan = pixellm_plan(smoke=False)
+    assert list(plan)[0] == "pixellm" and len(plan) == 1 + len(ABLATION_ARMS) * len(ABLATION_SEEDS)
+    assert all(c.stage == name for name, c in plan.items())
+
+
+def test_train_cli_refuses_ablations_with_other_configs_or_overrides(capsys):
+    from pixelllm.train import main
+
+    assert main(["--config", "refcoco", "--ablations"]) == 2
+    assert main(["--config", "pixellm", "--ablations", "steps=10"]) == 2
+    assert main(["--config", "pixellm", "--ablations", "--jobs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--ablations goes with --config pixellm alone" in err and "--jobs must be >= 1" in err

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from pixelllm.data.datasets import DEFAULT_PROMPTS
+from pixelllm.utils import eval_mode
 
 REGION_PROMPT = DEFAULT_PROMPTS["region_caption"]          # "an object of"
 
@@ -180,9 +181,7 @@ class DenseCaptioner(nn.Module):
         """
         from pixelllm.modeling.centernet import decode_detections
 
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             b, s = images.shape[0], self.image_size
             if image_sizes is None:
                 image_sizes = torch.full((b, 2), s, dtype=torch.long, device=images.device)
@@ -213,8 +212,6 @@ class DenseCaptioner(nn.Module):
                             "scores": d["scores"].cpu(), "captions": texts[start:start + n]})
                 start += n
             return out
-        finally:
-            self.train(was)
 
 
 def build_dense_captioner(pixelllm: nn.Module, tokenizer, dim: int = 128, scale_factor: float = 2.0,

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
+from pixelllm.utils import eval_mode
+
 from .image_encoder import ImageEncoder
 from .language_model import LanguageModel
 from .prompt_encoder import BoxPromptEncoder, whole_image_boxes
@@ -243,9 +245,7 @@ class PixelLLM(nn.Module):
         shifted by one plus one decoder step on the generation's cache for the last token; with beams, one
         teacher-forced decoder pass over the returned sequences.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             b = images.shape[0]
             if prompt_ids is None:
                 prompt_ids, prompt_mask = self._tokenize_prompts(prompt, b, tokenizer)
@@ -276,8 +276,6 @@ class PixelLLM(nn.Module):
                 hidden = self.gather_generated_states(gen, num_beams)
             points = self.trace_head(hidden, self.frame_hw, self.head_grid(grid, images))
             return tokens, hidden, points
-        finally:
-            self.train(was_training)
 
     def _lengths(self, tokens: torch.Tensor) -> torch.Tensor:
         """Index of the first EOS per row (= number of tokens before it); T when there is none."""

@@ -5,10 +5,12 @@ side-by-side measurements against PixelLLM's SAM path (:mod:`pixelllm.tasks.refe
   config's ``init_from`` checkpoint (stage 2), seeded;
 * :func:`pixellm_trainer` / :func:`train_pixellm` — the engine ``Trainer`` on RefCOCO train masks (one
   target) mixed with multi-target questions; :func:`load_pixellm` loads a finished stage back;
+* :func:`ensure_pixellm_stages` — notebook 09's stages (:func:`pixellm_plan`: the recipe of record and the
+  ablation arms), found or trained, several at a time (``python -m pixelllm.train --config pixellm --ablations``);
 * :func:`pixellm_collate` — the repo's collate plus ``masks`` B×K×S×S and ``mask_valid`` B×K;
 * :func:`evaluate_pixellm_refseg` — cIoU / gIoU in original-image pixels, exactly as
   :func:`~pixelllm.tasks.referring.evaluate_refseg` scores the SAM path;
-* :func:`latency_ms` — wall-clock milliseconds per image of a prediction function, batch 1.
+* :func:`compare_latency` — median milliseconds per image of both paths, batch 1, alternating image by image.
 """
 from __future__ import annotations
 
@@ -160,6 +162,57 @@ def ensure_comparison_stages(smoke: bool, progress: bool = False) -> dict:
         found_or_compute(d / "final.json", lambda c=c, make=make: make(c), config=stage_config(c))
         out[name] = d
     return out
+
+
+def pixellm_plan(smoke: bool) -> dict:
+    """Notebook 09's PixelLM stages, ``{stage: config}``: the recipe of record (:func:`pixelllm.configs.pixellm.get_config`)
+    first, then every ablation arm at every seed (:func:`~pixelllm.configs.pixellm.ablation_config`)."""
+    from pixelllm.configs.pixellm import ABLATION_ARMS, ABLATION_SEEDS, ablation_config, get_config
+
+    cfgs = [get_config(smoke)] + [ablation_config(a, s, smoke) for a in ABLATION_ARMS for s in ABLATION_SEEDS]
+    return {c.stage: c for c in cfgs}
+
+
+def _make_stage(cfg, threads: int) -> str:
+    """One stage of :func:`ensure_pixellm_stages`, found or trained (in a worker process when ``jobs`` > 1)."""
+    from pixelllm.engine.builder import stage_config
+    from pixelllm.engine.paths import resolve_paths
+    from pixelllm.utils import found_or_compute
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = resolve_paths(cfg).out
+    t0 = time.time()
+    found_or_compute(out / "final.json", lambda: train_pixellm(cfg, progress=False), config=stage_config(cfg))
+    return f"{cfg.stage}: {(time.time() - t0) / 60:.1f} min in this call, {training_minutes(out / 'metrics.jsonl')} min of training"
+
+
+def ensure_pixellm_stages(smoke: bool, jobs: int = 1, progress: bool = True) -> dict:
+    """Find or train every stage of :func:`pixellm_plan` (after the stages they start from,
+    :func:`ensure_comparison_stages`); returns ``{stage: out_dir}``.
+
+    ``jobs`` > 1 trains that many stages at a time, each in its own process with ``cpu_count // jobs`` torch
+    threads (``make reproduce`` uses 2 on a 2-core CPU: the recipe on one core, the arms on the other). Each
+    stage runs a fixed number of steps from its own seed, so ``jobs`` changes the minutes, not the recipe."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing as mp
+
+    from pixelllm.engine.paths import resolve_paths
+
+    ensure_comparison_stages(smoke, progress=progress)
+    plan = pixellm_plan(smoke)
+    if jobs <= 1:
+        lines = (_make_stage(cfg, 0) for cfg in plan.values())
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"))
+        lines = pool.map(_make_stage, plan.values(), [threads] * len(plan))
+    for line in lines:
+        if progress:
+            print(line, flush=True)
+    if jobs > 1:
+        pool.shutdown()
+    return {name: resolve_paths(cfg).out for name, cfg in plan.items()}
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -375,20 +428,6 @@ def trainable_and_total(modules: Iterable[torch.nn.Module]) -> dict[str, int]:
             "total": sum(p.numel() for p in seen.values())}
 
 
-@torch.no_grad()
-def latency_ms(predict: Callable[[dict], Any], batches: Sequence[dict], warmup: int = 2) -> float:
-    """Median wall-clock milliseconds of ``predict(batch)`` over ``batches`` (one image each, everything
-    computed from pixels: no cached features), after ``warmup`` untimed calls."""
-    for b in batches[:warmup]:
-        predict(b)
-    times = []
-    for b in batches:
-        t0 = time.perf_counter()
-        predict(b)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return float(np.median(times))
-
-
 def multi_target_metrics(results: Sequence[dict]) -> dict:
     """:func:`~pixelllm.eval.multi_mask.evaluate_multi_target` of ``results`` plus ``"2-4"``: the same
     numbers over the questions with 2 to 4 targets (the multi-target goal of notebook 09)."""
@@ -502,24 +541,34 @@ def training_minutes(metrics_jsonl: str | os.PathLike) -> float | None:
 
 
 @torch.no_grad()
-def compare_latency(model, segmenter, dataset, n: int = 20) -> dict[str, float]:
+def compare_latency(model, segmenter, dataset, n: int = 20, warmup: int = 2) -> dict[str, float]:
     """Median milliseconds per image, batch 1, everything from pixels (no cached features), on the first
-    ``n`` samples of a RefExp dataset, with the current thread count: ``{"pixellm", "sam_path"}``."""
+    ``n`` samples of a RefExp dataset, with the current thread count: ``{"pixellm", "sam_path"}``.
+
+    The two paths alternate image by image (after ``warmup`` untimed images each), so that a change in the
+    load of a shared machine falls on both medians instead of on whichever path ran second."""
     from pixelllm.data.datasets import collate
 
     batches = [batch_to(collate([dataset[i]]), model.device) for i in range(min(n, len(dataset)))]
     ones = torch.ones(1, dtype=torch.long, device=model.device)
     model.eval()
     segmenter.eval()
-    return {"pixellm": latency_ms(lambda b: model.predict(b, num_targets=ones), batches),
-            "sam_path": latency_ms(lambda b: segmenter.predict(b), batches)}
+    paths = {"pixellm": lambda b: model.predict(b, num_targets=ones), "sam_path": lambda b: segmenter.predict(b)}
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    for i, b in enumerate(batches[:warmup] + batches):
+        for name, predict in (paths.items() if i % 2 == 0 else reversed(paths.items())):
+            t0 = time.perf_counter()
+            predict(b)
+            if i >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1000.0)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def batch_to(batch: Mapping[str, Any], device) -> dict:
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-__all__ = ["MuseSamples", "batch_to", "build_pixellm_model", "cached_evaluation", "evaluate_sam_path", "evaluate_stage", "compare_latency", "ensure_comparison_stages",
-           "evaluate_pixellm_refseg", "latency_ms", "load_pixellm", "multi_target_metrics", "muse_samples",
-           "muse_training_set", "parameters_added", "pixellm_collate", "pixellm_trainer", "predict_multi_pixellm",
+__all__ = ["MuseSamples", "batch_to", "build_pixellm_model", "cached_evaluation", "evaluate_sam_path", "evaluate_stage", "compare_latency", "ensure_comparison_stages", "ensure_pixellm_stages",
+           "evaluate_pixellm_refseg", "load_pixellm", "multi_target_metrics", "muse_samples",
+           "muse_training_set", "parameters_added", "pixellm_plan", "pixellm_collate", "pixellm_trainer", "predict_multi_pixellm",
            "predict_multi_sam_path", "train_pixellm", "trainable_and_total", "training_minutes", "training_sets"]

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixelllm.utils import eval_mode
+
 from ..image_encoder import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 from .codebook import SegCodebook, insert_groups
 from .fusion import TokenFusion
@@ -303,12 +305,8 @@ class PixelLM(nn.Module):
     def predict(self, batch: Mapping[str, Any], features: torch.Tensor | None = None,
                 num_targets: torch.Tensor | None = None) -> PixelLMOutput:
         """Inference at the reference answer: masks B×K×S×S logits (see :class:`PixelLMOutput`)."""
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self.run(batch, features, num_targets)
-        finally:
-            self.train(was)
 
 
 def build_pixellm(pixelllm: nn.Module, preset: str | PixelLMConfig = "tiny", device: str | torch.device | None = None,

@@ -372,3 +372,28 @@ def test_bad_inputs_raise_clear_errors(model):
         model(images, torch.zeros(2, 2), prompt_ids, None, target_ids)
     with pytest.raises(KeyError, match="unknown preset"):
         build_pixelllm("huge")
+
+
+def test_eval_mode_restores_training_and_leaves_an_eval_model_alone():
+    from pixelllm.utils import eval_mode
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Dropout(0.5)
+            self.switches = 0
+
+        def train(self, mode: bool = True):
+            self.switches += 1
+            return super().train(mode)
+
+    m = Counting()
+    with eval_mode(m):
+        assert not m.training and not m.inner.training
+    assert m.training and m.inner.training and m.switches == 2     # eval() is train(False), then back
+    m.eval()
+    m.switches = 0
+    with pytest.raises(RuntimeError):
+        with eval_mode(m):
+            raise RuntimeError("inside")
+    assert not m.training and m.switches == 0                     # an eval model is never walked

@@ -314,3 +314,19 @@ def test_train_cli_refuses_ablations_with_other_configs_or_overrides(capsys):
     assert main(["--config", "pixellm", "--ablations", "--jobs", "0"]) == 2
     err = capsys.readouterr().err
     assert "--ablations goes with --config pixellm alone" in err and "--jobs must be >= 1" in err
+
+
+def test_ensure_pixellm_stages_in_two_processes_gives_every_stage_of_the_plan():
+    """The ``--jobs 2`` path of ``make reproduce`` (SMOKE: stages of 2 steps; after the notebook tests they
+    are found, otherwise trained here)."""
+    import json
+
+    from pixelllm.tasks.pixellm import ensure_pixellm_stages, pixellm_plan
+
+    dirs = ensure_pixellm_stages(True, jobs=2, progress=False)
+    plan = pixellm_plan(True)
+    assert list(dirs) == list(plan)
+    for name, out in dirs.items():
+        assert out.name == name
+        assert json.loads((out / "final.json").read_text())["step"] == plan[name].steps
+        assert (out / "final.json.config.json").is_file()

@@ -33,7 +33,7 @@ test: setup
 
 # FORCE=1 make reproduce  recomputes artifacts that already exist (data, pretrained parts, checkpoints).
 # Notebook 09 evaluates PixelLM stages trained just before it (the recipe of record, 9,600 steps, and its
-# ablation arms: about 40 minutes on a 2-core CPU, two stages at a time).
+# ablation arms: about 55 minutes on a 2-core CPU, two stages at a time).
 reproduce: setup
 	$(PY) -m pixelllm.notebooks --mode full --only 01 02 03 04 05 06 07 08
 	$(PY) -m pixelllm.train --config pixellm --ablations --jobs 2

@@ -331,7 +331,8 @@ def pixellm_markdown(p: dict[str, Any]) -> list[str]:
     out = ["## PixelLM beside PixelLLM (notebook 09)", "",
            "Same image encoder, extractor and T5 + LoRA; masks read at the reference answer; RefCOCO testA+testB "
            "for one target, the MUSE-like test questions for 2–4 targets (the SAM path: one referring pass per "
-           "target phrase).", "",
+           "target phrase)." + (f" PixelLM's recipe of record: {p['steps']:,.0f} steps at batch 8." if p.get("steps") else ""),
+           "",
            "| | PixelLM (codebook + pixel decoder) | PixelLLM (box at EOS → SAM + adapter) |", "|---|---|---|",
            f"| single-target cIoU | {_f(p.get('ciou_single'), 100)} | {_f(p.get('ciou_single_sam_path'), 100)} |",
            f"| single-target gIoU | {_f(p.get('giou_single'), 100)} | {_f(p.get('giou_single_sam_path'), 100)} |",

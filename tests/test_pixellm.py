@@ -274,7 +274,7 @@ def test_report_reads_the_pixellm_section(tmp_path):
     assert "| latency per image (ms, batch 1, 1 thread) | 20.0 | 35.0 |" in md
     assert "| PixelLM | 70.0 | 66.0 | 60.0 |" in md and "| N = 1 | 40.0 | 50.0 | 1 | — |" in md
     assert "| one scale | 30.0 [28.0, 32.0] | 50.0 [45.0, 55.0] | 2 | yes / no |" in md
-    assert "each arm and the recipe at 1,200 steps" in md
+    assert "each arm and the recipe at 1,200 steps" in md and "recipe of record: 9,600 steps at batch 8" in md
 
 
 # ------------------------------------------------------------------------------------------ configs

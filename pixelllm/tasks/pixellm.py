@@ -14,6 +14,7 @@ side-by-side measurements against PixelLLM's SAM path (:mod:`pixelllm.tasks.refe
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -201,17 +202,12 @@ def ensure_pixellm_stages(smoke: bool, jobs: int = 1, progress: bool = True) -> 
 
     ensure_comparison_stages(smoke, progress=progress)
     plan = pixellm_plan(smoke)
-    if jobs <= 1:
-        lines = (_make_stage(cfg, 0) for cfg in plan.values())
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"))
-        lines = pool.map(_make_stage, plan.values(), [threads] * len(plan))
-    for line in lines:
-        if progress:
-            print(line, flush=True)
-    if jobs > 1:
-        pool.shutdown()
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0      # 0: leave torch's setting
+    with (ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) if jobs > 1 else contextlib.nullcontext()) as pool:
+        lines = (pool.map if pool else map)(_make_stage, plan.values(), [threads] * len(plan))
+        for line in lines:
+            if progress:
+                print(line, flush=True)
     return {name: resolve_paths(cfg).out for name, cfg in plan.items()}
 
 

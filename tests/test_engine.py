@@ -428,3 +428,19 @@ def test_a_trainer_told_to_write_nothing_takes_no_lock(tmp_path):
     tr.fit()
     assert tr.step == 2
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_a_stage_made_by_the_cli_is_reused_by_the_notebooks_even_when_strict():
+    """``python -m pixelllm.train`` writes the config sidecar that ``found_or_compute`` (the notebooks) reads, so a
+    stage it made is reused, not called unknown (SMOKE ``refseg``: found when the notebook tests made it)."""
+    from pixelllm.configs import get_config
+    from pixelllm.engine.builder import stage_config
+    from pixelllm.engine.paths import resolve_paths
+    from pixelllm.train import main
+    from pixelllm.utils import config_sidecar, found_or_compute
+
+    cfg = get_config("refseg", smoke=True)
+    final = resolve_paths(cfg).out / "final.json"
+    config_sidecar(final).unlink(missing_ok=True)              # as if the stage had been made by the CLI alone
+    assert main(["--config", "refseg", "--smoke"]) == 0
+    assert found_or_compute(final, lambda: pytest.fail("recomputed"), config=stage_config(cfg), strict=True) == final

@@ -90,29 +90,23 @@ def make(name: str, cfg, resume: bool = True, progress: bool = True, eval_hook: 
     ensure_init_stages(cfg, progress=progress)
     pre.ensure_prerequisites(cfg, progress=progress)
     if name in ("pretrain", "ln_trace", "own_data"):
-        out = _runner(name)(cfg, eval_fn="default" if eval_hook else None, resume=resume, progress=progress)
+        trainer = _runner(name)(cfg, eval_fn="default" if eval_hook else None, resume=resume, progress=progress)
     else:
-        out = _runner(name)(cfg, progress=progress, resume=resume)
-    if int(os.environ.get("RANK", "0")) == 0:
-        record_stage_config(cfg)
-    return out
+        trainer = _runner(name)(cfg, progress=progress, resume=resume)
+    record_stage_config(trainer, cfg)
+    return trainer
 
 
-def record_stage_config(cfg) -> None:
-    """Once stage ``cfg`` has finished (``final.json`` at its steps, not stopped early), write the config
-    sidecar that :func:`pixelllm.utils.found_or_compute` reads, as a notebook making the stage would: a
-    notebook then reuses a stage made here, instead of calling it unknown (and refusing it under
-    ``PIXELLLM_STRICT``)."""
-    import json
-
+def record_stage_config(trainer, cfg) -> None:
+    """Once the run of stage ``cfg`` has finished (:meth:`~pixelllm.engine.trainer.Trainer.already_complete`), write the
+    config sidecar that :func:`pixelllm.utils.found_or_compute` reads, as a notebook making the stage would
+    (rank 0 only): a notebook then reuses a stage made here, instead of calling it unknown (and refusing it
+    under ``PIXELLLM_STRICT``)."""
     from pixelllm.engine.builder import stage_config
-    from pixelllm.engine.paths import resolve_paths
     from pixelllm.utils import config_sidecar, write_json
 
-    final = resolve_paths(cfg).out / "final.json"
-    rec = json.loads(final.read_text()) if final.is_file() else {}
-    if rec.get("step") == cfg.steps and not rec.get("stopped_early"):
-        write_json(config_sidecar(final), stage_config(cfg))
+    if trainer.dist.is_main and trainer.already_complete():
+        write_json(config_sidecar(trainer.out_dir / "final.json"), stage_config(cfg))
 
 
 def check_up_front(name: str, cfg) -> None:
